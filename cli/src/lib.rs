@@ -1,0 +1,565 @@
+//! `neuro`: the user's command line for platform secrets.
+
+pub mod config;
+pub mod table;
+
+use std::ffi::OsString;
+use std::io::{Read as _, Write as _};
+use std::os::unix::ffi::OsStringExt as _;
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
+use secrets_core::api::Grant;
+use secrets_core::client::{Client, ClientConfig, ClientError};
+use secrets_core::{
+    Action, ClusterName, MappingError, NameError, SecretBytes, SecretRef, SecretUri, Token,
+    UriContext, UriError, UserName,
+};
+
+use crate::config::Config;
+
+const EXIT_CODES: &str = "Exit codes:
+  0   success
+  2   usage error
+  65  bad input (a rejected key, URI, value or request)
+  69  service unavailable (connection refused, 5xx, timeout)
+  72  not found
+  77  not authenticated or not permitted
+  1   any other failure (e.g. the config file cannot be written)";
+
+/// The platform secrets command line.
+#[derive(Debug, Parser)]
+#[command(name = "neuro", version, about = "Store secrets, share them, and hand them to jobs", after_help = EXIT_CODES)]
+pub struct Cli {
+    /// Service URL [env: NEURO_URL; default: the one saved by `neuro login`]
+    #[arg(long, global = true, value_name = "URL")]
+    pub url: Option<String>,
+    /// PEM CA certificate(s) to trust for an https URL [env: NEURO_CA_FILE]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Save the service URL and your token (mode 0600, in the XDG config dir)
+    Login {
+        /// Your token, as printed by `neuro admin user add`
+        #[arg(long, env = "NEURO_TOKEN", hide_env_values = true)]
+        token: String,
+    },
+    /// Create, list, read and delete secrets
+    #[command(subcommand)]
+    Secret(SecretCmd),
+    /// Give USER an action on a secret (or on all of an owner's secrets): read, write or manage
+    #[command(
+        after_help = "Examples:\n  neuro share secret:secret-password bob\n  neuro share secret:secret-password bob write\n  neuro share secret:/alice bob   # every secret of alice's, present and future"
+    )]
+    Share {
+        /// secret:KEY, secret:/OWNER/KEY, secret://CLUSTER/OWNER/KEY, or secret:/OWNER for all of OWNER's secrets
+        uri: String,
+        /// Who receives the permission
+        user: String,
+        /// read (default), write (also overwrite and delete) or manage (also share and revoke)
+        #[arg(default_value = "read")]
+        action: Action,
+    },
+    /// Show and revoke permissions
+    #[command(subcommand)]
+    Acl(AclCmd),
+    /// Operator commands (log in with the token in DATA_DIR/admin.token)
+    #[command(subcommand)]
+    Admin(AdminCmd),
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    #[default]
+    Table,
+    Json,
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct OutputArg {
+    /// Output format
+    #[arg(long, short = 'o', value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretCmd {
+    /// Create or overwrite a secret
+    #[command(
+        after_help = "VALUE forms:\n  'p@$$w0rd123'     the value itself\n  @path/to/file.txt the file's bytes, exactly (~ is expanded)\n  @-                standard input\n\nExamples:\n  neuro secret add secret-password 'p@$$w0rd123'\n  neuro secret add secret-password @path/to/file.txt\n  neuro secret add secret:/alice/db-password @-   # where alice granted you write"
+    )]
+    Add {
+        /// KEY, or secret:/OWNER/KEY for another owner's secret
+        key: String,
+        /// The value, @FILE or @-
+        value: OsString,
+    },
+    /// List the secrets you may read: yours as KEY, shared ones as secret:/OWNER/KEY
+    #[command(visible_alias = "list")]
+    Ls {
+        /// Show full secret://CLUSTER/OWNER/KEY URIs
+        #[arg(long)]
+        full_uri: bool,
+        /// Bare names, one a line
+        #[arg(short, long, conflicts_with = "output")]
+        quiet: bool,
+        #[command(flatten)]
+        output: OutputArg,
+    },
+    /// Delete a secret
+    Rm {
+        /// KEY, or secret:/OWNER/KEY for another owner's secret
+        key: String,
+    },
+    /// Print a secret's value (bytes as they are) or write it to a file
+    Get {
+        /// KEY, or a URI such as secret:/alice/KEY
+        key: String,
+        /// Write the value to this file (mode 0600) instead of stdout
+        #[arg(long, value_name = "PATH")]
+        file: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AclCmd {
+    /// What you may use (URI ACTION); with --shared, what you gave others (URI ACTION USER)
+    #[command(visible_alias = "list")]
+    Ls {
+        #[arg(long)]
+        shared: bool,
+        #[command(flatten)]
+        output: OutputArg,
+    },
+    /// Take a permission back from USER
+    Revoke {
+        /// The URI as it was shared
+        uri: String,
+        user: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminCmd {
+    /// Manage users
+    #[command(subcommand)]
+    User(AdminUserCmd),
+    /// Manage user tokens
+    #[command(subcommand)]
+    Token(AdminTokenCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminUserCmd {
+    /// Create a user; prints its token alone on stdout (shown once)
+    Add { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminTokenCmd {
+    /// Issue another token for USER; prints it alone on stdout
+    Add { user: String },
+    /// List USER's tokens (ids, never the tokens)
+    Ls { user: String },
+    /// Revoke a token by its id (from `neuro admin token ls`)
+    Revoke { id: String },
+}
+
+/// A failure with the exit code it maps to.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+}
+
+fn failure(code: u8, message: impl Into<String>) -> anyhow::Error {
+    Failure {
+        code,
+        message: message.into(),
+    }
+    .into()
+}
+
+/// The exit code table of `--help`, applied to an error chain.
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    for cause in e.chain() {
+        if let Some(f) = cause.downcast_ref::<Failure>() {
+            return f.code;
+        }
+        if let Some(c) = cause.downcast_ref::<ClientError>() {
+            return match c {
+                ClientError::BadUrl(_) | ClientError::CaFile { .. } => 65,
+                ClientError::Unavailable { .. } | ClientError::Protocol { .. } => 69,
+                ClientError::Status { status, .. } => match status {
+                    401 | 403 => 77,
+                    404 => 72,
+                    500.. => 69,
+                    _ => 65,
+                },
+            };
+        }
+        if cause.is::<NameError>() || cause.is::<UriError>() || cause.is::<MappingError>() {
+            return 65;
+        }
+    }
+    1
+}
+
+/// One line for stderr, with a hint where one helps.
+pub fn error_line(e: &anyhow::Error) -> String {
+    let mut line = format!("{e:#}");
+    if let Some(ClientError::Status { status: 401, .. }) =
+        e.chain().find_map(|c| c.downcast_ref::<ClientError>())
+    {
+        line = format!("not authenticated: {line} (hint: neuro login --url URL --token TOKEN)");
+    }
+    line.replace('\n', " ")
+}
+
+/// Connection settings after flags, environment and the config file.
+struct Session {
+    cfg: Config,
+    url: String,
+    token: Option<Token>,
+    ca_file: Option<PathBuf>,
+    /// Whether user and cluster in `cfg` describe `token`.
+    cfg_identity: bool,
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+impl Session {
+    fn new(cli: &Cli) -> anyhow::Result<Self> {
+        let cfg = Config::load(&config::path()?)?;
+        let env_token = env("NEURO_TOKEN").map(Token::new);
+        let url = cli
+            .url
+            .clone()
+            .or_else(|| env("NEURO_URL"))
+            .or_else(|| cfg.url.clone())
+            .ok_or_else(|| {
+                failure(
+                    77,
+                    "not logged in: no service URL (hint: neuro login --url URL --token TOKEN, or set NEURO_URL and NEURO_TOKEN)",
+                )
+            })?;
+        let cfg_identity = env_token.is_none() && cli.url.is_none() && env("NEURO_URL").is_none();
+        let token = env_token.or_else(|| cfg.token.clone());
+        let ca_file = cli
+            .ca_file
+            .clone()
+            .or_else(|| env("NEURO_CA_FILE").map(PathBuf::from))
+            .or_else(|| cfg.ca_file.clone());
+        Ok(Self {
+            cfg,
+            url,
+            token,
+            ca_file,
+            cfg_identity,
+        })
+    }
+
+    fn client(&self) -> anyhow::Result<Client> {
+        if self.token.is_none() {
+            return Err(failure(
+                77,
+                "not logged in: no token (hint: neuro login --url URL --token TOKEN, or set NEURO_TOKEN)",
+            ));
+        }
+        let mut c = ClientConfig::new(self.url.clone(), self.token.clone());
+        c.ca_file = self.ca_file.clone();
+        Ok(Client::new(&c)?)
+    }
+
+    /// The caller's user and cluster, for expanding short forms.
+    async fn me(&self, client: &Client) -> anyhow::Result<UriContext> {
+        let (user, cluster) = match (&self.cfg.user, &self.cfg.cluster, self.cfg_identity) {
+            (Some(u), Some(c), true) => (u.clone(), c.clone()),
+            _ => {
+                let w = client.whoami().await?;
+                let user = w.user.ok_or_else(|| {
+                    failure(
+                        77,
+                        "this token is the operator's; log in as a user for secret commands",
+                    )
+                })?;
+                (user, w.cluster)
+            }
+        };
+        Ok(UriContext {
+            user: UserName::new(&user)?,
+            cluster: ClusterName::new(&cluster)?,
+        })
+    }
+}
+
+/// Reads `VALUE`: the bytes themselves, `@FILE` (with `~` expanded) or `@-` (stdin).
+fn read_value(value: OsString) -> anyhow::Result<SecretBytes> {
+    let bytes = value.into_vec();
+    let Some(rest) = bytes.strip_prefix(b"@") else {
+        return Ok(SecretBytes::new(bytes));
+    };
+    if rest == b"-" {
+        let mut buf = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut buf)
+            .context("reading the value from standard input")?;
+        return Ok(SecretBytes::new(buf));
+    }
+    let mut path = PathBuf::from(OsString::from_vec(rest.to_vec()));
+    if let Ok(p) = path.strip_prefix("~") {
+        let home = std::env::var_os("HOME").context("cannot expand '~': HOME is not set")?;
+        path = PathBuf::from(home).join(p);
+    }
+    std::fs::read(&path).map(SecretBytes::new).map_err(|e| {
+        failure(
+            65,
+            format!("cannot read value file '{}': {e}", path.display()),
+        )
+    })
+}
+
+fn write_private_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing '{}'", path.display()))?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, v)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+/// Resolves a `KEY` or URI argument to the full URI it names.
+async fn target(s: &Session, client: &Client, arg: &str) -> anyhow::Result<SecretUri> {
+    let r = SecretRef::parse_key_or_uri(arg)?;
+    if let (Some(cluster), Some(owner)) = (&r.cluster, &r.owner) {
+        return Ok(SecretUri {
+            cluster: cluster.clone(),
+            owner: owner.clone(),
+            key: r.key,
+        });
+    }
+    Ok(r.resolve(&s.me(client).await?))
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match &cli.command {
+        Command::Login { token } => login(&cli, Token::new(token.clone())).await,
+        Command::Secret(cmd) => {
+            let s = Session::new(&cli)?;
+            let client = s.client()?;
+            secret(&s, &client, cmd).await
+        }
+        Command::Share { uri, user, action } => {
+            let s = Session::new(&cli)?;
+            let client = s.client()?;
+            let user = UserName::new(user)?;
+            let granted = client
+                .grant(
+                    &user,
+                    &[Grant {
+                        uri: uri.clone(),
+                        action: *action,
+                    }],
+                )
+                .await?;
+            for g in granted {
+                println!("{} {} {user}", g.uri, g.action);
+            }
+            Ok(())
+        }
+        Command::Acl(cmd) => {
+            let s = Session::new(&cli)?;
+            let client = s.client()?;
+            acl(&s, &client, cmd).await
+        }
+        Command::Admin(cmd) => {
+            let s = Session::new(&cli)?;
+            let client = s.client()?;
+            admin(&client, cmd).await
+        }
+    }
+}
+
+async fn login(cli: &Cli, token: Token) -> anyhow::Result<()> {
+    let path = config::path()?;
+    let mut cfg = Config::load(&path)?;
+    let url = cli
+        .url
+        .clone()
+        .or_else(|| env("NEURO_URL"))
+        .ok_or_else(|| failure(2, "neuro login needs --url URL"))?;
+    let ca_file = cli
+        .ca_file
+        .clone()
+        .or_else(|| env("NEURO_CA_FILE").map(PathBuf::from));
+    let mut c = ClientConfig::new(url.clone(), Some(token.clone()));
+    c.ca_file = ca_file.clone();
+    let client = Client::new(&c)?;
+    let who = client.whoami().await?;
+    cfg.url = Some(client.base_url().to_owned());
+    cfg.token = Some(token);
+    cfg.ca_file = ca_file.map(|p| std::path::absolute(&p).unwrap_or(p));
+    cfg.user = who.user.clone();
+    cfg.cluster = Some(who.cluster.clone());
+    cfg.save(&path)?;
+    let whom = match (&who.user, who.kind.as_str()) {
+        (_, "operator") => "the operator".to_owned(),
+        (Some(u), _) => u.clone(),
+        (None, k) => k.to_owned(),
+    };
+    eprintln!(
+        "Logged in to {} (cluster {}) as {whom}",
+        client.base_url(),
+        who.cluster
+    );
+    Ok(())
+}
+
+async fn secret(s: &Session, client: &Client, cmd: &SecretCmd) -> anyhow::Result<()> {
+    match cmd {
+        SecretCmd::Add { key, value } => {
+            let r = SecretRef::parse_key_or_uri(key)?;
+            let value = read_value(value.clone())?;
+            client.put_secret(r.owner.as_ref(), &r.key, value).await?;
+            Ok(())
+        }
+        SecretCmd::Ls {
+            full_uri,
+            quiet,
+            output,
+        } => {
+            let list = client.list_secrets().await?;
+            if output.output == Output::Json {
+                return print_json(&list);
+            }
+            let me = if *full_uri {
+                None
+            } else {
+                Some(s.me(client).await?.user)
+            };
+            let names: Vec<String> = list
+                .iter()
+                .map(|i| match &me {
+                    Some(u) if i.owner == u.as_str() => i.key.clone(),
+                    Some(_) => format!("secret:/{}/{}", i.owner, i.key),
+                    None => i.uri.clone(),
+                })
+                .collect();
+            let mut out = std::io::stdout().lock();
+            if *quiet {
+                for n in names {
+                    writeln!(out, "{n}")?;
+                }
+            } else {
+                let rows: Vec<Vec<String>> = names.into_iter().map(|n| vec![n]).collect();
+                out.write_all(table::render(&["KEY"], &rows).as_bytes())?;
+            }
+            Ok(())
+        }
+        SecretCmd::Rm { key } => {
+            let uri = target(s, client, key).await?;
+            client.delete_secret(&uri.owner, &uri.key).await?;
+            Ok(())
+        }
+        SecretCmd::Get { key, file } => {
+            let uri = target(s, client, key).await?;
+            let v = client.get_secret(&uri.owner, &uri.key).await?;
+            match file {
+                Some(path) => write_private_file(path, v.value.expose()),
+                None => {
+                    let mut out = std::io::stdout().lock();
+                    out.write_all(v.value.expose())?;
+                    out.flush()?;
+                    Ok(())
+                }
+            }
+        }
+    }
+}
+
+async fn acl(s: &Session, client: &Client, cmd: &AclCmd) -> anyhow::Result<()> {
+    match cmd {
+        AclCmd::Ls { shared, output } => {
+            let me = s.me(client).await?.user;
+            let rows: Vec<Vec<String>> = if *shared {
+                let list = client.shared(&me).await?;
+                if output.output == Output::Json {
+                    return print_json(&list);
+                }
+                list.into_iter()
+                    .map(|g| vec![g.uri, g.action.to_string(), g.user])
+                    .collect()
+            } else {
+                let list = client.permissions(&me).await?;
+                if output.output == Output::Json {
+                    return print_json(&list);
+                }
+                list.into_iter()
+                    .map(|g| vec![g.uri, g.action.to_string()])
+                    .collect()
+            };
+            std::io::stdout()
+                .lock()
+                .write_all(table::plain(&rows).as_bytes())?;
+            Ok(())
+        }
+        AclCmd::Revoke { uri, user } => {
+            let user = UserName::new(user)?;
+            client.revoke(&user, uri).await?;
+            Ok(())
+        }
+    }
+}
+
+async fn admin(client: &Client, cmd: &AdminCmd) -> anyhow::Result<()> {
+    match cmd {
+        AdminCmd::User(AdminUserCmd::Add { name }) => {
+            let issued = client.admin_create_user(&UserName::new(name)?).await?;
+            println!("{}", issued.token.expose());
+        }
+        AdminCmd::Token(AdminTokenCmd::Add { user }) => {
+            let issued = client.admin_issue_token(&UserName::new(user)?).await?;
+            println!("{}", issued.token.expose());
+        }
+        AdminCmd::Token(AdminTokenCmd::Ls { user }) => {
+            let list = client.admin_list_tokens(&UserName::new(user)?).await?;
+            let rows: Vec<Vec<String>> = list
+                .into_iter()
+                .map(|t| {
+                    vec![
+                        t.id,
+                        t.created_at,
+                        if t.revoked { "revoked" } else { "active" }.into(),
+                    ]
+                })
+                .collect();
+            print!("{}", table::render(&["ID", "CREATED", "STATE"], &rows));
+        }
+        AdminCmd::Token(AdminTokenCmd::Revoke { id }) => {
+            client.admin_revoke_token(id).await?;
+        }
+    }
+    Ok(())
+}

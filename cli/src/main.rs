@@ -1,0 +1,17 @@
+//! `neuro`: parses arguments, runs the command, maps failures to exit codes.
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = secrets_cli::Cli::parse();
+    match secrets_cli::run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ERROR: {}", secrets_cli::error_line(&e));
+            ExitCode::from(secrets_cli::exit_code(&e))
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! The JSON shapes of the HTTP API (`/api/v1`), shared by the service and its clients.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::names::{SecretKey, UserName};
+use crate::secret::{SecretBytes, Token};
+use crate::uri::Action;
+
+/// `POST /api/v1/secrets`
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutSecret {
+    pub key: SecretKey,
+    pub value: SecretBytes,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<UserName>,
+}
+
+/// The answer to a write: the secret's new version.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SecretVersion {
+    pub key: String,
+    pub owner: String,
+    pub version: u64,
+}
+
+/// One row of `GET /api/v1/secrets`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SecretInfo {
+    pub key: String,
+    pub owner: String,
+    pub uri: String,
+    pub version: u64,
+}
+
+/// `GET /api/v1/secrets/{owner}/{key}`
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SecretValue {
+    pub key: String,
+    pub owner: String,
+    pub uri: String,
+    pub version: u64,
+    pub value: SecretBytes,
+}
+
+/// `POST /api/v1/secrets/resolve`
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResolveRequest {
+    pub uris: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ResolveStatus {
+    Ok,
+    NotFound,
+    Forbidden,
+    Invalid,
+}
+
+/// One answer of a resolve, in the order the URIs were asked.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Resolved {
+    /// The URI as it was asked.
+    pub uri: String,
+    pub status: ResolveStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_uri: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<SecretBytes>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ResolveResponse {
+    pub results: Vec<Resolved>,
+}
+
+/// A permission held: `[{"uri","action"}]` in grant requests and `acl ls`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Grant {
+    pub uri: String,
+    pub action: Action,
+}
+
+/// A permission the caller gave to someone else.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SharedGrant {
+    pub uri: String,
+    pub action: Action,
+    pub user: String,
+}
+
+/// A missing permission, in 403 answers.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MissingPermission {
+    pub uri: String,
+    pub action: Action,
+}
+
+/// The error body of every non-2xx answer.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing: Vec<MissingPermission>,
+}
+
+/// A secret served as a file, in a job spec.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct JobVolume {
+    pub src_secret_uri: String,
+    pub dst_path: String,
+}
+
+/// `POST /api/v1/jobs`, and the `--spec FILE` of secretfs and secret-inject.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    #[serde(default)]
+    pub secret_env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub secret_volumes: Vec<JobVolume>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_s: Option<u64>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct JobCreated {
+    pub job_id: String,
+    pub token: Token,
+    /// RFC 3339, UTC.
+    pub expires_at: String,
+}
+
+/// `GET /api/v1/whoami`: who a token speaks for.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WhoAmI {
+    /// `user`, `job` or `operator`.
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
+    pub cluster: String,
+}
+
+/// `POST /api/v1/admin/users`
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateUser {
+    pub name: UserName,
+}
+
+/// A newly issued token, shown once.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TokenIssued {
+    pub user: String,
+    pub token_id: String,
+    pub token: Token,
+}
+
+/// A token's public facts (never the token).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TokenInfo {
+    pub id: String,
+    pub user: String,
+    pub created_at: String,
+    pub revoked: bool,
+}

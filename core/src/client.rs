@@ -1,0 +1,334 @@
+//! The HTTP client of the secrets API, used by the CLI, secretfs and secret-inject.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::api::{
+    CreateUser, ErrorBody, Grant, JobCreated, JobSpec, MissingPermission, PutSecret,
+    ResolveRequest, ResolveResponse, SecretInfo, SecretValue, SecretVersion, SharedGrant,
+    TokenInfo, TokenIssued, WhoAmI,
+};
+use crate::names::{SecretKey, UserName};
+use crate::secret::{SecretBytes, Token};
+
+/// What went wrong talking to the service. Never carries a value or a token.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("invalid service URL '{0}': expected http://HOST:PORT or https://HOST:PORT")]
+    BadUrl(String),
+    #[error("cannot read CA file '{path}': {detail}")]
+    CaFile { path: PathBuf, detail: String },
+    #[error("service unavailable at {url}: {detail}")]
+    Unavailable { url: String, detail: String },
+    #[error("{message}")]
+    Status {
+        status: u16,
+        message: String,
+        missing: Vec<MissingPermission>,
+    },
+    #[error("unexpected answer from {url}: {detail}")]
+    Protocol { url: String, detail: String },
+}
+
+impl ClientError {
+    /// Whether trying again later may succeed: connection errors, 429 and 5xx.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClientError::Unavailable { .. } => true,
+            ClientError::Status { status, .. } => *status == 429 || *status >= 500,
+            _ => false,
+        }
+    }
+
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// How to reach the service.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    pub url: String,
+    pub token: Option<Token>,
+    /// Extra CA certificates (PEM) to trust, e.g. a self-signed service certificate.
+    pub ca_file: Option<PathBuf>,
+    pub timeout: Duration,
+}
+
+impl ClientConfig {
+    pub fn new(url: impl Into<String>, token: Option<Token>) -> Self {
+        Self {
+            url: url.into(),
+            token,
+            ca_file: None,
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A connection pool to one service, authenticated with one token.
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: Option<Token>,
+}
+
+fn read_ca(path: &Path) -> Result<Vec<reqwest::Certificate>, ClientError> {
+    let err = |detail: String| ClientError::CaFile {
+        path: path.to_owned(),
+        detail,
+    };
+    let pem = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| err(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(err("no PEM certificate in it".into()));
+    }
+    Ok(certs)
+}
+
+impl Client {
+    pub fn new(cfg: &ClientConfig) -> Result<Self, ClientError> {
+        let base = cfg.url.trim_end_matches('/').to_owned();
+        if !(base.starts_with("http://") || base.starts_with("https://"))
+            || reqwest::Url::parse(&base).is_err()
+        {
+            return Err(ClientError::BadUrl(cfg.url.clone()));
+        }
+        let mut b = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(cfg.timeout)
+            .no_proxy()
+            .user_agent(concat!("neuro-secrets/", env!("CARGO_PKG_VERSION")));
+        if let Some(path) = &cfg.ca_file {
+            for c in read_ca(path)? {
+                b = b.add_root_certificate(c);
+            }
+        }
+        let http = b.build().map_err(|e| ClientError::Protocol {
+            url: base.clone(),
+            detail: e.to_string(),
+        })?;
+        Ok(Self {
+            http,
+            base,
+            token: cfg.token.clone(),
+        })
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    async fn call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<&B>,
+    ) -> Result<T, ClientError> {
+        let url = format!("{}/api/v1{path}", self.base);
+        let mut req = self.http.request(method, &url);
+        if !query.is_empty() {
+            req = req.query(query);
+        }
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t.expose());
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await.map_err(|e| ClientError::Unavailable {
+            url: self.base.clone(),
+            detail: describe(&e),
+        })?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| ClientError::Unavailable {
+            url: self.base.clone(),
+            detail: describe(&e),
+        })?;
+        if status.is_success() {
+            let body: &[u8] = if status == StatusCode::NO_CONTENT || bytes.is_empty() {
+                b"null"
+            } else {
+                &bytes
+            };
+            return serde_json::from_slice(body).map_err(|e| ClientError::Protocol {
+                url: url.clone(),
+                detail: e.to_string(),
+            });
+        }
+        let err: ErrorBody = serde_json::from_slice(&bytes).unwrap_or_else(|_| ErrorBody {
+            error: format!("HTTP {status}"),
+            missing: vec![],
+        });
+        if status.is_server_error() {
+            return Err(ClientError::Status {
+                status: status.as_u16(),
+                message: format!("service error (HTTP {}): {}", status.as_u16(), err.error),
+                missing: vec![],
+            });
+        }
+        Err(ClientError::Status {
+            status: status.as_u16(),
+            message: err.error,
+            missing: err.missing,
+        })
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.call::<(), T>(Method::GET, path, &[], None).await
+    }
+
+    pub async fn ping(&self) -> Result<String, ClientError> {
+        self.get("/ping").await
+    }
+
+    pub async fn whoami(&self) -> Result<WhoAmI, ClientError> {
+        self.get("/whoami").await
+    }
+
+    pub async fn put_secret(
+        &self,
+        owner: Option<&UserName>,
+        key: &SecretKey,
+        value: SecretBytes,
+    ) -> Result<SecretVersion, ClientError> {
+        let body = PutSecret {
+            key: key.clone(),
+            value,
+            owner: owner.cloned(),
+        };
+        self.call(Method::POST, "/secrets", &[], Some(&body)).await
+    }
+
+    pub async fn list_secrets(&self) -> Result<Vec<SecretInfo>, ClientError> {
+        self.get("/secrets").await
+    }
+
+    pub async fn get_secret(
+        &self,
+        owner: &UserName,
+        key: &SecretKey,
+    ) -> Result<SecretValue, ClientError> {
+        self.get(&format!("/secrets/{owner}/{key}")).await
+    }
+
+    pub async fn delete_secret(
+        &self,
+        owner: &UserName,
+        key: &SecretKey,
+    ) -> Result<(), ClientError> {
+        self.call::<(), ()>(
+            Method::DELETE,
+            &format!("/secrets/{owner}/{key}"),
+            &[],
+            None,
+        )
+        .await
+    }
+
+    pub async fn resolve(&self, uris: Vec<String>) -> Result<ResolveResponse, ClientError> {
+        self.call(
+            Method::POST,
+            "/secrets/resolve",
+            &[],
+            Some(&ResolveRequest { uris }),
+        )
+        .await
+    }
+
+    pub async fn grant(
+        &self,
+        user: &UserName,
+        grants: &[Grant],
+    ) -> Result<Vec<Grant>, ClientError> {
+        self.call(
+            Method::POST,
+            &format!("/users/{user}/permissions"),
+            &[],
+            Some(&grants),
+        )
+        .await
+    }
+
+    pub async fn permissions(&self, user: &UserName) -> Result<Vec<Grant>, ClientError> {
+        self.get(&format!("/users/{user}/permissions")).await
+    }
+
+    pub async fn shared(&self, user: &UserName) -> Result<Vec<SharedGrant>, ClientError> {
+        self.get(&format!("/users/{user}/permissions/shared")).await
+    }
+
+    pub async fn revoke(&self, user: &UserName, uri: &str) -> Result<(), ClientError> {
+        self.call::<(), ()>(
+            Method::DELETE,
+            &format!("/users/{user}/permissions"),
+            &[("uri", uri)],
+            None,
+        )
+        .await
+    }
+
+    pub async fn create_job(&self, spec: &JobSpec) -> Result<JobCreated, ClientError> {
+        self.call(Method::POST, "/jobs", &[], Some(spec)).await
+    }
+
+    pub async fn delete_job(&self, job_id: &str) -> Result<(), ClientError> {
+        self.call::<(), ()>(Method::DELETE, &format!("/jobs/{job_id}"), &[], None)
+            .await
+    }
+
+    pub async fn admin_create_user(&self, name: &UserName) -> Result<TokenIssued, ClientError> {
+        let body = CreateUser { name: name.clone() };
+        self.call(Method::POST, "/admin/users", &[], Some(&body))
+            .await
+    }
+
+    pub async fn admin_issue_token(&self, user: &UserName) -> Result<TokenIssued, ClientError> {
+        self.call::<(), _>(
+            Method::POST,
+            &format!("/admin/users/{user}/tokens"),
+            &[],
+            None,
+        )
+        .await
+    }
+
+    pub async fn admin_list_tokens(&self, user: &UserName) -> Result<Vec<TokenInfo>, ClientError> {
+        self.get(&format!("/admin/users/{user}/tokens")).await
+    }
+
+    pub async fn admin_revoke_token(&self, token_id: &str) -> Result<(), ClientError> {
+        self.call::<(), ()>(
+            Method::DELETE,
+            &format!("/admin/tokens/{token_id}"),
+            &[],
+            None,
+        )
+        .await
+    }
+}
+
+/// A short cause for a transport error, without the URL's query (which never holds a secret,
+/// but keep messages short) and without the request body.
+fn describe(e: &reqwest::Error) -> String {
+    use std::error::Error as _;
+    let mut cause = e.source();
+    let mut last = None;
+    while let Some(c) = cause {
+        last = Some(c.to_string());
+        cause = c.source();
+    }
+    if e.is_timeout() {
+        return "timed out".into();
+    }
+    last.unwrap_or_else(|| e.to_string())
+}

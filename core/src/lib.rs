@@ -1,0 +1,19 @@
+//! Shared vocabulary of the secrets system: validated names, secret URIs, job mapping specs,
+//! the JSON shapes of the HTTP API and the client that speaks it.
+//!
+//! This crate holds no process-wide state and does no I/O beyond its HTTP client.
+
+pub mod api;
+pub mod client;
+pub mod mapping;
+pub mod names;
+pub mod secret;
+pub mod uri;
+
+pub use mapping::{EnvMapping, EnvSpec, MappingError, VolumeMapping};
+pub use names::{ClusterName, EnvName, NameError, SecretKey, UserName};
+pub use secret::{SecretBytes, Token};
+pub use uri::{Action, ResourceUri, SecretRef, SecretUri, UriContext, UriError};
+
+/// The largest secret value the service accepts, in bytes (1 MiB).
+pub const MAX_VALUE_LEN: usize = 1024 * 1024;

@@ -1,0 +1,184 @@
+//! Bearer tokens: their format, how they are issued and stored (hashed), and who they speak for.
+//!
+//! A token is `nst.ID.SECRET`: `ID` (16 hex digits) names the stored record, `SECRET` (64 hex
+//! digits) is checked against the record's keyed hash in constant time. Only the hash is stored.
+
+use std::collections::HashSet;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use secrets_core::{SecretUri, Token, UserName};
+use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq as _;
+
+use crate::crypto::{Keys, random_bytes};
+use crate::error::ApiError;
+use crate::store::{Store, StoreError, Table};
+
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+pub fn rfc3339(secs: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + std::time::Duration::from_secs(secs)).to_string()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Whom a token speaks for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Subject {
+    Operator,
+    User { name: String },
+    Job { id: String },
+}
+
+/// A stored token: never the token itself.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub subject: Subject,
+    pub hash: String,
+    pub created_at: u64,
+    #[serde(default)]
+    pub expires_at: Option<u64>,
+    #[serde(default)]
+    pub revoked: bool,
+}
+
+/// A job: the URIs its token may read, on behalf of the user who created it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub owner: String,
+    pub uris: Vec<String>,
+    pub token_id: String,
+    pub created_at: u64,
+    pub expires_at: u64,
+}
+
+/// The authenticated caller of a request.
+#[derive(Debug, Clone)]
+pub enum Principal {
+    Operator,
+    User(UserName),
+    Job {
+        id: String,
+        owner: UserName,
+        uris: HashSet<SecretUri>,
+    },
+}
+
+impl Principal {
+    /// The name the audit log uses.
+    pub fn actor(&self) -> String {
+        match self {
+            Principal::Operator => "operator".into(),
+            Principal::User(u) => format!("user:{u}"),
+            Principal::Job { id, .. } => format!("job:{id}"),
+        }
+    }
+
+    /// The user a request acts for: a user, or the user who created a job.
+    pub fn user(&self) -> Option<&UserName> {
+        match self {
+            Principal::Operator => None,
+            Principal::User(u) => Some(u),
+            Principal::Job { owner, .. } => Some(owner),
+        }
+    }
+}
+
+/// Creates and stores a new token for `subject`; returns `(id, token)`.
+pub async fn issue(
+    store: &dyn Store,
+    keys: &Keys,
+    subject: Subject,
+    expires_at: Option<u64>,
+) -> Result<(String, Token), StoreError> {
+    loop {
+        let id = hex(&random_bytes::<8>());
+        let secret = hex(&random_bytes::<32>());
+        let rec = TokenRecord {
+            subject: subject.clone(),
+            hash: hex(&keys.token_hash(&secret)),
+            created_at: now_secs(),
+            expires_at,
+            revoked: false,
+        };
+        let bytes = serde_json::to_vec(&rec).map_err(|e| StoreError::Io(e.to_string()))?;
+        if store.insert_new(Table::Tokens, &id, &bytes).await? {
+            return Ok((id.clone(), Token::new(format!("nst.{id}.{secret}"))));
+        }
+    }
+}
+
+pub async fn load_token(store: &dyn Store, id: &str) -> Result<Option<TokenRecord>, ApiError> {
+    let Some(raw) = store.get(Table::Tokens, id).await? else {
+        return Ok(None);
+    };
+    serde_json::from_slice(&raw)
+        .map(Some)
+        .map_err(|e| ApiError::Internal(format!("token record {id}: {e}")))
+}
+
+/// Checks a presented token and returns whom it speaks for.
+pub async fn authenticate(
+    store: &dyn Store,
+    keys: &Keys,
+    presented: &str,
+) -> Result<Principal, ApiError> {
+    let invalid = || ApiError::Unauthenticated("invalid token".into());
+    let mut parts = presented.splitn(3, '.');
+    let (Some("nst"), Some(id), Some(secret)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(invalid());
+    };
+    if id.len() != 16 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(invalid());
+    }
+    let rec = load_token(store, id).await?.ok_or_else(invalid)?;
+    let want = rec.hash.as_bytes();
+    let got = hex(&keys.token_hash(secret));
+    if !bool::from(got.as_bytes().ct_eq(want)) {
+        return Err(invalid());
+    }
+    if rec.revoked {
+        return Err(ApiError::Unauthenticated("token has been revoked".into()));
+    }
+    if rec.expires_at.is_some_and(|e| e <= now_secs()) {
+        return Err(ApiError::Unauthenticated("token has expired".into()));
+    }
+    match rec.subject {
+        Subject::Operator => Ok(Principal::Operator),
+        Subject::User { name } => Ok(Principal::User(
+            UserName::new(&name).map_err(|e| ApiError::Internal(e.to_string()))?,
+        )),
+        Subject::Job { id: job_id } => {
+            let raw = store
+                .get(Table::Jobs, &job_id)
+                .await?
+                .ok_or_else(|| ApiError::Unauthenticated("the job has ended".into()))?;
+            let job: JobRecord = serde_json::from_slice(&raw)
+                .map_err(|e| ApiError::Internal(format!("job record {job_id}: {e}")))?;
+            let owner = UserName::new(&job.owner).map_err(|e| ApiError::Internal(e.to_string()))?;
+            Ok(Principal::Job {
+                id: job_id,
+                owner,
+                uris: job.uris.iter().filter_map(|u| parse_full(u)).collect(),
+            })
+        }
+    }
+}
+
+/// Parses a stored, fully qualified URI.
+pub fn parse_full(u: &str) -> Option<SecretUri> {
+    let r = secrets_core::SecretRef::parse(u).ok()?;
+    Some(SecretUri {
+        cluster: r.cluster?,
+        owner: r.owner?,
+        key: r.key,
+    })
+}

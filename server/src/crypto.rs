@@ -1,0 +1,165 @@
+//! Encryption at rest and token hashing, both keyed by the master key file.
+
+use std::fs;
+use std::io::Write as _;
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::path::Path;
+
+use anyhow::{Context as _, bail};
+use chacha20poly1305::aead::{Aead as _, KeyInit as _, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use zeroize::Zeroizing;
+
+const NONCE_LEN: usize = 24;
+
+/// Fills a buffer from the OS's random source.
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    getrandom::fill(&mut b).expect("the OS random source failed");
+    b
+}
+
+/// The keys derived from the master key. The master key itself is dropped after derivation.
+pub struct Keys {
+    aead: XChaCha20Poly1305,
+    token_key: Zeroizing<[u8; 32]>,
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Keys(****)")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("a stored value failed authentication (wrong master key or tampered data)")]
+pub struct OpenError;
+
+impl Keys {
+    /// Reads the master key file, creating it (mode 0600) when absent. Returns whether it was
+    /// created.
+    pub fn load_or_create(path: &Path) -> anyhow::Result<(Self, bool)> {
+        let (master, created) = match fs::read(path) {
+            Ok(bytes) => {
+                let mode = fs::metadata(path)?.permissions().mode() & 0o777;
+                if mode & 0o077 != 0 {
+                    bail!(
+                        "master key '{}' has mode {mode:o}; it must not be readable by group or others (chmod 600)",
+                        path.display()
+                    );
+                }
+                let bytes = Zeroizing::new(bytes);
+                let key: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
+                    anyhow::anyhow!("master key '{}' is not 32 bytes long", path.display())
+                })?;
+                (Zeroizing::new(key), false)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let key = Zeroizing::new(random_bytes::<32>());
+                let mut f = fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(path)
+                    .with_context(|| format!("creating master key '{}'", path.display()))?;
+                f.write_all(key.as_slice())?;
+                f.sync_all()?;
+                (key, true)
+            }
+            Err(e) => {
+                return Err(e).with_context(|| format!("reading master key '{}'", path.display()));
+            }
+        };
+        Ok((Self::from_master(&master), created))
+    }
+
+    pub fn from_master(master: &[u8; 32]) -> Self {
+        let enc = Zeroizing::new(blake3::derive_key(
+            "neuro-secrets 2026 value encryption",
+            master,
+        ));
+        let tok = blake3::derive_key("neuro-secrets 2026 token hashing", master);
+        Self {
+            aead: XChaCha20Poly1305::new(enc.as_slice().into()),
+            token_key: Zeroizing::new(tok),
+        }
+    }
+
+    /// Encrypts `plain`, binding it to `aad` (the secret's `OWNER/KEY`): nonce ++ ciphertext.
+    pub fn seal(&self, aad: &str, plain: &[u8]) -> Vec<u8> {
+        let nonce = random_bytes::<NONCE_LEN>();
+        let ct = self
+            .aead
+            .encrypt(
+                XNonce::from_slice(&nonce),
+                Payload {
+                    msg: plain,
+                    aad: aad.as_bytes(),
+                },
+            )
+            .expect("XChaCha20-Poly1305 encryption cannot fail for in-memory buffers");
+        let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&ct);
+        out
+    }
+
+    pub fn open(&self, aad: &str, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, OpenError> {
+        if sealed.len() < NONCE_LEN {
+            return Err(OpenError);
+        }
+        let (nonce, ct) = sealed.split_at(NONCE_LEN);
+        self.aead
+            .decrypt(
+                XNonce::from_slice(nonce),
+                Payload {
+                    msg: ct,
+                    aad: aad.as_bytes(),
+                },
+            )
+            .map(Zeroizing::new)
+            .map_err(|_| OpenError)
+    }
+
+    /// A keyed hash of a token's secret part: cheap enough for every request, useless to
+    /// anyone who steals the database without the master key.
+    pub fn token_hash(&self, secret: &str) -> [u8; 32] {
+        *blake3::keyed_hash(&self.token_key, secret.as_bytes()).as_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seal_open_round_trip_and_binding() {
+        let k = Keys::from_master(&[7; 32]);
+        let s = k.seal("alice/k", b"p@$$w0rd123");
+        assert!(!s.windows(11).any(|w| w == b"p@$$w0rd123"));
+        assert_eq!(k.open("alice/k", &s).unwrap().as_slice(), b"p@$$w0rd123");
+        assert!(k.open("bob/k", &s).is_err(), "value moved to another key");
+        let other = Keys::from_master(&[8; 32]);
+        assert!(other.open("alice/k", &s).is_err());
+    }
+
+    #[test]
+    fn master_key_is_created_with_mode_0600_and_reloaded() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("master.key");
+        let (k1, created) = Keys::load_or_create(&p).unwrap();
+        assert!(created);
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let (k2, created) = Keys::load_or_create(&p).unwrap();
+        assert!(!created);
+        assert_eq!(
+            k2.open("a/b", &k1.seal("a/b", b"v")).unwrap().as_slice(),
+            b"v"
+        );
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(Keys::load_or_create(&p).is_err());
+    }
+}

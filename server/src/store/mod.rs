@@ -1,0 +1,84 @@
+//! The storage trait the service is written against, and its embedded implementation.
+//!
+//! Records other than secrets are opaque bytes under string keys in a few tables; secrets get
+//! their own operations because every secret write must take the next revision and record a
+//! change atomically. Values reach the store already sealed (see `crypto`).
+
+pub mod embedded;
+
+use async_trait::async_trait;
+
+/// Failures of the storage layer. Their text goes to the log, never to a client.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage I/O: {0}")]
+    Io(String),
+    #[error("corrupt record in {table}/{key}")]
+    Corrupt { table: &'static str, key: String },
+}
+
+/// The plain tables, keyed by strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Table {
+    /// user name → `UserRecord`
+    Users,
+    /// token id → `TokenRecord`
+    Tokens,
+    /// `GRANTEE/RESOURCE-URI` → `GrantRecord`
+    Grants,
+    /// job id → `JobRecord`
+    Jobs,
+}
+
+impl Table {
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Users => "users",
+            Table::Tokens => "tokens",
+            Table::Grants => "grants",
+            Table::Jobs => "jobs",
+        }
+    }
+}
+
+/// A stored secret: its revision and its sealed bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSecret {
+    pub version: u64,
+    pub sealed: Vec<u8>,
+}
+
+/// One entry of the change log: a secret written (or deleted) at a revision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub revision: u64,
+    /// `OWNER/KEY`
+    pub key: String,
+    pub deleted: bool,
+}
+
+/// Storage for the service. Implementations must make an acknowledged write durable.
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug {
+    async fn get(&self, table: Table, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Every entry whose key starts with `prefix`, in key order.
+    async fn scan(&self, table: Table, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+    async fn put(&self, table: Table, key: &str, value: &[u8]) -> Result<(), StoreError>;
+    /// Writes only if the key is absent; `false` when it was there.
+    async fn insert_new(&self, table: Table, key: &str, value: &[u8]) -> Result<bool, StoreError>;
+    /// `false` when the key was absent.
+    async fn delete(&self, table: Table, key: &str) -> Result<bool, StoreError>;
+
+    /// `key` is `OWNER/KEY`.
+    async fn get_secret(&self, key: &str) -> Result<Option<StoredSecret>, StoreError>;
+    /// Secrets whose `OWNER/KEY` starts with `prefix`: `(OWNER/KEY, version)`.
+    async fn list_secrets(&self, prefix: &str) -> Result<Vec<(String, u64)>, StoreError>;
+    /// Stores the sealed value under the next revision, which it returns.
+    async fn put_secret(&self, key: &str, sealed: &[u8]) -> Result<u64, StoreError>;
+    /// Deletes the secret under the next revision; `None` when it did not exist.
+    async fn delete_secret(&self, key: &str) -> Result<Option<u64>, StoreError>;
+    /// Changes after `revision`, oldest first, at most `limit`.
+    async fn changes_since(&self, revision: u64, limit: usize) -> Result<Vec<Change>, StoreError>;
+    /// The newest revision (0 before the first secret write).
+    async fn revision(&self) -> Result<u64, StoreError>;
+}
