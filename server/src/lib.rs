@@ -145,6 +145,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     println!("secretd listening on {scheme}://{addr}");
     std::io::stdout().flush()?;
     tracing::info!(%addr, cluster = %args.cluster, data_dir = %data_dir.display(), "serving");
+    eprintln!(
+        "Log in as the operator with:\n  neuro login --url {scheme}://{addr} --token \"$(cat {})\"\nthen create users with: neuro admin user add NAME",
+        data_dir.join("admin.token").display()
+    );
     if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let cfg = axum_server::tls_rustls::RustlsConfig::from_pem_file(&cert, &key)

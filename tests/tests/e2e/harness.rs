@@ -1,0 +1,377 @@
+//! Starts the real binaries: `secretd` on a loopback port with a fresh data directory, and
+//! `neuro` as separate users, each with its own config directory. Every output is kept so a
+//! test can search all of it for values and tokens.
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Where cargo put the workspace's binaries: next to this test's `deps/` directory.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps");
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: build the binaries first (cargo build --workspace --bins)",
+        p.display()
+    );
+    p
+}
+
+/// Everything printed by every process a test started, for leak searches.
+#[derive(Clone, Default)]
+pub struct Transcript(Arc<Mutex<Vec<(String, Vec<u8>)>>>);
+
+impl Transcript {
+    pub fn add(&self, label: impl Into<String>, bytes: &[u8]) {
+        self.0.lock().unwrap().push((label.into(), bytes.to_vec()));
+    }
+
+    /// Labels of the outputs that contain `needle`.
+    pub fn find(&self, needle: &[u8]) -> Vec<String> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, b)| contains(b, needle))
+            .map(|(l, _)| l.clone())
+            .collect()
+    }
+}
+
+pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// A running `secretd`. Killed (and waited for) on drop.
+pub struct Server {
+    pub dir: tempfile::TempDir,
+    pub url: String,
+    pub addr: String,
+    child: Option<Child>,
+    extra: Vec<String>,
+    pub transcript: Transcript,
+}
+
+impl Server {
+    pub fn start() -> Self {
+        Self::start_with(&["--cluster", "neuro-compute"])
+    }
+
+    pub fn start_with(extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut s = Server {
+            dir,
+            url: String::new(),
+            addr: "127.0.0.1:0".into(),
+            child: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            transcript: Transcript::default(),
+        };
+        s.spawn();
+        s
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn spawn(&mut self) {
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("secretd.stderr"))
+            .expect("stderr file");
+        let mut child = Command::new(bin("secretd"))
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .args(["--listen", &self.addr])
+            .args(&self.extra)
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("start secretd");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("read secretd's first line");
+        let url = line
+            .trim()
+            .strip_prefix("secretd listening on ")
+            .unwrap_or_else(|| {
+                let _ = child.kill();
+                panic!(
+                    "unexpected first line from secretd: {line:?}; stderr: {}",
+                    self.stderr()
+                )
+            })
+            .to_owned();
+        self.addr = url
+            .split("://")
+            .nth(1)
+            .expect("url has an address")
+            .to_owned();
+        self.url = url;
+        self.child = Some(child);
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("secretd.stderr")).unwrap_or_default()
+    }
+
+    pub fn audit_log(&self) -> String {
+        std::fs::read_to_string(self.data_dir().join("audit.log")).unwrap_or_default()
+    }
+
+    /// Waits up to 3 s for the audit writer to log a line containing `needle`.
+    #[track_caller]
+    pub fn assert_audited(&self, needle: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        while !self.audit_log().contains(needle) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "audit log lacks {needle:?}:\n{}",
+                self.audit_log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.data_dir().join("admin.token"))
+            .expect("admin.token")
+            .trim()
+            .to_owned()
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().expect("kill -9 secretd");
+            c.wait().expect("wait secretd");
+        }
+    }
+
+    /// SIGTERM and wait; returns the exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("secretd is running");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .expect("SIGTERM");
+        c.wait().expect("wait secretd")
+    }
+
+    /// Starts again on the same data directory and port.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    /// A `neuro` runner with its own config directory, logged in with `token`.
+    pub fn user(&self, name: &str, token: &str) -> Neuro {
+        let n = Neuro::new(self, name);
+        n.ok(&["login", "--url", &self.url, "--token", token]);
+        n
+    }
+
+    /// Creates users through the operator's CLI; returns their tokens.
+    pub fn add_users(&self, names: &[&str]) -> Vec<String> {
+        let op = self.user("operator", &self.admin_token());
+        names
+            .iter()
+            .map(|n| {
+                let out = op.ok(&["admin", "user", "add", n]);
+                out.stdout_str().trim().to_owned()
+            })
+            .collect()
+    }
+
+    /// One HTTP/1.1 request over a fresh loopback connection.
+    pub fn http(&self, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> Reply {
+        self.http_raw(
+            method,
+            path,
+            token,
+            body.map(|b| ("application/json", b.as_bytes())),
+        )
+    }
+
+    pub fn http_raw(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<(&str, &[u8])>,
+    ) -> Reply {
+        http(&self.addr, method, path, token, body)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// An HTTP answer.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| {
+            panic!("HTTP {} body is not JSON ({e}): {}", self.status, self.body)
+        })
+    }
+}
+
+pub fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<(&str, &[u8])>,
+) -> std::io::Result<Reply> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(t) = token {
+        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    let (ct, bytes) = body.unwrap_or(("", b""));
+    if !ct.is_empty() {
+        req.push_str(&format!("Content-Type: {ct}\r\n"));
+    }
+    req.push_str(&format!("Content-Length: {}\r\n\r\n", bytes.len()));
+    s.write_all(req.as_bytes())?;
+    s.write_all(bytes)?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other(format!("no header end in {text:?}")))?;
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line in {head:?}")))?;
+    Ok(Reply {
+        status,
+        body: body.to_owned(),
+    })
+}
+
+/// `neuro` as one user.
+pub struct Neuro {
+    pub config_home: PathBuf,
+    transcript: Transcript,
+    name: String,
+}
+
+/// What a `neuro` run printed and how it ended.
+#[derive(Debug)]
+pub struct Out {
+    pub code: i32,
+    pub stdout: Vec<u8>,
+    pub stderr: String,
+}
+
+impl Out {
+    pub fn stdout_str(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+}
+
+impl Neuro {
+    pub fn new(server: &Server, name: &str) -> Self {
+        let config_home = server.dir.path().join(format!("config-{name}"));
+        std::fs::create_dir_all(&config_home).expect("config dir");
+        Neuro {
+            config_home,
+            transcript: server.transcript.clone(),
+            name: name.to_owned(),
+        }
+    }
+
+    /// Runs `neuro ARGS` with `stdin`. `secret_stdout`: this command's job is to print a value
+    /// or a token, so its stdout is left out of leak searches.
+    pub fn run_full(&self, args: &[&str], stdin: &[u8], secret_stdout: bool) -> Out {
+        let mut child = Command::new(bin("neuro"))
+            .args(args)
+            .env_remove("NEURO_URL")
+            .env_remove("NEURO_TOKEN")
+            .env_remove("NEURO_CA_FILE")
+            .env("XDG_CONFIG_HOME", &self.config_home)
+            .env("HOME", &self.config_home)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start neuro");
+        let mut sin = child.stdin.take().expect("stdin");
+        sin.write_all(stdin).expect("write stdin");
+        drop(sin);
+        let o = child.wait_with_output().expect("neuro output");
+        let label = format!(
+            "{} $ neuro {}",
+            self.name,
+            args.first().copied().unwrap_or("")
+        );
+        if !secret_stdout {
+            self.transcript.add(format!("{label} (stdout)"), &o.stdout);
+        }
+        self.transcript.add(format!("{label} (stderr)"), &o.stderr);
+        Out {
+            code: o.status.code().unwrap_or(-1),
+            stdout: o.stdout,
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+
+    pub fn run(&self, args: &[&str]) -> Out {
+        self.run_full(args, b"", false)
+    }
+
+    /// Runs and asserts exit code 0 (token-printing commands are kept out of leak searches).
+    #[track_caller]
+    pub fn ok(&self, args: &[&str]) -> Out {
+        let secret = matches!(args, ["admin", "user" | "token", "add", ..]);
+        let o = self.run_full(args, b"", secret);
+        assert_eq!(o.code, 0, "neuro {args:?} failed: {}", o.stderr);
+        o
+    }
+
+    /// Runs and asserts the exit code and that stderr is one `ERROR:` line containing `msg`.
+    #[track_caller]
+    pub fn fails(&self, args: &[&str], code: i32, msg: &str) -> Out {
+        let o = self.run(args);
+        assert_eq!(o.code, code, "neuro {args:?}: stderr {:?}", o.stderr);
+        assert!(
+            o.stderr.starts_with("ERROR: ") && o.stderr.lines().count() == 1,
+            "neuro {args:?}: stderr is not one ERROR line: {:?}",
+            o.stderr
+        );
+        assert!(
+            o.stderr.contains(msg),
+            "neuro {args:?}: {:?} lacks {msg:?}",
+            o.stderr
+        );
+        o
+    }
+}

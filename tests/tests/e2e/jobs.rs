@@ -1,0 +1,240 @@
+//! Jobs: creation checks (permissions, existence) and the job token's exact scope.
+
+use base64::Engine as _;
+
+use crate::harness::Server;
+
+fn b64(s: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+#[test]
+fn job_tokens_read_exactly_their_uris_until_deleted() {
+    let srv = Server::start();
+    let t = srv.add_users(&["alice", "bob"]);
+    let (alice, bob) = (&t[0], &t[1]);
+    for (tok, key, val) in [
+        (alice, "a1", "va1"),
+        (alice, "a2", "va2"),
+        (alice, "a3", "va3"),
+        (bob, "b1", "vb1"),
+        (bob, "b2", "vb2"),
+    ] {
+        let body = format!(r#"{{"key":"{key}","value":"{}"}}"#, b64(val));
+        assert_eq!(
+            srv.http("POST", "/api/v1/secrets", Some(tok), Some(&body))
+                .status,
+            201
+        );
+    }
+    let share = r#"[{"uri":"secret:/bob/b1","action":"read"}]"#;
+    assert_eq!(
+        srv.http(
+            "POST",
+            "/api/v1/users/alice/permissions",
+            Some(bob),
+            Some(share)
+        )
+        .status,
+        201
+    );
+
+    // Missing permissions: 403 listing each missing URI, nothing created.
+    let r = srv.http(
+        "POST",
+        "/api/v1/jobs",
+        Some(alice),
+        Some(r#"{"secret_env":{"A":"secret:a1","B":"secret:/bob/b2"},"secret_volumes":[{"src_secret_uri":"secret://neuro-compute/bob/zz","dst_path":"/x"}]}"#),
+    );
+    assert_eq!(r.status, 403, "{}", r.body);
+    let missing: Vec<String> = r.json()["missing"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            format!(
+                "{} {}",
+                m["uri"].as_str().unwrap(),
+                m["action"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        missing,
+        [
+            "secret://neuro-compute/bob/b2 read",
+            "secret://neuro-compute/bob/zz read"
+        ]
+    );
+
+    // Missing secrets: 404 with the keys sorted.
+    let r = srv.http(
+        "POST",
+        "/api/v1/jobs",
+        Some(alice),
+        Some(r#"{"secret_env":{"A":"secret:zeta","B":"secret:alpha","C":"secret:a1"}}"#),
+    );
+    assert_eq!(r.status, 404, "{}", r.body);
+    assert_eq!(r.json()["error"], "Missing secrets: 'alpha', 'zeta'");
+
+    // A good job: env and volume URIs, in short and full forms.
+    let r = srv.http(
+        "POST",
+        "/api/v1/jobs",
+        Some(alice),
+        Some(r#"{"secret_env":{"A":"secret:a1","B":"secret:/bob/b1"},"secret_volumes":[{"src_secret_uri":"secret://neuro-compute/alice/a2","dst_path":"/var/secrets/a2"}],"ttl_s":600}"#),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let j = r.json();
+    let (job_id, job) = (
+        j["job_id"].as_str().unwrap().to_owned(),
+        j["token"].as_str().unwrap().to_owned(),
+    );
+    assert!(j["expires_at"].as_str().unwrap().ends_with('Z'));
+    let get = |owner: &str, key: &str| {
+        srv.http(
+            "GET",
+            &format!("/api/v1/secrets/{owner}/{key}"),
+            Some(&job),
+            None,
+        )
+    };
+    let r = get("alice", "a1");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["value"], b64("va1"));
+    assert_eq!(get("alice", "a2").status, 200);
+    assert_eq!(get("bob", "b1").status, 200);
+    assert_eq!(get("alice", "a3").status, 403, "not in the job");
+    assert_eq!(get("bob", "b2").status, 403, "not in the job");
+    assert_eq!(
+        srv.http("GET", "/api/v1/secrets", Some(&job), None).status,
+        403,
+        "no list"
+    );
+    let body = format!(r#"{{"key":"a1","value":"{}"}}"#, b64("x"));
+    assert_eq!(
+        srv.http("POST", "/api/v1/secrets", Some(&job), Some(&body))
+            .status,
+        403,
+        "no write"
+    );
+    assert_eq!(
+        srv.http("DELETE", "/api/v1/secrets/alice/a1", Some(&job), None)
+            .status,
+        403
+    );
+    assert_eq!(
+        srv.http("POST", "/api/v1/jobs", Some(&job), Some("{}"))
+            .status,
+        403
+    );
+    assert_eq!(
+        srv.http("GET", "/api/v1/users/alice/permissions", Some(&job), None)
+            .status,
+        403
+    );
+
+    // resolve: one round trip, per-URI outcomes; short forms expand against the job's user.
+    let r = srv.http(
+        "POST",
+        "/api/v1/secrets/resolve",
+        Some(&job),
+        Some(r#"{"uris":["secret:a1","secret:/bob/b1","secret:a3","secret:bad?q","secret://neuro-compute/alice/a2"]}"#),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let res = r.json()["results"].clone();
+    let statuses: Vec<&str> = res
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["ok", "ok", "forbidden", "invalid", "ok"]);
+    assert_eq!(res[1]["value"], b64("vb1"));
+    assert!(res[2].get("value").is_none());
+
+    // Revoking bob's share cuts the job off that secret at once.
+    assert_eq!(
+        srv.http(
+            "DELETE",
+            "/api/v1/users/alice/permissions?uri=secret%3A%2Fbob%2Fb1",
+            Some(bob),
+            None
+        )
+        .status,
+        204
+    );
+    assert_eq!(get("bob", "b1").status, 403);
+
+    // bob cannot end alice's job; alice can, and the token dies with it.
+    assert_eq!(
+        srv.http("DELETE", &format!("/api/v1/jobs/{job_id}"), Some(bob), None)
+            .status,
+        404
+    );
+    assert_eq!(
+        srv.http(
+            "DELETE",
+            &format!("/api/v1/jobs/{job_id}"),
+            Some(alice),
+            None
+        )
+        .status,
+        204
+    );
+    assert_eq!(get("alice", "a1").status, 401);
+    assert_eq!(
+        srv.http(
+            "DELETE",
+            &format!("/api/v1/jobs/{job_id}"),
+            Some(alice),
+            None
+        )
+        .status,
+        404
+    );
+}
+
+#[test]
+fn job_spec_is_validated() {
+    let srv = Server::start();
+    let t = srv.add_users(&["alice"]);
+    let body = format!(r#"{{"key":"k","value":"{}"}}"#, b64("v"));
+    assert_eq!(
+        srv.http("POST", "/api/v1/secrets", Some(&t[0]), Some(&body))
+            .status,
+        201
+    );
+    for (spec, msg) in [
+        (
+            r#"{"secret_env":{"1X":"secret:k"}}"#,
+            "invalid variable name '1X'",
+        ),
+        (r#"{"secret_env":{"X":"k"}}"#, "missing 'secret:' scheme"),
+        (
+            r#"{"secret_volumes":[{"src_secret_uri":"secret:k","dst_path":"rel"}]}"#,
+            "must be absolute",
+        ),
+        (
+            r#"{"secret_volumes":[{"src_secret_uri":"secret:k","dst_path":"/a"},{"src_secret_uri":"secret:k","dst_path":"/a"}]}"#,
+            "used twice",
+        ),
+        (
+            r#"{"secret_env":{"X":"secret:k"},"ttl_s":0}"#,
+            "ttl_s 0 is out of range",
+        ),
+        (
+            r#"{"secret_env":{"X":"secret://other/alice/k"}}"#,
+            "cluster 'other'",
+        ),
+        (
+            r#"{"secret_env":{"X":"secret:k"},"extra":1}"#,
+            "unknown field",
+        ),
+    ] {
+        let r = srv.http("POST", "/api/v1/jobs", Some(&t[0]), Some(spec));
+        assert_eq!(r.status, 400, "{spec}: {}", r.body);
+        let err = r.json()["error"].as_str().unwrap().to_owned();
+        assert!(err.contains(msg), "{spec}: {err:?} lacks {msg:?}");
+    }
+}

@@ -1,0 +1,13 @@
+//! End-to-end tests over the real `secretd` and `neuro` binaries on loopback.
+
+// A test fails by panicking; unwrap is its assertion. Case tables are wide tuples on purpose.
+#![allow(clippy::unwrap_used, clippy::type_complexity)]
+
+mod harness;
+
+mod authz;
+mod bad_input;
+mod crash;
+mod jobs;
+mod tls;
+mod walkthrough;
