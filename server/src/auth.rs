@@ -3,8 +3,9 @@
 //! A token is `nst.ID.SECRET`: `ID` (16 hex digits) names the stored record, `SECRET` (64 hex
 //! digits) is checked against the record's keyed hash in constant time. Only the hash is stored.
 
-use std::collections::HashSet;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use secrets_core::{SecretUri, Token, UserName};
 use serde::{Deserialize, Serialize};
@@ -22,7 +23,7 @@ pub fn now_secs() -> u64 {
 }
 
 pub fn rfc3339(secs: u64) -> String {
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + std::time::Duration::from_secs(secs)).to_string()
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -68,7 +69,7 @@ pub enum Principal {
     Job {
         id: String,
         owner: UserName,
-        uris: HashSet<SecretUri>,
+        uris: Arc<HashSet<SecretUri>>,
     },
 }
 
@@ -125,33 +126,98 @@ pub async fn load_token(store: &dyn Store, id: &str) -> Result<Option<TokenRecor
         .map_err(|e| ApiError::Internal(format!("token record {id}: {e}")))
 }
 
-/// Checks a presented token and returns whom it speaks for.
-pub async fn authenticate(
-    store: &dyn Store,
-    keys: &Keys,
-    presented: &str,
-) -> Result<Principal, ApiError> {
-    let invalid = || ApiError::Unauthenticated("invalid token".into());
-    let mut parts = presented.splitn(3, '.');
-    let (Some("nst"), Some(id), Some(secret)) = (parts.next(), parts.next(), parts.next()) else {
-        return Err(invalid());
-    };
-    if id.len() != 16 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(invalid());
+/// How long a verified token is trusted without a store read. Revocations made through this
+/// process take effect at once (`Authenticator::forget`); ones made elsewhere (another
+/// instance on a shared store) within this time.
+const CACHE_TTL: Duration = Duration::from_secs(1);
+const CACHE_MAX: usize = 10_000;
+
+#[derive(Debug)]
+struct Cached {
+    hash: String,
+    principal: Principal,
+    expires_at: Option<u64>,
+    at: Instant,
+}
+
+/// Verifies bearer tokens, keeping recent verifications in memory so that a request costs one
+/// keyed hash, not a store read.
+#[derive(Debug, Default)]
+pub struct Authenticator {
+    cache: RwLock<HashMap<String, Cached>>,
+}
+
+impl Authenticator {
+    /// Drops a token from the cache, after a revocation.
+    pub fn forget(&self, token_id: &str) {
+        self.cache
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(token_id);
     }
-    let rec = load_token(store, id).await?.ok_or_else(invalid)?;
-    let want = rec.hash.as_bytes();
-    let got = hex(&keys.token_hash(secret));
-    if !bool::from(got.as_bytes().ct_eq(want)) {
-        return Err(invalid());
+
+    /// Checks a presented token and returns whom it speaks for.
+    pub async fn authenticate(
+        &self,
+        store: &dyn Store,
+        keys: &Keys,
+        presented: &str,
+    ) -> Result<Principal, ApiError> {
+        let invalid = || ApiError::Unauthenticated("invalid token".into());
+        let mut parts = presented.splitn(3, '.');
+        let (Some("nst"), Some(id), Some(secret)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(invalid());
+        };
+        if id.len() != 16 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(invalid());
+        }
+        let got = hex(&keys.token_hash(secret));
+        let check_expiry = |expires_at: Option<u64>| {
+            if expires_at.is_some_and(|e| e <= now_secs()) {
+                Err(ApiError::Unauthenticated("token has expired".into()))
+            } else {
+                Ok(())
+            }
+        };
+        {
+            let cache = self.cache.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(c) = cache.get(id).filter(|c| c.at.elapsed() < CACHE_TTL) {
+                if !bool::from(got.as_bytes().ct_eq(c.hash.as_bytes())) {
+                    return Err(invalid());
+                }
+                check_expiry(c.expires_at)?;
+                return Ok(c.principal.clone());
+            }
+        }
+        let rec = load_token(store, id).await?.ok_or_else(invalid)?;
+        if !bool::from(got.as_bytes().ct_eq(rec.hash.as_bytes())) {
+            return Err(invalid());
+        }
+        if rec.revoked {
+            return Err(ApiError::Unauthenticated("token has been revoked".into()));
+        }
+        check_expiry(rec.expires_at)?;
+        let principal = principal_of(store, rec.subject).await?;
+        let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(
+            id.to_owned(),
+            Cached {
+                hash: rec.hash,
+                principal: principal.clone(),
+                expires_at: rec.expires_at,
+                at: Instant::now(),
+            },
+        );
+        Ok(principal)
     }
-    if rec.revoked {
-        return Err(ApiError::Unauthenticated("token has been revoked".into()));
-    }
-    if rec.expires_at.is_some_and(|e| e <= now_secs()) {
-        return Err(ApiError::Unauthenticated("token has expired".into()));
-    }
-    match rec.subject {
+}
+
+async fn principal_of(store: &dyn Store, subject: Subject) -> Result<Principal, ApiError> {
+    match subject {
         Subject::Operator => Ok(Principal::Operator),
         Subject::User { name } => Ok(Principal::User(
             UserName::new(&name).map_err(|e| ApiError::Internal(e.to_string()))?,
@@ -167,7 +233,7 @@ pub async fn authenticate(
             Ok(Principal::Job {
                 id: job_id,
                 owner,
-                uris: job.uris.iter().filter_map(|u| parse_full(u)).collect(),
+                uris: Arc::new(job.uris.iter().filter_map(|u| parse_full(u)).collect()),
             })
         }
     }

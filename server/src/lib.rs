@@ -112,6 +112,7 @@ pub async fn open_service(
         keys,
         cluster,
         audit,
+        auth: auth::Authenticator::default(),
     })
 }
 
