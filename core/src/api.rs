@@ -176,3 +176,22 @@ pub struct TokenInfo {
     pub created_at: String,
     pub revoked: bool,
 }
+
+/// One change in `GET /api/v1/secrets/watch`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WatchEvent {
+    pub uri: String,
+    pub version: u64,
+    pub deleted: bool,
+}
+
+/// The answer of `GET /api/v1/secrets/watch?since=N`: changes after revision `N` that the
+/// caller may see, up to `revision`, which the next call passes as `since`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WatchResponse {
+    pub revision: u64,
+    pub events: Vec<WatchEvent>,
+    /// The caller's permissions changed: what it may read must be resolved again.
+    #[serde(default)]
+    pub acl_changed: bool,
+}

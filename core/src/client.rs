@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use crate::api::{
     CreateUser, ErrorBody, Grant, JobCreated, JobSpec, MissingPermission, PutSecret,
     ResolveRequest, ResolveResponse, SecretInfo, SecretValue, SecretVersion, SharedGrant,
-    TokenInfo, TokenIssued, WhoAmI,
+    TokenInfo, TokenIssued, WatchResponse, WhoAmI,
 };
 use crate::names::{SecretKey, UserName};
 use crate::secret::{SecretBytes, Token};
@@ -243,6 +243,22 @@ impl Client {
             Some(&ResolveRequest { uris }),
         )
         .await
+    }
+
+    /// Long-polls for changes after `since`, waiting up to `wait_s` seconds for one.
+    pub async fn watch(
+        &self,
+        since: Option<u64>,
+        wait_s: u64,
+    ) -> Result<WatchResponse, ClientError> {
+        let since = since.map(|s| s.to_string());
+        let wait = wait_s.to_string();
+        let mut q = vec![("timeout_s", wait.as_str())];
+        if let Some(s) = &since {
+            q.push(("since", s.as_str()));
+        }
+        self.call::<(), _>(Method::GET, "/secrets/watch", &q, None)
+            .await
     }
 
     pub async fn grant(

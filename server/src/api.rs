@@ -13,7 +13,7 @@ use axum::{Json, Router};
 use secrets_core::api::{
     CreateUser, Grant, JobCreated, JobSpec, MissingPermission, PutSecret, ResolveRequest,
     ResolveResponse, ResolveStatus, Resolved, SecretInfo, SecretVersion, SharedGrant, TokenInfo,
-    TokenIssued, WhoAmI,
+    TokenIssued, WatchEvent, WatchResponse, WhoAmI,
 };
 use secrets_core::{
     Action, ClusterName, EnvName, MAX_VALUE_LEN, ResourceUri, SecretBytes, SecretKey, SecretRef,
@@ -33,6 +33,9 @@ use crate::store::{Store, Table};
 pub const MAX_BODY: usize = 2 * 1024 * 1024;
 /// How many URIs one resolve may ask for.
 pub const MAX_RESOLVE: usize = 1000;
+/// Change-log keys for grant changes: `~acl/USER` (a secret's `OWNER/KEY` never starts with `~`).
+const ACL_MARKER: &str = "~acl/";
+const MAX_WATCH_S: u64 = 60;
 const DEFAULT_JOB_TTL_S: u64 = 24 * 3600;
 const MAX_JOB_TTL_S: u64 = 7 * 24 * 3600;
 
@@ -44,6 +47,8 @@ pub struct Service {
     pub cluster: ClusterName,
     pub audit: Audit,
     pub auth: auth::Authenticator,
+    /// The newest revision this process wrote; watchers wait on it.
+    pub changed: tokio::sync::watch::Sender<u64>,
 }
 
 pub type AppState = Arc<Service>;
@@ -178,6 +183,13 @@ impl Service {
         outcome: &'static str,
     ) {
         self.audit.record(&p.actor(), action, uri, outcome);
+    }
+
+    /// Wakes the watchers of `user`'s secrets after a grant change.
+    async fn acl_changed(&self, user: &UserName) -> Result<(), ApiError> {
+        let rev = self.store.touch(&format!("{ACL_MARKER}{user}")).await?;
+        self.changed.send_replace(rev);
+        Ok(())
     }
 
     async fn user_exists(&self, user: &UserName) -> Result<bool, ApiError> {
@@ -328,6 +340,7 @@ async fn put_secret(
     let aad = format!("{}/{}", uri.owner, uri.key);
     let sealed = s.keys.seal(&aad, body.value.expose());
     let version = s.store.put_secret(&aad, &sealed).await?;
+    s.changed.send_replace(version);
     s.audit(&caller.0, "secret.write", Some(uri.to_string()), "ok");
     Ok((
         StatusCode::CREATED,
@@ -521,6 +534,80 @@ async fn resolve(
     Ok(Json(ResolveResponse { results }))
 }
 
+async fn watch(
+    State(s): State<AppState>,
+    Caller(p): Caller,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<WatchResponse>, ApiError> {
+    let Some(user) = p.user().cloned() else {
+        return Err(ApiError::forbidden(
+            "the operator token manages users and tokens; watching needs a user or job token",
+        ));
+    };
+    let num = |name: &str, default: u64| -> Result<u64, ApiError> {
+        q.get(name).map_or(Ok(default), |v| {
+            v.parse().map_err(|_| {
+                ApiError::BadRequest(format!(
+                    "query parameter '{name}' must be a whole number, not '{v}'"
+                ))
+            })
+        })
+    };
+    let wait = std::time::Duration::from_secs(num("timeout_s", 30)?.min(MAX_WATCH_S));
+    let mut rx = s.changed.subscribe();
+    let current = s.store.revision().await?;
+    let Some(mut since) = q.get("since").map(|_| num("since", 0)).transpose()? else {
+        return Ok(Json(WatchResponse {
+            revision: current,
+            ..Default::default()
+        }));
+    };
+    let deadline = tokio::time::Instant::now() + wait;
+    let marker = format!("{ACL_MARKER}{user}");
+    loop {
+        let changes = s.store.changes_since(since, 1000).await?;
+        let mut out = WatchResponse {
+            revision: changes.last().map_or(since.max(current), |c| c.revision),
+            ..Default::default()
+        };
+        if !changes.is_empty() {
+            let perms = s.perms(&user).await?;
+            for c in &changes {
+                if c.key == marker {
+                    out.acl_changed = true;
+                    continue;
+                }
+                let Some((owner, key)) = c.key.split_once('/') else {
+                    continue;
+                };
+                let (Ok(owner), Ok(key)) = (UserName::new(owner), SecretKey::new(key)) else {
+                    continue;
+                };
+                let uri = s.uri(owner, key);
+                let visible = match &p {
+                    Principal::Job { uris, .. } => uris.contains(&uri),
+                    _ => perms.holds_secret(&uri, Action::Read),
+                };
+                if visible {
+                    out.events.push(WatchEvent {
+                        uri: uri.to_string(),
+                        version: c.revision,
+                        deleted: c.deleted,
+                    });
+                }
+            }
+        }
+        if !out.events.is_empty() || out.acl_changed {
+            return Ok(Json(out));
+        }
+        since = out.revision;
+        tokio::select! {
+            r = rx.changed() => if r.is_err() { return Ok(Json(out)) },
+            () = tokio::time::sleep_until(deadline) => return Ok(Json(out)),
+        }
+    }
+}
+
 fn parse_target(s: &Service, me: &UserName, uri: &str) -> Result<ResourceUri, ApiError> {
     let target =
         ResourceUri::parse(uri, &s.ctx(me)).map_err(|e| ApiError::BadRequest(e.to_string()))?;
@@ -588,6 +675,7 @@ async fn grant(
             .put(Table::Grants, &grant_key(&grantee, &t), &encode(&rec))
             .await?;
         s.audit(&caller.0, "grant.add", Some(t.to_string()), "ok");
+        s.acl_changed(&grantee).await?;
         out.push(Grant {
             uri: t.to_string(),
             action,
@@ -697,6 +785,7 @@ async fn revoke(
         )));
     }
     s.audit(&caller.0, "grant.revoke", Some(target.to_string()), "ok");
+    s.acl_changed(&grantee).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -962,6 +1051,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/whoami", get(whoami))
         .route("/api/v1/secrets", post(put_secret).get(list_secrets))
         .route("/api/v1/secrets/resolve", post(resolve))
+        .route("/api/v1/secrets/watch", get(watch))
         .route(
             "/api/v1/secrets/{owner}/{key}",
             get(get_secret).delete(delete_secret),

@@ -113,6 +113,7 @@ pub async fn open_service(
         cluster,
         audit,
         auth: auth::Authenticator::default(),
+        changed: tokio::sync::watch::channel(0).0,
     })
 }
 

@@ -251,6 +251,11 @@ impl Store for EmbeddedStore {
         Ok(out)
     }
 
+    async fn touch(&self, marker: &str) -> Result<u64, StoreError> {
+        let marker = marker.to_owned();
+        self.write(move |tx| bump(tx, &marker, false)).await
+    }
+
     async fn revision(&self) -> Result<u64, StoreError> {
         let tx = self.db.begin_read().map_err(io)?;
         let t = tx.open_table(META).map_err(io)?;

@@ -81,4 +81,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn changes_since(&self, revision: u64, limit: usize) -> Result<Vec<Change>, StoreError>;
     /// The newest revision (0 before the first secret write).
     async fn revision(&self) -> Result<u64, StoreError>;
+    /// Takes the next revision for a change that is not a secret write (a grant added or
+    /// revoked), logged under `marker`, so that watchers wake up and look again.
+    async fn touch(&self, marker: &str) -> Result<u64, StoreError>;
 }

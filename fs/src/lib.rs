@@ -1,0 +1,483 @@
+//! `secretfs`: the FUSE sidecar that serves a job's secrets at the paths it asked for.
+//!
+//! One FUSE session at a private mount root holds every secret as a file (`0`, `1`, ...) and a
+//! status area (`.status`); each file is bind-mounted read-only onto its requested path.
+//! Values are fetched once before the ready file appears, then refreshed in the background
+//! from the service's change feed; no filesystem operation ever waits on the network.
+
+pub mod adapter;
+pub mod files;
+pub mod harden;
+pub mod mounts;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::Parser;
+use secrets_core::api::{JobSpec, ResolveStatus};
+use secrets_core::client::{Client, ClientConfig, ClientError};
+use secrets_core::{SecretBytes, Token, VolumeMapping};
+
+use crate::files::{Files, Mapping};
+
+const EXIT_CODES: &str = "Exit codes:
+  0   stopped cleanly (SIGTERM or SIGINT): everything unmounted
+  2   usage error
+  65  bad input: an invalid --volume, spec file or token file
+  69  the service is unavailable (after --timeout of retries)
+  72  a mapped secret does not exist
+  77  not authenticated, or a mapped secret is forbidden
+  1   any other failure (e.g. mounting failed)";
+
+/// Command line of `secretfs`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "secretfs",
+    version,
+    about = "Serve a job's secrets as read-only files at the paths it asked for",
+    long_about = "Serve a job's secrets as read-only files at the paths it asked for.\n\n\
+        Resolves every mapped secret first (fail closed: a missing or forbidden one stops it \
+        before anything is mounted), mounts one FUSE filesystem at --mount-root, bind-mounts \
+        each file onto its path, then creates --ready-file. Values stay in locked memory and \
+        are refreshed from the service's change feed; after the service goes away the files \
+        keep being served and the status area (MOUNT_ROOT/.status) says since when they are \
+        stale. SIGTERM unmounts everything and exits 0. Needs root (or CAP_SYS_ADMIN) and \
+        /dev/fuse.",
+    after_help = EXIT_CODES
+)]
+pub struct Args {
+    /// Service URL [env: NEURO_URL]
+    #[arg(long, env = "NEURO_URL", value_name = "URL")]
+    pub url: String,
+    /// File holding the job token (else NEURO_TOKEN)
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// A job spec (JSON of POST /api/v1/jobs); its secret_volumes are served
+    #[arg(long, value_name = "FILE")]
+    pub spec: Option<PathBuf>,
+    /// secret:KEY:/PATH (also secret:/OWNER/KEY:/PATH and full URIs); repeatable
+    #[arg(long = "volume", value_name = "SPEC")]
+    pub volumes: Vec<String>,
+    /// Owner of the files
+    #[arg(long, default_value_t = 0)]
+    pub uid: u32,
+    /// Group of the files
+    #[arg(long, default_value_t = 0)]
+    pub gid: u32,
+    /// Permission bits of the files, in octal
+    #[arg(long, default_value = "0400", value_parser = parse_mode)]
+    pub mode: u16,
+    /// Created once every secret is served; removed at shutdown
+    #[arg(long, value_name = "PATH")]
+    pub ready_file: Option<PathBuf>,
+    /// Where the FUSE filesystem is mounted (holds the files and .status)
+    #[arg(long, value_name = "DIR", default_value = "/run/secretfs")]
+    pub mount_root: PathBuf,
+    /// Audit log of opens (JSON lines); default: standard error
+    #[arg(long, value_name = "FILE")]
+    pub audit_log: Option<PathBuf>,
+    /// PEM CA certificate(s) for an https URL
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// How opens and reads are served: strict (audited opens, per-handle snapshots), audited
+    /// (audited opens, page cache, one round trip per open) or kernel (no round trips)
+    #[arg(long, value_enum, default_value = "strict")]
+    pub cache: files::CacheMode,
+    /// How long to retry an unavailable service at start, in seconds
+    #[arg(long, default_value_t = 30)]
+    pub timeout: u64,
+}
+
+fn parse_mode(s: &str) -> Result<u16, String> {
+    u16::from_str_radix(s.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| format!("invalid mode '{s}': expected octal permission bits such as 0400"))
+}
+
+/// A failure with its exit code.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+}
+
+fn fail(code: u8, message: impl Into<String>) -> anyhow::Error {
+    Failure {
+        code,
+        message: message.into(),
+    }
+    .into()
+}
+
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    e.chain()
+        .find_map(|c| c.downcast_ref::<Failure>().map(|f| f.code))
+        .unwrap_or(1)
+}
+
+fn read_token(args: &Args) -> anyhow::Result<Token> {
+    let raw = match &args.token_file {
+        Some(p) => std::fs::read_to_string(p)
+            .map_err(|e| fail(65, format!("cannot read token file '{}': {e}", p.display())))?,
+        None => std::env::var("NEURO_TOKEN")
+            .map_err(|_| fail(77, "no token: pass --token-file FILE or set NEURO_TOKEN"))?,
+    };
+    let t = raw.trim();
+    if t.is_empty() {
+        return Err(fail(77, "the token is empty"));
+    }
+    Ok(Token::new(t.to_owned()))
+}
+
+/// The mappings of `--spec` and `--volume`, in that order; two secrets at one path is an error.
+fn mappings(args: &Args) -> anyhow::Result<Vec<Mapping>> {
+    let mut out: Vec<Mapping> = Vec::new();
+    if let Some(p) = &args.spec {
+        let raw = std::fs::read(p)
+            .map_err(|e| fail(65, format!("cannot read spec '{}': {e}", p.display())))?;
+        let spec: JobSpec = serde_json::from_slice(&raw)
+            .map_err(|e| fail(65, format!("invalid spec '{}': {e}", p.display())))?;
+        for v in spec.secret_volumes {
+            let m = VolumeMapping::parse(&format!("{}:{}", v.src_secret_uri, v.dst_path))
+                .map_err(|e| fail(65, format!("invalid spec '{}': {e}", p.display())))?;
+            out.push(Mapping {
+                path: m.path,
+                uri: m.secret.to_string(),
+            });
+        }
+    }
+    for v in &args.volumes {
+        let m = VolumeMapping::parse(v).map_err(|e| fail(65, e.to_string()))?;
+        out.push(Mapping {
+            path: m.path,
+            uri: m.secret.to_string(),
+        });
+    }
+    if out.is_empty() {
+        return Err(fail(
+            65,
+            "nothing to serve: give --volume secret:KEY:/PATH or --spec FILE",
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for m in &out {
+        if !seen.insert(&m.path) {
+            return Err(fail(
+                65,
+                format!("two secrets are mapped to '{}'", m.path.display()),
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// Resolves every mapping in one request, retrying transient failures until `deadline`.
+/// Any mapping that does not resolve stops secretfs with a line per failure.
+async fn resolve_initial(
+    client: &Client,
+    maps: &[Mapping],
+    deadline: Instant,
+) -> anyhow::Result<Vec<(SecretBytes, u64)>> {
+    let uris: Vec<String> = maps.iter().map(|m| m.uri.clone()).collect();
+    let mut backoff = Duration::from_millis(100);
+    let resp = loop {
+        match client.resolve(uris.clone()).await {
+            Ok(r) => break r,
+            Err(e) if e.is_transient() && Instant::now() + backoff < deadline => {
+                eprintln!("secretfs: {e}; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+            Err(
+                e @ ClientError::Status {
+                    status: 401 | 403, ..
+                },
+            ) => {
+                return Err(fail(77, format!("not authenticated: {e}")));
+            }
+            Err(e) if e.is_transient() => return Err(fail(69, e.to_string())),
+            Err(e) => return Err(fail(65, e.to_string())),
+        }
+    };
+    let mut errors = Vec::new();
+    let mut code = 0;
+    let mut values = Vec::new();
+    for (m, r) in maps.iter().zip(resp.results) {
+        let uri = r.resolved_uri.clone().unwrap_or_else(|| m.uri.clone());
+        let (c, what) = match r.status {
+            ResolveStatus::Ok => match (r.value, r.version) {
+                (Some(v), Some(ver)) => {
+                    values.push((v, ver));
+                    continue;
+                }
+                _ => (69, "the service sent no value".to_owned()),
+            },
+            ResolveStatus::NotFound => (72, "not found".to_owned()),
+            ResolveStatus::Forbidden => (77, "forbidden".to_owned()),
+            ResolveStatus::Invalid => (65, format!("invalid: {}", r.error.unwrap_or_default())),
+        };
+        code = code.max(c);
+        errors.push(format!("{}: {uri}: {what}", m.path.display()));
+    }
+    if !errors.is_empty() {
+        return Err(fail(code, errors.join("\nERROR: ")));
+    }
+    Ok(values)
+}
+
+fn audit_sink(
+    path: Option<&Path>,
+) -> anyhow::Result<files::AuditSink> {
+    let out: Box<dyn Write + Send> = match path {
+        Some(p) => Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .with_context(|| format!("opening audit log '{}'", p.display()))?,
+        ),
+        None => Box::new(std::io::stderr()),
+    };
+    let out = Mutex::new(out);
+    Ok(Box::new(move |line| {
+        if let Ok(mut s) = serde_json::to_string(line) {
+            s.push('\n');
+            let mut o = out.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = o.write_all(s.as_bytes());
+        }
+    }))
+}
+
+/// What must be undone at shutdown, in reverse.
+#[derive(Default)]
+struct Mounted {
+    session: Option<fuser::BackgroundSession>,
+    binds: Vec<PathBuf>,
+    created: Vec<PathBuf>,
+    ready: Option<PathBuf>,
+}
+
+impl Mounted {
+    fn teardown(&mut self) {
+        if let Some(r) = self.ready.take() {
+            let _ = std::fs::remove_file(r);
+        }
+        for b in self.binds.drain(..).rev() {
+            mounts::detach(&b);
+        }
+        if let Some(s) = self.session.take() {
+            let _ = s.umount_and_join();
+        }
+        mounts::remove_created(&self.created);
+        self.created.clear();
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        self.teardown();
+    }
+}
+
+fn mount_all(files: &Arc<Files>, args: &Args, m: &mut Mounted) -> anyhow::Result<fuser::Notifier> {
+    std::fs::create_dir_all(&args.mount_root)
+        .with_context(|| format!("creating mount root '{}'", args.mount_root.display()))?;
+    let stale = mounts::clear_stale(&args.mount_root)
+        + files
+            .mappings()
+            .iter()
+            .map(|mp| mounts::clear_stale(&mp.path))
+            .sum::<usize>();
+    if stale > 0 {
+        eprintln!("secretfs: cleared {stale} stale mount(s) of an earlier run");
+    }
+    let mut cfg = fuser::Config::default();
+    cfg.mount_options = vec![
+        fuser::MountOption::FSName("secretfs".into()),
+        fuser::MountOption::Subtype("secretfs".into()),
+        fuser::MountOption::RO,
+        fuser::MountOption::DefaultPermissions,
+        fuser::MountOption::NoSuid,
+        fuser::MountOption::NoDev,
+        fuser::MountOption::NoExec,
+        fuser::MountOption::NoAtime,
+    ];
+    cfg.acl = fuser::SessionACL::All;
+    cfg.n_threads = Some(2);
+    let session = fuser::Session::new(adapter::Adapter(files.clone()), &args.mount_root, &cfg)
+        .with_context(|| format!("mounting FUSE at '{}'", args.mount_root.display()))?;
+    let notifier = session.notifier();
+    m.session = Some(session.spawn().context("starting the FUSE session")?);
+    for (i, mp) in files.mappings().iter().enumerate() {
+        m.created.extend(mounts::prepare_target(&mp.path)?);
+        mounts::bind_ro(&args.mount_root.join(Files::name_of(i)), &mp.path)?;
+        m.binds.push(mp.path.clone());
+    }
+    Ok(notifier)
+}
+
+/// Keeps values current: long-polls the change feed, re-resolves everything in one request on
+/// any change (and every 30 s as a safety net), marks the files stale while the service is
+/// away and revokes them when the service says no.
+async fn refresh(
+    client: Client,
+    files: Arc<Files>,
+    notifier: fuser::Notifier,
+    mut since: Option<u64>,
+) {
+    let uris: Vec<String> = files.mappings().iter().map(|m| m.uri.clone()).collect();
+    // Strict mode reads bypass the page cache: attributes are all the kernel holds. The
+    // cached modes drop the pages too, so the next read fetches the new bytes.
+    let offset = if files.cache_mode() == files::CacheMode::Strict {
+        -1
+    } else {
+        0
+    };
+    let invalidate = |i: usize| {
+        let _ = notifier.inval_inode(fuser::INodeNo(Files::ino_of(i)), offset, 0);
+    };
+    let revoke_all = |why: &str| {
+        for i in 0..uris.len() {
+            if files.revoke(i, why) {
+                invalidate(i);
+            }
+        }
+    };
+    let mut backoff = Duration::from_millis(200);
+    let mut last_full = Instant::now();
+    let mut need_full = false;
+    let mut watch_supported = true;
+    loop {
+        if need_full || last_full.elapsed() > Duration::from_secs(30) {
+            match client.resolve(uris.clone()).await {
+                Ok(r) => {
+                    files.set_stale(false);
+                    for (i, r) in r.results.into_iter().enumerate() {
+                        let changed = match (r.status, r.value, r.version) {
+                            (ResolveStatus::Ok, Some(v), Some(ver)) => files.set_value(i, v, ver),
+                            (ResolveStatus::NotFound, ..) => files.revoke(i, "not found"),
+                            (ResolveStatus::Forbidden, ..) => files.revoke(i, "forbidden"),
+                            _ => files.revoke(i, "invalid answer"),
+                        };
+                        if changed {
+                            invalidate(i);
+                        }
+                    }
+                    need_full = false;
+                    last_full = Instant::now();
+                    backoff = Duration::from_millis(200);
+                }
+                Err(ClientError::Status {
+                    status: 401 | 403,
+                    message,
+                    ..
+                }) => {
+                    revoke_all(&format!("token rejected: {message}"));
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+                Err(_) => {
+                    files.set_stale(true);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            }
+        }
+        if !watch_supported {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            need_full = true;
+            continue;
+        }
+        match client.watch(since, 10).await {
+            Ok(w) => {
+                let recovered = files.status_is_stale();
+                files.set_stale(false);
+                need_full = since.is_none() || recovered || !w.events.is_empty() || w.acl_changed;
+                since = Some(w.revision);
+                backoff = Duration::from_millis(200);
+            }
+            Err(ClientError::Status { status: 404, .. }) => watch_supported = false,
+            Err(ClientError::Status {
+                status: 401 | 403,
+                message,
+                ..
+            }) => {
+                revoke_all(&format!("token rejected: {message}"));
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(_) => {
+                files.set_stale(true);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                need_full = true;
+            }
+        }
+    }
+}
+
+async fn shutdown_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+/// Runs secretfs until SIGTERM or SIGINT.
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let hardening = harden::apply().context("hardening the process")?;
+    if let Err(e) = &hardening.locked {
+        eprintln!(
+            "secretfs: warning: cannot lock memory against swap ({e}); values may be swapped out"
+        );
+    }
+    let maps = mappings(&args)?;
+    let token = read_token(&args)?;
+    let mut cfg = ClientConfig::new(args.url.clone(), Some(token));
+    cfg.ca_file = args.ca_file.clone();
+    cfg.timeout = Duration::from_secs(40);
+    let client = Client::new(&cfg).map_err(|e| fail(65, e.to_string()))?;
+    let deadline = Instant::now() + Duration::from_secs(args.timeout);
+    // Learn the revision before resolving, so no change between the two is missed.
+    let since = client.watch(None, 0).await.ok().map(|w| w.revision);
+    let initial = resolve_initial(&client, &maps, deadline).await?;
+    let files = Arc::new(Files::new(
+        args.cache,
+        maps,
+        initial,
+        args.uid,
+        args.gid,
+        args.mode,
+        audit_sink(args.audit_log.as_deref())?,
+    ));
+    let mut mounted = Mounted::default();
+    let notifier = mount_all(&files, &args, &mut mounted)?;
+    if let Some(r) = &args.ready_file {
+        let tmp = r.with_extension("tmp");
+        std::fs::write(&tmp, b"ready\n")
+            .and_then(|()| std::fs::rename(&tmp, r))
+            .with_context(|| format!("creating ready file '{}'", r.display()))?;
+        mounted.ready = Some(r.clone());
+    }
+    eprintln!(
+        "secretfs: serving {} secret(s); status in {}",
+        files.mappings().len(),
+        args.mount_root.join(files::STATUS_NAME).display()
+    );
+    let task = tokio::spawn(refresh(client, files.clone(), notifier, since));
+    let r = shutdown_signal().await;
+    task.abort();
+    mounted.teardown();
+    r?;
+    Ok(ExitCode::SUCCESS)
+}

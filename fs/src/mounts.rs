@@ -1,0 +1,149 @@
+//! Exact placement: each secret file of the FUSE mount root is bind-mounted, read-only, onto
+//! the path the job asked for. Also: clearing mounts a killed secretfs left behind.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+
+/// The fstype secretfs mounts show in `/proc/self/mountinfo`.
+pub const FSTYPE: &str = "fuse.secretfs";
+
+/// Mount points in this namespace whose fstype is `fstype`, from `/proc/self/mountinfo`.
+pub fn mounts_of(fstype: &str) -> Vec<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    info.lines()
+        .filter_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            let point = left.split(' ').nth(4)?;
+            (right.split(' ').next()? == fstype).then(|| PathBuf::from(unescape(point)))
+        })
+        .collect()
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal.
+fn unescape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut it = s.chars().peekable();
+    while let Some(c) = it.next() {
+        if c == '\\' {
+            let oct: String = it.by_ref().take(3).collect();
+            if let Ok(n) = u8::from_str_radix(&oct, 8) {
+                out.push(n as char);
+                continue;
+            }
+            out.push('\\');
+            out.push_str(&oct);
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Detaches every secretfs mount at `path` (a killed secretfs leaves its mounts answering
+/// ENOTCONN). Returns how many it removed.
+pub fn clear_stale(path: &Path) -> usize {
+    let mut n = 0;
+    while mounts_of(FSTYPE).iter().any(|p| p == path) && n < 64 {
+        if umount2(path, MntFlags::MNT_DETACH).is_err() {
+            break;
+        }
+        n += 1;
+    }
+    n
+}
+
+/// Makes sure a file exists at `path` to mount over; returns what it had to create (parents
+/// first), so that shutdown can remove exactly that.
+pub fn prepare_target(path: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut created = Vec::new();
+    let mut missing = Vec::new();
+    let mut p = path.parent();
+    while let Some(dir) = p {
+        if dir.exists() {
+            break;
+        }
+        missing.push(dir.to_path_buf());
+        p = dir.parent();
+    }
+    for dir in missing.into_iter().rev() {
+        std::fs::create_dir(&dir)
+            .with_context(|| format!("creating directory '{}'", dir.display()))?;
+        created.push(dir);
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_file() => {}
+        Ok(_) => anyhow::bail!("'{}' exists and is not a regular file", path.display()),
+        Err(_) => {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(path)
+                .with_context(|| format!("creating mount point '{}'", path.display()))?;
+            created.push(path.to_path_buf());
+        }
+    }
+    Ok(created)
+}
+
+/// Bind-mounts `src` onto `dst`, then makes that mount read-only, nosuid, nodev, noexec.
+pub fn bind_ro(src: &Path, dst: &Path) -> anyhow::Result<()> {
+    mount(Some(src), dst, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+        .with_context(|| format!("bind-mounting onto '{}'", dst.display()))?;
+    let flags = MsFlags::MS_BIND
+        | MsFlags::MS_REMOUNT
+        | MsFlags::MS_RDONLY
+        | MsFlags::MS_NOSUID
+        | MsFlags::MS_NODEV
+        | MsFlags::MS_NOEXEC;
+    mount(None::<&str>, dst, None::<&str>, flags, None::<&str>)
+        .with_context(|| format!("making '{}' read-only", dst.display()))?;
+    Ok(())
+}
+
+pub fn detach(path: &Path) {
+    let _ = umount2(path, MntFlags::MNT_DETACH);
+}
+
+/// Removes what `prepare_target` created, newest first, directories only when empty.
+pub fn remove_created(created: &[PathBuf]) {
+    for p in created.iter().rev() {
+        let _ = if p.is_dir() {
+            std::fs::remove_dir(p)
+        } else {
+            std::fs::remove_file(p)
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unescapes_mountinfo_paths() {
+        assert_eq!(unescape(r"/a\040b"), "/a b");
+        assert_eq!(unescape(r"/plain"), "/plain");
+    }
+
+    #[test]
+    fn prepares_and_removes_exactly_what_it_created() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("keep"), b"k").unwrap();
+        let target = d.path().join("x/y/secret.txt");
+        let created = prepare_target(&target).unwrap();
+        assert_eq!(
+            created,
+            vec![d.path().join("x"), d.path().join("x/y"), target.clone()]
+        );
+        assert!(prepare_target(&target).unwrap().is_empty(), "exists now");
+        assert!(
+            prepare_target(d.path()).is_err(),
+            "a directory is no mount point for a file"
+        );
+        remove_created(&created);
+        assert!(!d.path().join("x").exists());
+        assert!(d.path().join("keep").exists());
+    }
+}
