@@ -460,6 +460,9 @@ impl Files {
         struct Status<'a> {
             started_at: String,
             stale_since: Option<String>,
+            /// The kernel's answer to PR_GET_DUMPABLE: false keeps ptrace, /proc/PID/mem and
+            /// core dumps away from the values.
+            dumpable: Option<bool>,
             files: Vec<FileStatus<'a>>,
             ops: &'a Counters,
         }
@@ -485,6 +488,7 @@ impl Files {
         let s = Status {
             started_at: rfc3339(self.started),
             stale_since: stale.map(rfc3339),
+            dumpable: nix::sys::prctl::get_dumpable().ok(),
             files,
             ops: &self.counters,
         };

@@ -231,9 +231,7 @@ async fn resolve_initial(
     Ok(values)
 }
 
-fn audit_sink(
-    path: Option<&Path>,
-) -> anyhow::Result<files::AuditSink> {
+fn audit_sink(path: Option<&Path>) -> anyhow::Result<files::AuditSink> {
     let out: Box<dyn Write + Send> = match path {
         Some(p) => Box::new(
             std::fs::OpenOptions::new()
@@ -286,8 +284,7 @@ impl Drop for Mounted {
 }
 
 fn mount_all(files: &Arc<Files>, args: &Args, m: &mut Mounted) -> anyhow::Result<fuser::Notifier> {
-    std::fs::create_dir_all(&args.mount_root)
-        .with_context(|| format!("creating mount root '{}'", args.mount_root.display()))?;
+    // First: a dead mount answers ENOTCONN, which makes the directory look absent.
     let stale = mounts::clear_stale(&args.mount_root)
         + files
             .mappings()
@@ -297,6 +294,8 @@ fn mount_all(files: &Arc<Files>, args: &Args, m: &mut Mounted) -> anyhow::Result
     if stale > 0 {
         eprintln!("secretfs: cleared {stale} stale mount(s) of an earlier run");
     }
+    std::fs::create_dir_all(&args.mount_root)
+        .with_context(|| format!("creating mount root '{}'", args.mount_root.display()))?;
     let mut cfg = fuser::Config::default();
     cfg.mount_options = vec![
         fuser::MountOption::FSName("secretfs".into()),

@@ -6,17 +6,20 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 
-/// The fstype secretfs mounts show in `/proc/self/mountinfo`.
-pub const FSTYPE: &str = "fuse.secretfs";
+/// The source name secretfs mounts show in `/proc/self/mountinfo` (fstype `fuse` or
+/// `fuse.secretfs`, depending on how the kernel was asked).
+pub const SOURCE: &str = "secretfs";
 
-/// Mount points in this namespace whose fstype is `fstype`, from `/proc/self/mountinfo`.
-pub fn mounts_of(fstype: &str) -> Vec<PathBuf> {
+/// Mount points in this namespace that are secretfs mounts, from `/proc/self/mountinfo`.
+pub fn secretfs_mounts() -> Vec<PathBuf> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     info.lines()
         .filter_map(|l| {
             let (left, right) = l.split_once(" - ")?;
             let point = left.split(' ').nth(4)?;
-            (right.split(' ').next()? == fstype).then(|| PathBuf::from(unescape(point)))
+            let mut r = right.split(' ');
+            let (fstype, source) = (r.next()?, r.next()?);
+            (fstype.starts_with("fuse") && source == SOURCE).then(|| PathBuf::from(unescape(point)))
         })
         .collect()
 }
@@ -45,7 +48,7 @@ fn unescape(s: &str) -> String {
 /// ENOTCONN). Returns how many it removed.
 pub fn clear_stale(path: &Path) -> usize {
     let mut n = 0;
-    while mounts_of(FSTYPE).iter().any(|p| p == path) && n < 64 {
+    while secretfs_mounts().iter().any(|p| p == path) && n < 64 {
         if umount2(path, MntFlags::MNT_DETACH).is_err() {
             break;
         }

@@ -458,7 +458,7 @@ async fn delete_secret(
         .store
         .delete_secret(&format!("{}/{}", uri.owner, uri.key))
         .await?;
-    if removed.is_none() {
+    let Some(rev) = removed else {
         s.audit(
             &caller.0,
             "secret.delete",
@@ -466,7 +466,8 @@ async fn delete_secret(
             "not_found",
         );
         return Err(not_found_secret(&uri.key));
-    }
+    };
+    s.changed.send_replace(rev);
     s.audit(&caller.0, "secret.delete", Some(uri.to_string()), "ok");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -9,5 +9,6 @@ mod authz;
 mod bad_input;
 mod crash;
 mod jobs;
+mod secretfs_root_fuse;
 mod tls;
 mod walkthrough;

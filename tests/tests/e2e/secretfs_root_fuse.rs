@@ -1,0 +1,623 @@
+//! secretfs end to end, with real FUSE mounts. Needs root and /dev/fuse: these tests fail
+//! (never skip) without them. Each secretfs runs in a private mount namespace (`unshare -m`),
+//! so a failing test leaves no mount on the host; the tests look inside with `nsenter`.
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+
+use crate::harness::{Server, bin};
+
+fn require_root_fuse() {
+    assert!(
+        nix::unistd::geteuid().is_root() && Path::new("/dev/fuse").exists(),
+        "secretfs tests need root and /dev/fuse (euid {}, /dev/fuse exists: {})",
+        nix::unistd::geteuid(),
+        Path::new("/dev/fuse").exists()
+    );
+}
+
+fn b64(b: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+fn put(srv: &Server, tok: &str, key: &str, value: &[u8]) {
+    let body = format!(r#"{{"key":"{key}","value":"{}"}}"#, b64(value));
+    let r = srv.http("POST", "/api/v1/secrets", Some(tok), Some(&body));
+    assert_eq!(r.status, 201, "{}", r.body);
+}
+
+/// secretfs mounts in a mountinfo file (fstype `fuse` or `fuse.*`, source `secretfs`).
+fn secretfs_mounts(mountinfo: &str) -> usize {
+    std::fs::read_to_string(mountinfo)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_once(" - "))
+        .filter(|(_, r)| {
+            let mut it = r.split(' ');
+            it.next().is_some_and(|t| t.starts_with("fuse")) && it.next() == Some("secretfs")
+        })
+        .count()
+}
+
+fn host_secretfs_mounts() -> usize {
+    secretfs_mounts("/proc/self/mountinfo")
+}
+
+/// A running secretfs.
+struct SecretFs {
+    child: Option<Child>,
+    pid: u32,
+    root: PathBuf,
+    ready: PathBuf,
+    audit: PathBuf,
+    stderr: PathBuf,
+}
+
+/// How to enter the mount namespace secretfs runs in.
+enum Ns {
+    /// A new private namespace of its own (`unshare -m`).
+    Own,
+    /// The namespace of a process that outlives secretfs.
+    Of(u32),
+}
+
+impl SecretFs {
+    fn start(
+        srv: &Server,
+        work: &Path,
+        token: &str,
+        ns: Ns,
+        args: &[&str],
+    ) -> Result<Self, (i32, String)> {
+        let tok = work.join("token");
+        std::fs::write(&tok, token).unwrap();
+        std::fs::set_permissions(&tok, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let (root, ready) = (work.join("root"), work.join("ready"));
+        let (audit, stderr) = (work.join("audit.log"), work.join("secretfs.stderr"));
+        let mut cmd = match ns {
+            Ns::Own => {
+                let mut c = Command::new("unshare");
+                c.args(["-m", "--propagation", "private", "--"]);
+                c
+            }
+            Ns::Of(pid) => {
+                let mut c = Command::new("nsenter");
+                c.args(["-t", &pid.to_string(), "-m", "--"]);
+                c
+            }
+        };
+        cmd.arg(bin("secretfs"))
+            .args(["--url", &srv.url, "--token-file", tok.to_str().unwrap()])
+            .args([
+                "--mount-root",
+                root.to_str().unwrap(),
+                "--ready-file",
+                ready.to_str().unwrap(),
+            ])
+            .args(["--audit-log", audit.to_str().unwrap(), "--timeout", "3"])
+            .args(args)
+            .env_remove("NEURO_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap());
+        let mut child = cmd.spawn().expect("start secretfs");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if ready.exists() {
+                break;
+            }
+            if let Some(st) = child.try_wait().unwrap() {
+                return Err((
+                    st.code().unwrap_or(-1),
+                    std::fs::read_to_string(&stderr).unwrap(),
+                ));
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "secretfs not ready after 20 s: {}",
+                    std::fs::read_to_string(&stderr).unwrap()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Self {
+            pid: child.id(),
+            child: Some(child),
+            root,
+            ready,
+            audit,
+            stderr,
+        })
+    }
+
+    /// Runs a command in secretfs's mount namespace, as `uid:gid` when given.
+    fn exec(&self, user: Option<(u32, u32)>, args: &[&str]) -> Output {
+        let mut c = Command::new("nsenter");
+        c.args(["-t", &self.pid.to_string(), "-m"]);
+        if let Some((u, g)) = user {
+            c.args(["-S", &u.to_string(), "-G", &g.to_string()]);
+        }
+        c.arg("--").args(args).output().expect("nsenter")
+    }
+
+    fn cat(&self, path: &Path) -> Result<Vec<u8>, String> {
+        let o = self.exec(None, &["cat", path.to_str().unwrap()]);
+        if o.status.success() {
+            Ok(o.stdout)
+        } else {
+            Err(String::from_utf8_lossy(&o.stderr).into_owned())
+        }
+    }
+
+    fn probe(&self, user: Option<(u32, u32)>, args: &[&str]) -> String {
+        let p = bin("fsprobe");
+        let mut all = vec![p.to_str().unwrap()];
+        all.extend_from_slice(args);
+        let o = self.exec(user, &all);
+        assert!(
+            o.status.success(),
+            "fsprobe {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stdout).unwrap().trim().to_owned()
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let raw = self.cat(&self.root.join(".status")).expect("read .status");
+        serde_json::from_slice(&raw).unwrap()
+    }
+
+    fn term(&mut self) -> ExitStatus {
+        let mut c = self.child.take().unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        c.wait().unwrap()
+    }
+
+    fn kill9(&mut self) {
+        let mut c = self.child.take().unwrap();
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+}
+
+impl Drop for SecretFs {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Polls `f` until it returns true; returns how long that took.
+fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(t0.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    t0.elapsed()
+}
+
+const REFUSED: [&str; 4] = ["EROFS", "EPERM", "EACCES", "EBUSY"];
+
+#[test]
+fn exact_placement_ownership_and_read_only() {
+    require_root_fuse();
+    let srv = Server::start();
+    let t = srv.add_users(&["alice", "bob"]);
+    let (alice, bob) = (&t[0], &t[1]);
+    let big: Vec<u8> = (0..1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    put(&srv, alice, "one", &[0xff]);
+    put(&srv, alice, "big", &big);
+    put(&srv, alice, "two", b"second\nfile\n");
+    put(&srv, alice, "far", b"far away");
+    put(&srv, bob, "shared", b"from bob");
+    let share = r#"[{"uri":"secret:/bob/shared","action":"read"}]"#;
+    assert_eq!(
+        srv.http(
+            "POST",
+            "/api/v1/users/alice/permissions",
+            Some(bob),
+            Some(share)
+        )
+        .status,
+        201
+    );
+
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let dir = w.join("dir");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("other.txt"), b"keep me").unwrap();
+    let spec = w.join("spec.json");
+    std::fs::write(
+        &spec,
+        format!(
+            r#"{{"secret_volumes":[{{"src_secret_uri":"secret:two","dst_path":"{}/two.txt"}}]}}"#,
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let p = |s: &str| w.join(s);
+    let vols = [
+        format!("secret:one:{}", p("dir/one.bin").display()),
+        format!(
+            "secret://neuro-compute/alice/big:{}",
+            p("dir/big.bin").display()
+        ),
+        format!("secret:/bob/shared:{}", p("dir/shared.txt").display()),
+        format!("secret:far:{}", p("new/deeper/far.txt").display()),
+    ];
+    let mut args = vec![
+        "--spec",
+        spec.to_str().unwrap(),
+        "--uid",
+        "1000",
+        "--gid",
+        "1001",
+    ];
+    for v in &vols {
+        args.extend(["--volume", v.as_str()]);
+    }
+    let mut fs =
+        SecretFs::start(&srv, w, alice, Ns::Own, &args).unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(host_secretfs_mounts(), 0, "nothing is mounted on the host");
+
+    for (path, want) in [
+        ("dir/one.bin", vec![0xff]),
+        ("dir/big.bin", big.clone()),
+        ("dir/two.txt", b"second\nfile\n".to_vec()),
+        ("dir/shared.txt", b"from bob".to_vec()),
+        ("new/deeper/far.txt", b"far away".to_vec()),
+    ] {
+        assert_eq!(fs.cat(&p(path)).unwrap(), want, "{path}");
+        let st = fs.probe(None, &["stat", p(path).to_str().unwrap()]);
+        assert_eq!(st, format!("1000 1001 400 {}", want.len()), "{path}");
+    }
+    // the directory's other file is still there, unchanged
+    let ls = fs.exec(None, &["ls", "-A", dir.to_str().unwrap()]);
+    assert_eq!(
+        String::from_utf8_lossy(&ls.stdout),
+        "big.bin\none.bin\nother.txt\nshared.txt\ntwo.txt\n"
+    );
+    assert_eq!(fs.cat(&dir.join("other.txt")).unwrap(), b"keep me");
+
+    // the job's uid reads; another uid does not
+    let two = p("dir/two.txt");
+    let two = two.to_str().unwrap();
+    let o = fs.exec(Some((1000, 1001)), &["cat", two]);
+    assert!(o.status.success() && o.stdout == b"second\nfile\n", "{o:?}");
+    assert_eq!(
+        fs.probe(Some((1002, 1002)), &["try", "open", two]),
+        "EACCES"
+    );
+
+    // nothing can be changed, by the owner or by root
+    let root_new = fs.root.join("new");
+    for user in [None, Some((1000, 1001))] {
+        for (op, path, arg) in [
+            ("write", two, ""),
+            ("append", two, ""),
+            ("trunc", two, ""),
+            ("chmod", two, ""),
+            ("unlink", two, ""),
+            ("rename", two, "/tmp/x"),
+            ("creat", root_new.to_str().unwrap(), ""),
+            ("mkdir", root_new.to_str().unwrap(), ""),
+        ] {
+            let r = fs.probe(user, &["try", op, path, arg]);
+            assert!(
+                REFUSED.contains(&r.as_str()),
+                "{op} {path} as {user:?}: {r}"
+            );
+        }
+    }
+    assert_eq!(fs.cat(&p("dir/two.txt")).unwrap(), b"second\nfile\n");
+    assert_eq!(fs.probe(None, &["stat", two]), "1000 1001 400 12");
+
+    // the status area and the audit log
+    let st = fs.status();
+    assert_eq!(st["files"].as_array().unwrap().len(), 5);
+    assert_eq!(st["files"][0]["path"], two);
+    assert!(st["files"][0]["version"].as_u64().unwrap() > 0);
+    let audit = std::fs::read_to_string(&fs.audit).unwrap();
+    let line = audit
+        .lines()
+        .find(|l| l.contains(r#""uid":1000"#))
+        .unwrap_or_else(|| panic!("no open by uid 1000 in {audit}"));
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(
+        (v["uri"].as_str(), v["result"].as_str()),
+        (Some("secret:two"), Some("ok"))
+    );
+    assert!(
+        v["executable"].as_str().unwrap().ends_with("/cat"),
+        "{line}"
+    );
+    assert!(v["pid"].as_u64().unwrap() > 1);
+    assert!(
+        !audit.contains("second") && !audit.contains("from bob"),
+        "no value in the audit"
+    );
+
+    // SIGTERM: exit 0, ready file gone, what it created removed, the directory as it was
+    assert!(fs.term().success(), "{}", fs.stderr());
+    assert!(!fs.ready.exists());
+    assert!(!p("new").exists(), "created parents removed");
+    let mut names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["other.txt"]);
+    assert_eq!(host_secretfs_mounts(), 0);
+}
+
+#[test]
+fn missing_or_forbidden_secrets_stop_it_before_ready() {
+    require_root_fuse();
+    let srv = Server::start();
+    let t = srv.add_users(&["alice", "bob"]);
+    put(&srv, &t[0], "ok", b"v");
+    put(&srv, &t[1], "private", b"v");
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    for (vol, code, msg) in [
+        (
+            "secret:nope",
+            72,
+            "secret://neuro-compute/alice/nope: not found",
+        ),
+        (
+            "secret:/bob/private",
+            77,
+            "secret://neuro-compute/bob/private: forbidden",
+        ),
+    ] {
+        let path = w.join("d/x.txt");
+        let okv = format!("secret:ok:{}", w.join("d/ok.txt").display());
+        let v = format!("{vol}:{}", path.display());
+        let Err((c, stderr)) =
+            SecretFs::start(&srv, w, &t[0], Ns::Own, &["--volume", &okv, "--volume", &v])
+        else {
+            panic!("{vol}: secretfs started");
+        };
+        assert_eq!(c, code, "{vol}: {stderr}");
+        assert!(
+            stderr.contains(&format!("ERROR: {}: {msg}", path.display())),
+            "{vol}: {stderr}"
+        );
+        assert!(!w.join("ready").exists());
+        assert!(!w.join("d").exists(), "nothing created");
+        assert_eq!(host_secretfs_mounts(), 0);
+    }
+    // a bad token and an unreachable service fail too
+    let v = format!("secret:ok:{}", w.join("x").display());
+    let Err((c, e)) = SecretFs::start(
+        &srv,
+        w,
+        "nst.0000000000000000.00",
+        Ns::Own,
+        &["--volume", &v],
+    ) else {
+        panic!()
+    };
+    assert_eq!(c, 77, "{e}");
+    let Err((c, e)) = SecretFs::start(&srv, w, &t[0], Ns::Own, &["--volume", "secret:ok:/x:ro"])
+    else {
+        panic!()
+    };
+    assert_eq!(c, 65, "{e}");
+    assert!(e.contains("suffixes are not supported"), "{e}");
+}
+
+#[test]
+fn rotation_snapshots_outage_and_revocation() {
+    require_root_fuse();
+    let mut srv = Server::start();
+    let t = srv.add_users(&["alice", "bob"]);
+    let (alice, bob) = (t[0].clone(), t[1].clone());
+    put(&srv, &alice, "k", b"v1");
+    put(&srv, &alice, "gone", b"soon deleted");
+    put(&srv, &bob, "shared", b"bob's");
+    let share = r#"[{"uri":"secret:/bob/shared","action":"read"}]"#;
+    assert_eq!(
+        srv.http(
+            "POST",
+            "/api/v1/users/alice/permissions",
+            Some(&bob),
+            Some(share)
+        )
+        .status,
+        201
+    );
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let (k, gone, shared) = (w.join("s/k"), w.join("s/gone"), w.join("s/shared"));
+    let vols = [
+        format!("secret:k:{}", k.display()),
+        format!("secret:gone:{}", gone.display()),
+        format!("secret:/bob/shared:{}", shared.display()),
+    ];
+    let mut args = vec!["--uid", "1000", "--gid", "1000"];
+    for v in &vols {
+        args.extend(["--volume", v.as_str()]);
+    }
+    let fs = SecretFs::start(&srv, w, &alice, Ns::Own, &args).unwrap_or_else(|e| panic!("{e:?}"));
+    let v1 = fs.status()["files"][0]["version"].as_u64().unwrap();
+
+    // A handle opened before a rotation keeps its bytes; the next open sees the new ones.
+    let probe = bin("fsprobe");
+    let mut hold = Command::new("nsenter")
+        .args([
+            "-t",
+            &fs.pid.to_string(),
+            "-m",
+            "--",
+            probe.to_str().unwrap(),
+            "hold",
+            k.to_str().unwrap(),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(hold.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "first 7631");
+    put(&srv, &alice, "k", b"v2-longer");
+    let took = wait_for("rotation", Duration::from_secs(1), || {
+        fs.cat(&k).unwrap() == b"v2-longer"
+    });
+    eprintln!("rotation seen after {took:?}");
+    writeln!(hold.stdin.as_mut().unwrap()).unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(
+        line.trim(),
+        "second 7631",
+        "the old handle keeps the old bytes"
+    );
+    hold.wait().unwrap();
+    let st = fs.status();
+    assert!(st["files"][0]["version"].as_u64().unwrap() > v1);
+    assert_eq!(st["stale_since"], serde_json::Value::Null);
+
+    // The service goes away: files keep being served, the status says since when stale.
+    srv.kill9();
+    wait_for("stale", Duration::from_secs(5), || {
+        !fs.status()["stale_since"].is_null()
+    });
+    assert_eq!(fs.cat(&k).unwrap(), b"v2-longer");
+    assert_eq!(fs.cat(&shared).unwrap(), b"bob's");
+    // ... and comes back: rotation resumes.
+    srv.restart();
+    put(&srv, &alice, "k", b"v3");
+    wait_for("rotation after the outage", Duration::from_secs(8), || {
+        fs.cat(&k).unwrap() == b"v3"
+    });
+    wait_for("fresh again", Duration::from_secs(2), || {
+        fs.status()["stale_since"].is_null()
+    });
+
+    // Revocation and deletion: new opens fail within a second.
+    assert_eq!(
+        srv.http(
+            "DELETE",
+            "/api/v1/users/alice/permissions?uri=secret%3A%2Fbob%2Fshared",
+            Some(&bob),
+            None
+        )
+        .status,
+        204
+    );
+    let took = wait_for("revocation", Duration::from_secs(1), || {
+        fs.probe(
+            Some((1000, 1000)),
+            &["try", "open", shared.to_str().unwrap()],
+        ) == "EACCES"
+    });
+    eprintln!("revocation seen after {took:?}");
+    assert_eq!(
+        srv.http("DELETE", "/api/v1/secrets/alice/gone", Some(&alice), None)
+            .status,
+        204
+    );
+    wait_for("deletion", Duration::from_secs(1), || {
+        fs.probe(Some((1000, 1000)), &["try", "open", gone.to_str().unwrap()]) == "EACCES"
+    });
+    assert!(
+        fs.status()["files"][2]["state"]
+            .as_str()
+            .unwrap()
+            .starts_with("revoked")
+    );
+    assert_eq!(fs.cat(&k).unwrap(), b"v3", "the others are unaffected");
+    // The kernel refuses the job's uid by the file's mode alone; root reaches the daemon,
+    // which refuses too and audits it.
+    assert_eq!(
+        fs.probe(None, &["try", "open", shared.to_str().unwrap()]),
+        "EACCES"
+    );
+    let audit = std::fs::read_to_string(&fs.audit).unwrap();
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains(r#""uri":"secret:/bob/shared""#)
+                && l.contains(r#""result":"revoked""#)),
+        "{audit}"
+    );
+}
+
+#[test]
+fn kill_9_leaves_a_stale_mount_the_next_start_clears() {
+    require_root_fuse();
+    let srv = Server::start();
+    let t = srv.add_users(&["alice"]);
+    put(&srv, &t[0], "k", b"value");
+    // A namespace that outlives both secretfs runs, as a pod's would.
+    let mut holder = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "--", "sleep", "600"])
+        .spawn()
+        .unwrap();
+    let h = holder.id();
+    std::thread::sleep(Duration::from_millis(200));
+    let ns_mounts = || secretfs_mounts(&format!("/proc/{h}/mountinfo"));
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let path = w.join("k.txt");
+    let v = format!("secret:k:{}", path.display());
+    let mut first = SecretFs::start(&srv, w, &t[0], Ns::Of(h), &["--volume", &v])
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(ns_mounts(), 2, "the root and one bind mount");
+
+    // Memory hygiene, seen from outside: locked memory, no core dumps.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", first.pid)).unwrap();
+    let vmlck: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmLck:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap();
+    assert!(vmlck > 0, "VmLck is 0: memory not locked\n{status}");
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", first.pid)).unwrap();
+    assert!(
+        limits.lines().any(
+            |l| l.starts_with("Max core file size") && l.split_whitespace().nth(4) == Some("0")
+        ),
+        "{limits}"
+    );
+    // Dumpability has no /proc field; the status area reports the kernel's PR_GET_DUMPABLE.
+    assert_eq!(first.status()["dumpable"], false);
+
+    first.kill9();
+    assert_eq!(ns_mounts(), 2, "SIGKILL leaves the mounts behind, dead");
+    std::fs::remove_file(w.join("ready")).unwrap();
+    let mut second = SecretFs::start(&srv, w, &t[0], Ns::Of(h), &["--volume", &v])
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    assert!(second.stderr().contains("cleared"), "{}", second.stderr());
+    assert_eq!(ns_mounts(), 2);
+    assert_eq!(second.cat(&path).unwrap(), b"value");
+    assert!(second.term().success());
+    assert_eq!(ns_mounts(), 0, "no mount left after SIGTERM");
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+}
