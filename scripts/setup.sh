@@ -3,9 +3,9 @@
 # Idempotent: packages already installed are not fetched again.
 set -euo pipefail
 
-packages=(ca-certificates pkg-config)
+packages=(ca-certificates pkg-config util-linux)
 if [[ "${1:-}" == "--bench" ]]; then
-  packages+=(nginx-light wrk)
+  packages+=(nginx-light wrk bc python3)
 fi
 
 missing=()
