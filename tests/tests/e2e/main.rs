@@ -8,6 +8,7 @@ mod harness;
 mod authz;
 mod bad_input;
 mod crash;
+mod inject;
 mod jobs;
 mod secretfs_root_fuse;
 mod tls;

@@ -1,0 +1,535 @@
+//! `secret-inject`: the job container's entrypoint. Resolves `NAME=secret:KEY` mappings in one
+//! request, builds the job's environment explicitly (never touching its own), and execs the
+//! job, or, as PID 1 or with `--init`, runs it as a minimal init.
+//!
+//! It never prints a value, never puts one in argv, and never sets a variable in its own
+//! environment: values exist only in this process's memory until the exec (or, in init mode,
+//! until the child is spawned, after which they are wiped).
+
+pub mod init;
+
+use std::collections::BTreeMap;
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStringExt as _;
+use std::os::unix::process::CommandExt as _;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use secrets_core::api::{JobSpec, ResolveStatus};
+use secrets_core::client::{Client, ClientConfig, ClientError};
+use secrets_core::{EnvMapping, EnvName, SecretRef, Token};
+use zeroize::Zeroizing;
+
+/// The kernel's limit on one argv or environment string, terminating NUL included.
+const MAX_ARG_STRLEN: usize = 32 * 4096;
+
+/// The variables that carry the wrapper's own credentials; never passed to the job.
+const OWN_VARS: [&str; 2] = ["NEURO_TOKEN", "NEURO_TOKEN_FILE"];
+
+const EXIT_CODES: &str = "Exit codes (before the job starts; afterwards the job's own code):
+  65  invalid: a bad mapping or variable name, a protected name without --allow-override,
+      a value containing NUL, an invalid URI
+  69  unavailable: the service could not be reached or kept failing (connection refused,
+      timeout, 429, 5xx) until --timeout
+  72  not found: a mapped secret does not exist
+  77  forbidden: the token may not read a mapped secret, or is not accepted
+  126 the command cannot be executed; 127 the command was not found; 2 usage error
+When several classes fail at once, the code is the first of: invalid, forbidden, not found,
+unavailable. In init mode the exit code is the job's, or 128+N when signal N killed it.";
+
+/// Command line of `secret-inject`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "secret-inject",
+    version,
+    about = "Resolve secret environment mappings, then exec the job",
+    long_about = "Resolve NAME=secret:KEY mappings (from --env and --spec) in one request, then \
+        exec CMD with them added to the inherited environment, minus the wrapper's own \
+        credentials (NEURO_TOKEN). Any failure stops it before CMD starts, with one line per \
+        failing mapping. As PID 1, or with --init, it stays as a minimal init: it forwards \
+        SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2 and SIGWINCH to the job once, reaps \
+        zombies, and exits with the job's code.",
+    after_help = EXIT_CODES
+)]
+pub struct Args {
+    /// Service URL [env: NEURO_URL]
+    #[arg(long, env = "NEURO_URL", value_name = "URL")]
+    pub url: String,
+    /// File holding the token (else NEURO_TOKEN)
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// A job spec (JSON of POST /api/v1/jobs); its secret_env mappings are used
+    #[arg(long, value_name = "FILE")]
+    pub spec: Option<PathBuf>,
+    /// NAME=secret:KEY or NAME:secret:KEY (short, shared and full URIs); repeatable
+    #[arg(long = "env", value_name = "MAPPING")]
+    pub envs: Vec<String>,
+    /// Allow mappings to set PATH, LD_*, and other names that change how programs load
+    #[arg(long)]
+    pub allow_override: bool,
+    /// Stay as a minimal init even when not PID 1
+    #[arg(long)]
+    pub init: bool,
+    /// Total time for resolving, retries included, in seconds
+    #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
+    pub timeout: f64,
+    /// PEM CA certificate(s) for an https URL
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Log each step (names, URIs, versions, timings; never values) to stderr
+    #[arg(long, short)]
+    pub verbose: bool,
+    /// The job's command and arguments
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
+}
+
+/// The classes of failure, in the order their exit codes take precedence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Class {
+    Invalid,
+    Forbidden,
+    NotFound,
+    Unavailable,
+}
+
+impl Class {
+    pub fn code(self) -> u8 {
+        match self {
+            Class::Invalid => 65,
+            Class::Forbidden => 77,
+            Class::NotFound => 72,
+            Class::Unavailable => 69,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Class::Invalid => "invalid",
+            Class::Forbidden => "forbidden",
+            Class::NotFound => "not found",
+            Class::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// One failing mapping (or the whole request): what, which URI, which class, why.
+#[derive(Debug)]
+pub struct Failure {
+    pub var: Option<String>,
+    pub uri: Option<String>,
+    pub class: Class,
+    pub detail: String,
+}
+
+impl Failure {
+    fn line(&self) -> String {
+        let mut s = String::from("secret-inject: ERROR: ");
+        if let Some(v) = &self.var {
+            s.push_str(&format!("{v}: "));
+        }
+        if let Some(u) = &self.uri {
+            s.push_str(&format!("{u}: "));
+        }
+        s.push_str(self.class.name());
+        if !self.detail.is_empty() {
+            s.push_str(&format!(" ({})", self.detail));
+        }
+        s
+    }
+}
+
+fn invalid(var: Option<&str>, uri: Option<&str>, detail: impl Into<String>) -> Failure {
+    Failure {
+        var: var.map(str::to_owned),
+        uri: uri.map(str::to_owned),
+        class: Class::Invalid,
+        detail: detail.into(),
+    }
+}
+
+/// The mappings of `--spec` then `--env`, validated; a name may appear once.
+pub fn mappings(args: &Args) -> Result<Vec<EnvMapping>, Vec<Failure>> {
+    let mut out: Vec<EnvMapping> = Vec::new();
+    let mut errs = Vec::new();
+    if let Some(p) = &args.spec {
+        match std::fs::read(p)
+            .map_err(|e| e.to_string())
+            .and_then(|raw| serde_json::from_slice::<JobSpec>(&raw).map_err(|e| e.to_string()))
+        {
+            Ok(spec) => {
+                for (name, uri) in spec.secret_env {
+                    match (EnvName::new(&name), SecretRef::parse(&uri)) {
+                        (Ok(name), Ok(secret)) => out.push(EnvMapping { name, secret }),
+                        (Err(e), _) => errs.push(invalid(Some(&name), Some(&uri), e.to_string())),
+                        (_, Err(e)) => errs.push(invalid(Some(&name), Some(&uri), e.reason)),
+                    }
+                }
+            }
+            Err(e) => errs.push(invalid(None, None, format!("spec '{}': {e}", p.display()))),
+        }
+    }
+    for spec in &args.envs {
+        match EnvMapping::parse(spec) {
+            Ok(m) => out.push(m),
+            Err(e) => errs.push(invalid(None, None, e.to_string())),
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    for m in &out {
+        let uri = m.secret.to_string();
+        if !seen.insert(m.name.clone()) {
+            errs.push(invalid(
+                Some(m.name.as_str()),
+                Some(&uri),
+                "mapped more than once",
+            ));
+        }
+        if m.name.is_sensitive() && !args.allow_override {
+            errs.push(invalid(
+                Some(m.name.as_str()),
+                Some(&uri),
+                "this name changes how programs are found or loaded; pass --allow-override to set it",
+            ));
+        }
+    }
+    if errs.is_empty() { Ok(out) } else { Err(errs) }
+}
+
+/// A resolved variable: its name and value, wiped on drop.
+pub struct Resolved {
+    pub name: EnvName,
+    pub value: Zeroizing<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Resolved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Resolved({}=****)", self.name)
+    }
+}
+
+/// A small random factor in [0.5, 1.5) so that many wrappers do not retry in lockstep.
+fn jitter() -> f64 {
+    let mut b = [0u8; 2];
+    let _ = getrandom::fill(&mut b);
+    0.5 + f64::from(u16::from_le_bytes(b)) / 65536.0
+}
+
+/// Resolves every mapping in one request, retrying transient failures within `deadline`.
+pub async fn resolve(
+    client: &Client,
+    maps: &[EnvMapping],
+    deadline: Instant,
+    verbose: bool,
+) -> Result<Vec<Resolved>, Vec<Failure>> {
+    let uris: Vec<String> = maps.iter().map(|m| m.secret.to_string()).collect();
+    let mut backoff = Duration::from_millis(100);
+    let mut attempt = 0u32;
+    let resp = loop {
+        attempt += 1;
+        let left = deadline.saturating_duration_since(Instant::now());
+        let result = match tokio::time::timeout(left, client.resolve(uris.clone())).await {
+            Ok(r) => r,
+            Err(_) => Err(ClientError::Unavailable {
+                url: client.base_url().to_owned(),
+                detail: "timed out".into(),
+            }),
+        };
+        match result {
+            Ok(r) => break r,
+            Err(e) if e.is_transient() => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                // The last attempt is made at the deadline, not skipped before it.
+                let wait = backoff.mul_f64(jitter()).min(left);
+                if left.is_zero() {
+                    return Err(vec![Failure {
+                        var: None,
+                        uri: None,
+                        class: Class::Unavailable,
+                        detail: format!("{e}; gave up after {attempt} attempt(s)"),
+                    }]);
+                }
+                if verbose {
+                    eprintln!("secret-inject: attempt {attempt}: {e}; retrying in {wait:?}");
+                }
+                tokio::time::sleep(wait).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => {
+                let class = match e.status() {
+                    Some(401 | 403) => Class::Forbidden,
+                    Some(404) => Class::NotFound,
+                    _ => Class::Invalid,
+                };
+                return Err(vec![Failure {
+                    var: None,
+                    uri: None,
+                    class,
+                    detail: e.to_string(),
+                }]);
+            }
+        }
+    };
+    let mut out = Vec::new();
+    let mut errs = Vec::new();
+    for (m, r) in maps.iter().zip(resp.results) {
+        let uri = r
+            .resolved_uri
+            .clone()
+            .unwrap_or_else(|| m.secret.to_string());
+        let fail = |class, detail: String| Failure {
+            var: Some(m.name.to_string()),
+            uri: Some(uri.clone()),
+            class,
+            detail,
+        };
+        match (r.status, r.value) {
+            (ResolveStatus::Ok, Some(v)) => {
+                let entry = m.name.as_str().len() + 1 + v.len() + 1;
+                if v.expose().contains(&0) {
+                    errs.push(fail(
+                        Class::Invalid,
+                        "the value contains a NUL byte, which no environment variable can hold"
+                            .into(),
+                    ));
+                } else if entry > MAX_ARG_STRLEN {
+                    errs.push(fail(
+                        Class::Invalid,
+                        format!(
+                            "NAME=VALUE is {entry} bytes; Linux limits one environment entry to {MAX_ARG_STRLEN} bytes (MAX_ARG_STRLEN)"
+                        ),
+                    ));
+                } else {
+                    if verbose {
+                        eprintln!(
+                            "secret-inject: {} <- {uri} (version {}, {} bytes)",
+                            m.name,
+                            r.version.unwrap_or(0),
+                            v.len()
+                        );
+                    }
+                    out.push(Resolved {
+                        name: m.name.clone(),
+                        value: Zeroizing::new(v.expose().to_vec()),
+                    });
+                }
+            }
+            (ResolveStatus::Ok, None) => {
+                errs.push(fail(Class::Unavailable, "the service sent no value".into()))
+            }
+            (ResolveStatus::NotFound, _) => errs.push(fail(Class::NotFound, String::new())),
+            (ResolveStatus::Forbidden, _) => errs.push(fail(Class::Forbidden, String::new())),
+            (ResolveStatus::Invalid, _) => {
+                errs.push(fail(Class::Invalid, r.error.unwrap_or_default()))
+            }
+        }
+    }
+    if errs.is_empty() { Ok(out) } else { Err(errs) }
+}
+
+/// The job's environment: the inherited one, minus the wrapper's credentials, plus the
+/// resolved values (which win over inherited variables of the same name).
+pub fn child_env(
+    inherited: impl Iterator<Item = (OsString, OsString)>,
+    resolved: &[Resolved],
+) -> BTreeMap<OsString, OsString> {
+    let mut env: BTreeMap<OsString, OsString> = inherited
+        .filter(|(k, _)| !OWN_VARS.iter().any(|o| OsStr::new(o) == k))
+        .collect();
+    for r in resolved {
+        env.insert(
+            OsString::from(r.name.as_str()),
+            OsString::from_vec(r.value.to_vec()),
+        );
+    }
+    env
+}
+
+fn report(errs: &[Failure]) -> u8 {
+    for e in errs {
+        eprintln!("{}", e.line());
+    }
+    errs.iter().map(|e| e.class).min().map_or(1, Class::code)
+}
+
+fn read_token(args: &Args) -> Result<Token, Failure> {
+    let raw = match &args.token_file {
+        Some(p) => Zeroizing::new(std::fs::read_to_string(p).map_err(|e| {
+            invalid(
+                None,
+                None,
+                format!("cannot read token file '{}': {e}", p.display()),
+            )
+        })?),
+        None => Zeroizing::new(std::env::var("NEURO_TOKEN").map_err(|_| Failure {
+            var: None,
+            uri: None,
+            class: Class::Forbidden,
+            detail: "no token: pass --token-file FILE or set NEURO_TOKEN".into(),
+        })?),
+    };
+    Ok(Token::new(raw.trim().to_owned()))
+}
+
+/// Everything before the job starts; returns the command ready to exec or spawn.
+fn prepare(args: &Args) -> Result<std::process::Command, u8> {
+    let t0 = Instant::now();
+    let deadline = t0 + Duration::from_secs_f64(args.timeout.max(0.0));
+    let maps = mappings(args).map_err(|e| report(&e))?;
+    let token = read_token(args).map_err(|e| report(&[e]))?;
+    let mut cfg = ClientConfig::new(args.url.clone(), Some(token));
+    cfg.ca_file = args.ca_file.clone();
+    cfg.timeout = Duration::from_secs_f64(args.timeout.clamp(0.1, 300.0));
+    let client = Client::new(&cfg).map_err(|e| report(&[invalid(None, None, e.to_string())]))?;
+    let resolved = if maps.is_empty() {
+        Vec::new()
+    } else {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| report(&[invalid(None, None, format!("runtime: {e}"))]))?;
+        let r = rt.block_on(resolve(&client, &maps, deadline, args.verbose));
+        drop(client);
+        drop(rt);
+        r.map_err(|e| report(&e))?
+    };
+    if args.verbose {
+        eprintln!(
+            "secret-inject: resolved {} mapping(s) in {:?}",
+            resolved.len(),
+            t0.elapsed()
+        );
+    }
+    let mut cmd = std::process::Command::new(&args.command[0]);
+    cmd.args(&args.command[1..])
+        .env_clear()
+        .envs(child_env(std::env::vars_os(), &resolved));
+    Ok(cmd)
+}
+
+/// Runs secret-inject; returns the exit code when it does not exec.
+pub fn main(args: Args) -> u8 {
+    let init = args.init || std::process::id() == 1;
+    // Block the signals init forwards before any thread exists, so that every thread
+    // inherits the mask and only `init::supervise` receives them.
+    let blocked = if init {
+        init::block_signals().ok()
+    } else {
+        None
+    };
+    let mut cmd = match prepare(&args) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if let Some(old) = blocked {
+        return init::supervise(cmd, old);
+    }
+    let err = cmd.exec();
+    eprintln!(
+        "secret-inject: ERROR: cannot execute '{}': {err}",
+        args.command[0].to_string_lossy()
+    );
+    if err.kind() == std::io::ErrorKind::NotFound {
+        127
+    } else {
+        126
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::ffi::OsStrExt as _;
+
+    use super::*;
+
+    fn os(s: &str) -> OsString {
+        OsString::from_vec(OsStr::new(s).as_bytes().to_vec())
+    }
+
+    fn args(envs: &[&str], allow: bool) -> Args {
+        let mut v = vec!["secret-inject", "--url", "http://127.0.0.1:1"];
+        for e in envs {
+            v.extend(["--env", e]);
+        }
+        if allow {
+            v.push("--allow-override");
+        }
+        v.extend(["--", "true"]);
+        Args::parse_from(v)
+    }
+
+    #[test]
+    fn mappings_both_spellings_and_refusals() {
+        let m = mappings(&args(
+            &["A=secret:k", "B:secret:/bob/k", "C=secret://c/bob/k"],
+            false,
+        ))
+        .unwrap();
+        let got: Vec<String> = m
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.secret))
+            .collect();
+        assert_eq!(got, ["A=secret:k", "B=secret:/bob/k", "C=secret://c/bob/k"]);
+        let e = mappings(&args(
+            &[
+                "PATH=secret:k",
+                "A=secret:k",
+                "A=secret:j",
+                "1X=secret:k",
+                "B=plain",
+            ],
+            false,
+        ))
+        .unwrap_err();
+        let lines: Vec<String> = e.iter().map(Failure::line).collect();
+        assert!(lines.iter().all(|l| l.contains("invalid")), "{lines:?}");
+        assert_eq!(lines.len(), 4, "{lines:?}");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("PATH: secret:k: invalid") && l.contains("--allow-override"))
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("A: secret:j: invalid (mapped more than once)"))
+        );
+        assert!(mappings(&args(&["PATH=secret:k", "LD_PRELOAD=secret:j"], true)).is_ok());
+    }
+
+    #[test]
+    fn child_env_drops_credentials_and_adds_values() {
+        let inherited = vec![
+            (os("NEURO_TOKEN"), os("tok")),
+            (os("HOME"), os("/root")),
+            (os("A"), os("old")),
+        ];
+        let resolved = vec![Resolved {
+            name: EnvName::new("A").unwrap(),
+            value: Zeroizing::new(b"line1\nline2 $x = 'q' \"q\" \xc3\xa9 ".to_vec()),
+        }];
+        let env = child_env(inherited.into_iter(), &resolved);
+        assert!(!env.contains_key(&os("NEURO_TOKEN")));
+        assert_eq!(env[&os("HOME")], os("/root"));
+        assert_eq!(
+            env[&os("A")].as_bytes(),
+            b"line1\nline2 $x = 'q' \"q\" \xc3\xa9 "
+        );
+        assert_eq!(format!("{:?}", resolved[0]), "Resolved(A=****)");
+    }
+
+    #[test]
+    fn exit_code_precedence() {
+        let f = |class| Failure {
+            var: None,
+            uri: None,
+            class,
+            detail: String::new(),
+        };
+        assert_eq!(report(&[f(Class::Unavailable), f(Class::NotFound)]), 72);
+        assert_eq!(report(&[f(Class::NotFound), f(Class::Forbidden)]), 77);
+        assert_eq!(report(&[f(Class::Forbidden), f(Class::Invalid)]), 65);
+        assert_eq!(report(&[f(Class::Unavailable)]), 69);
+    }
+}
