@@ -11,14 +11,7 @@ threads=2
 conns=64
 
 cargo build --release --locked --bin secretd --bin neuro >&2
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+source bench/common.sh
 
 # nginx: the baseline, a 4 KiB file over keep-alive HTTP/1.1.
 mkdir -p "$work/www" "$work/nginx"
@@ -43,12 +36,8 @@ nginx -c "$work/nginx/nginx.conf" -p "$work/nginx" &
 pids+=($!)
 
 # secretd on its embedded store, with one 4 KiB secret.
-target/release/secretd --data-dir "$work/data" --listen 127.0.0.1:18480 > "$work/secretd.out" 2> "$work/secretd.err" &
-pids+=($!)
-for _ in $(seq 50); do [[ -s "$work/secretd.out" && -s "$work/nginx/nginx.pid" ]] && break; sleep 0.1; done
-export XDG_CONFIG_HOME="$work/config"
-target/release/neuro login --url http://127.0.0.1:18480 --token "$(cat "$work/data/admin.token")" 2>/dev/null
-token=$(target/release/neuro admin user add bench)
+start_secretd 18480
+for _ in $(seq 50); do [[ -s "$work/nginx/nginx.pid" ]] && break; sleep 0.1; done
 NEURO_TOKEN=$token target/release/neuro secret add blob "@$work/www/secret"
 
 run() { # URL [TOKEN] -> "rps p99_ms"

@@ -7,21 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-20000}
 cargo build --release --locked --bin secretd --bin neuro --bin secretfs --bin openread >&2
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-R="$PWD/target/release"
-$R/secretd --data-dir "$work/data" --listen 127.0.0.1:18482 > "$work/secretd.out" 2> "$work/secretd.err" &
-pids+=($!)
-for _ in $(seq 50); do [[ -s "$work/secretd.out" ]] && break; sleep 0.1; done
-export XDG_CONFIG_HOME="$work/config"
-$R/neuro login --url http://127.0.0.1:18482 --token "$(cat "$work/data/admin.token")" 2>/dev/null
-token=$($R/neuro admin user add bench)
+source bench/common.sh
+start_secretd 18482
 echo "$token" > "$work/token"
 head -c 4096 /dev/urandom > "$work/value"
 vols=()

@@ -1,0 +1,22 @@
+# Sourced by the bench scripts: a work directory cleaned up on exit, background processes
+# stopped on exit, and `start_secretd PORT`, which starts a release secretd on its own data
+# directory and sets $token to a new user's token. Callers build the binaries first.
+R="$PWD/target/release"
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+start_secretd() {
+  local port=$1
+  "$R/secretd" --data-dir "$work/data" --listen "127.0.0.1:$port" > "$work/secretd.out" 2> "$work/secretd.err" &
+  pids+=($!)
+  for _ in $(seq 50); do [[ -s "$work/secretd.out" ]] && break; sleep 0.1; done
+  export XDG_CONFIG_HOME="$work/config"
+  "$R/neuro" login --url "http://127.0.0.1:$port" --token "$(cat "$work/data/admin.token")" 2>/dev/null
+  token=$("$R/neuro" admin user add bench)
+}
