@@ -1,8 +1,6 @@
 //! The authorization matrix: every route against every kind of caller, each allow and deny.
 
-use base64::Engine as _;
-
-use crate::harness::{Server, http};
+use crate::harness::{Server, b64, http};
 
 const URI: &str = "secret://neuro-compute/alice/s1";
 const URI_Q: &str = "secret%3A%2F%2Fneuro-compute%2Falice%2Fs1";
@@ -11,10 +9,6 @@ const URI_Q: &str = "secret%3A%2F%2Fneuro-compute%2Falice%2Fs1";
 const WHO: [&str; 8] = [
     "owner", "read", "write", "manage", "stranger", "job", "no token", "revoked",
 ];
-
-fn b64(s: &str) -> String {
-    base64::engine::general_purpose::STANDARD.encode(s)
-}
 
 #[test]
 fn every_route_against_every_caller() {

@@ -46,6 +46,11 @@ impl Transcript {
     }
 }
 
+pub fn b64(b: impl AsRef<[u8]>) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
 pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
 }
@@ -195,6 +200,14 @@ impl Server {
                 out.stdout_str().trim().to_owned()
             })
             .collect()
+    }
+
+    /// Creates or overwrites `key` as the token's user, through the API.
+    #[track_caller]
+    pub fn put(&self, token: &str, key: &str, value: &[u8]) {
+        let body = format!(r#"{{"key":"{key}","value":"{}"}}"#, b64(value));
+        let r = self.http("POST", "/api/v1/secrets", Some(token), Some(&body));
+        assert_eq!(r.status, 201, "{}", r.body);
     }
 
     /// One HTTP/1.1 request over a fresh loopback connection.

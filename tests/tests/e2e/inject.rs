@@ -10,20 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
-
 use crate::harness::{Server, bin, contains, http};
-
-fn put(srv: &Server, tok: &str, key: &str, value: &[u8]) {
-    let v = base64::engine::general_purpose::STANDARD.encode(value);
-    let r = srv.http(
-        "POST",
-        "/api/v1/secrets",
-        Some(tok),
-        Some(&format!(r#"{{"key":"{key}","value":"{v}"}}"#)),
-    );
-    assert_eq!(r.status, 201, "{}", r.body);
-}
 
 /// A loopback HTTP proxy in front of secretd that counts requests and can answer the first
 /// `fail` of them with `status` instead of forwarding.
@@ -161,9 +148,9 @@ fn values_reach_the_job_exactly_in_one_round_trip() {
     let srv = Server::start();
     let t = srv.add_users(&["alice", "bob"]);
     for (k, v) in tricky_values() {
-        put(&srv, &t[0], k, &v);
+        srv.put(&t[0], k, &v);
     }
-    put(&srv, &t[1], "shared", b"bob's value");
+    srv.put(&t[1], "shared", b"bob's value");
     let share = r#"[{"uri":"secret:/bob/shared","action":"read"}]"#;
     assert_eq!(
         srv.http(
@@ -260,10 +247,10 @@ fn marker_cmd(marker: &std::path::Path) -> Vec<String> {
 fn fails_closed_with_one_line_per_mapping_and_distinct_codes() {
     let srv = Server::start();
     let t = srv.add_users(&["alice", "bob"]);
-    put(&srv, &t[0], "ok", b"fine");
-    put(&srv, &t[0], "nul", b"a\0b");
-    put(&srv, &t[0], "huge", &[b'h'; 128 * 1024]);
-    put(&srv, &t[1], "private", b"not yours");
+    srv.put(&t[0], "ok", b"fine");
+    srv.put(&t[0], "nul", b"a\0b");
+    srv.put(&t[0], "huge", &[b'h'; 128 * 1024]);
+    srv.put(&t[1], "private", b"not yours");
     let dir = tempfile::tempdir().unwrap();
     let marker = dir.path().join("started");
     let proxy = Proxy::start(&srv.addr, 0, 0);
@@ -386,7 +373,7 @@ fn fails_closed_with_one_line_per_mapping_and_distinct_codes() {
 fn retries_transient_failures_and_never_a_4xx() {
     let srv = Server::start();
     let t = srv.add_users(&["alice"]);
-    put(&srv, &t[0], "k", b"v");
+    srv.put(&t[0], "k", b"v");
     for (status, fail, code, requests) in [
         (503, 2, 0, 3),
         (429, 2, 0, 3),
@@ -415,7 +402,7 @@ fn retries_transient_failures_and_never_a_4xx() {
 fn execs_in_place_with_stdio_and_exit_code() {
     let srv = Server::start();
     let t = srv.add_users(&["alice"]);
-    put(&srv, &t[0], "k", b"v");
+    srv.put(&t[0], "k", b"v");
     let mut child = Command::new(bin("secret-inject"))
         .args([
             "--url",
@@ -508,7 +495,7 @@ fn init_root_forwards_signals_once_reaps_zombies_and_keeps_the_code() {
     );
     let srv = Server::start();
     let t = srv.add_users(&["alice"]);
-    put(&srv, &t[0], "k", b"init-secret-value");
+    srv.put(&t[0], "k", b"init-secret-value");
     let dir = tempfile::tempdir().unwrap();
     let (log, ready) = (dir.path().join("log"), dir.path().join("ready"));
     let script = format!(

@@ -1,12 +1,6 @@
 //! Jobs: creation checks (permissions, existence) and the job token's exact scope.
 
-use base64::Engine as _;
-
-use crate::harness::Server;
-
-fn b64(s: &str) -> String {
-    base64::engine::general_purpose::STANDARD.encode(s)
-}
+use crate::harness::{Server, b64};
 
 #[test]
 fn job_tokens_read_exactly_their_uris_until_deleted() {

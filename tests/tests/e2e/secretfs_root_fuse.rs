@@ -8,8 +8,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
-
 use crate::harness::{Server, bin};
 
 fn require_root_fuse() {
@@ -19,16 +17,6 @@ fn require_root_fuse() {
         nix::unistd::geteuid(),
         Path::new("/dev/fuse").exists()
     );
-}
-
-fn b64(b: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(b)
-}
-
-fn put(srv: &Server, tok: &str, key: &str, value: &[u8]) {
-    let body = format!(r#"{{"key":"{key}","value":"{}"}}"#, b64(value));
-    let r = srv.http("POST", "/api/v1/secrets", Some(tok), Some(&body));
-    assert_eq!(r.status, 201, "{}", r.body);
 }
 
 /// secretfs mounts in a mountinfo file (fstype `fuse` or `fuse.*`, source `secretfs`).
@@ -225,11 +213,11 @@ fn exact_placement_ownership_and_read_only() {
     let big: Vec<u8> = (0..1024 * 1024u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
-    put(&srv, alice, "one", &[0xff]);
-    put(&srv, alice, "big", &big);
-    put(&srv, alice, "two", b"second\nfile\n");
-    put(&srv, alice, "far", b"far away");
-    put(&srv, bob, "shared", b"from bob");
+    srv.put(alice, "one", &[0xff]);
+    srv.put(alice, "big", &big);
+    srv.put(alice, "two", b"second\nfile\n");
+    srv.put(alice, "far", b"far away");
+    srv.put(bob, "shared", b"from bob");
     let share = r#"[{"uri":"secret:/bob/shared","action":"read"}]"#;
     assert_eq!(
         srv.http(
@@ -376,8 +364,8 @@ fn missing_or_forbidden_secrets_stop_it_before_ready() {
     require_root_fuse();
     let srv = Server::start();
     let t = srv.add_users(&["alice", "bob"]);
-    put(&srv, &t[0], "ok", b"v");
-    put(&srv, &t[1], "private", b"v");
+    srv.put(&t[0], "ok", b"v");
+    srv.put(&t[1], "private", b"v");
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
     for (vol, code, msg) in [
@@ -435,9 +423,9 @@ fn rotation_snapshots_outage_and_revocation() {
     let mut srv = Server::start();
     let t = srv.add_users(&["alice", "bob"]);
     let (alice, bob) = (t[0].clone(), t[1].clone());
-    put(&srv, &alice, "k", b"v1");
-    put(&srv, &alice, "gone", b"soon deleted");
-    put(&srv, &bob, "shared", b"bob's");
+    srv.put(&alice, "k", b"v1");
+    srv.put(&alice, "gone", b"soon deleted");
+    srv.put(&bob, "shared", b"bob's");
     let share = r#"[{"uri":"secret:/bob/shared","action":"read"}]"#;
     assert_eq!(
         srv.http(
@@ -484,7 +472,7 @@ fn rotation_snapshots_outage_and_revocation() {
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
     assert_eq!(line.trim(), "first 7631");
-    put(&srv, &alice, "k", b"v2-longer");
+    srv.put(&alice, "k", b"v2-longer");
     let took = wait_for("rotation", Duration::from_secs(1), || {
         fs.cat(&k).unwrap() == b"v2-longer"
     });
@@ -511,7 +499,7 @@ fn rotation_snapshots_outage_and_revocation() {
     assert_eq!(fs.cat(&shared).unwrap(), b"bob's");
     // ... and comes back: rotation resumes.
     srv.restart();
-    put(&srv, &alice, "k", b"v3");
+    srv.put(&alice, "k", b"v3");
     wait_for("rotation after the outage", Duration::from_secs(8), || {
         fs.cat(&k).unwrap() == b"v3"
     });
@@ -573,7 +561,7 @@ fn kill_9_leaves_a_stale_mount_the_next_start_clears() {
     require_root_fuse();
     let srv = Server::start();
     let t = srv.add_users(&["alice"]);
-    put(&srv, &t[0], "k", b"value");
+    srv.put(&t[0], "k", b"value");
     // A namespace that outlives both secretfs runs, as a pod's would.
     let mut holder = Command::new("unshare")
         .args(["-m", "--propagation", "private", "--", "sleep", "600"])
