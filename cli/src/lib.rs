@@ -1,6 +1,7 @@
 //! `neuro`: the user's command line for platform secrets.
 
 pub mod config;
+pub mod run;
 pub mod table;
 
 use std::ffi::OsString;
@@ -70,6 +71,11 @@ pub enum Command {
     /// Show and revoke permissions
     #[command(subcommand)]
     Acl(AclCmd),
+    /// Run a command on this machine with secrets as files and environment variables
+    #[command(
+        after_help = "Example:\n  neuro run --volume secret:secret-password:/var/secrets/secret-password.txt \\\n    --env mypass:secret:secret-password -- sh -c 'cat /var/secrets/secret-password.txt; echo \"$mypass\"'\n\nThe files exist only in the job's private mount namespace (needs root and /dev/fuse).\nThe exit status is the command's (128+N when signal N killed it)."
+    )]
+    Run(run::RunArgs),
     /// Operator commands (log in with the token in DATA_DIR/admin.token)
     #[command(subcommand)]
     Admin(AdminCmd),
@@ -180,7 +186,7 @@ pub struct Failure {
     pub message: String,
 }
 
-fn failure(code: u8, message: impl Into<String>) -> anyhow::Error {
+pub(crate) fn failure(code: u8, message: impl Into<String>) -> anyhow::Error {
     Failure {
         code,
         message: message.into(),
@@ -363,16 +369,31 @@ async fn target(s: &Session, client: &Client, arg: &str) -> anyhow::Result<Secre
     Ok(r.resolve(&s.me(client).await?))
 }
 
-pub async fn run(cli: Cli) -> anyhow::Result<()> {
+/// Runs the command; returns the exit code (`neuro run` passes on the job's).
+pub async fn run(cli: Cli) -> anyhow::Result<u8> {
+    if let Command::Run(args) = &cli.command {
+        let s = Session::new(&cli)?;
+        let client = s.client()?;
+        let ctx = run::Connection {
+            url: s.url.clone(),
+            ca_file: s.ca_file.clone(),
+        };
+        return run::run(&client, &ctx, args).await;
+    }
+    run_command(&cli).await.map(|()| 0)
+}
+
+async fn run_command(cli: &Cli) -> anyhow::Result<()> {
     match &cli.command {
-        Command::Login { token } => login(&cli, Token::new(token.clone())).await,
+        Command::Run(_) => unreachable!("handled in run"),
+        Command::Login { token } => login(cli, Token::new(token.clone())).await,
         Command::Secret(cmd) => {
-            let s = Session::new(&cli)?;
+            let s = Session::new(cli)?;
             let client = s.client()?;
             secret(&s, &client, cmd).await
         }
         Command::Share { uri, user, action } => {
-            let s = Session::new(&cli)?;
+            let s = Session::new(cli)?;
             let client = s.client()?;
             let user = UserName::new(user)?;
             let granted = client
@@ -390,12 +411,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Acl(cmd) => {
-            let s = Session::new(&cli)?;
+            let s = Session::new(cli)?;
             let client = s.client()?;
             acl(&s, &client, cmd).await
         }
         Command::Admin(cmd) => {
-            let s = Session::new(&cli)?;
+            let s = Session::new(cli)?;
             let client = s.client()?;
             admin(&client, cmd).await
         }

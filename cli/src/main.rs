@@ -8,7 +8,7 @@ use clap::Parser as _;
 async fn main() -> ExitCode {
     let cli = secrets_cli::Cli::parse();
     match secrets_cli::run(cli).await {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("ERROR: {}", secrets_cli::error_line(&e));
             ExitCode::from(secrets_cli::exit_code(&e))

@@ -87,6 +87,11 @@ pub struct Args {
     /// (audited opens, page cache, one round trip per open) or kernel (no round trips)
     #[arg(long, value_enum, default_value = "strict")]
     pub cache: files::CacheMode,
+    /// The mount namespace is private to this job (as under `neuro run`): missing paths are
+    /// created on a tmpfs overlay of their nearest existing directory, never on the
+    /// underlying filesystem
+    #[arg(long)]
+    pub private: bool,
     /// How long to retry an unavailable service at start, in seconds
     #[arg(long, default_value_t = 30)]
     pub timeout: u64,
@@ -296,6 +301,17 @@ fn mount_all(files: &Arc<Files>, args: &Args, m: &mut Mounted) -> anyhow::Result
     }
     std::fs::create_dir_all(&args.mount_root)
         .with_context(|| format!("creating mount root '{}'", args.mount_root.display()))?;
+    // Mount points first: in private mode they may need overlays, which must not cover the
+    // FUSE mount made next.
+    let scratch = args.mount_root.with_extension("scratch");
+    let mut overlaid = Vec::new();
+    for mp in files.mappings() {
+        if args.private {
+            mounts::prepare_target_private(&mp.path, &scratch, &mut overlaid)?;
+        } else {
+            m.created.extend(mounts::prepare_target(&mp.path)?);
+        }
+    }
     let mut cfg = fuser::Config::default();
     cfg.mount_options = vec![
         fuser::MountOption::FSName("secretfs".into()),
@@ -314,7 +330,6 @@ fn mount_all(files: &Arc<Files>, args: &Args, m: &mut Mounted) -> anyhow::Result
     let notifier = session.notifier();
     m.session = Some(session.spawn().context("starting the FUSE session")?);
     for (i, mp) in files.mappings().iter().enumerate() {
-        m.created.extend(mounts::prepare_target(&mp.path)?);
         mounts::bind_ro(&args.mount_root.join(Files::name_of(i)), &mp.path)?;
         m.binds.push(mp.path.clone());
     }

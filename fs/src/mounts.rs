@@ -90,6 +90,100 @@ pub fn prepare_target(path: &Path) -> anyhow::Result<Vec<PathBuf>> {
     Ok(created)
 }
 
+/// For a private mount namespace: makes `path` mountable without creating anything on the
+/// underlying filesystem. When the file (or a parent) is missing, the nearest existing
+/// directory gets a tmpfs-backed overlay (once; `overlaid` remembers), and the missing parts
+/// are created in it, visible only in this namespace.
+pub fn prepare_target_private(
+    path: &Path,
+    scratch: &Path,
+    overlaid: &mut Vec<PathBuf>,
+) -> anyhow::Result<()> {
+    if let Ok(m) = std::fs::symlink_metadata(path) {
+        anyhow::ensure!(
+            m.is_file(),
+            "'{}' exists and is not a regular file",
+            path.display()
+        );
+        return Ok(());
+    }
+    let mut base = path.parent();
+    while let Some(d) = base {
+        if d.is_dir() {
+            break;
+        }
+        base = d.parent();
+    }
+    let base = base.context("no existing directory above the path")?;
+    if !overlaid.iter().any(|o| o == base) {
+        overlay(base, &scratch.join(overlaid.len().to_string()))?;
+        overlaid.push(base.to_path_buf());
+    }
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating directory '{}'", parent.display()))?;
+    }
+    std::fs::File::create(path)
+        .with_context(|| format!("creating mount point '{}'", path.display()))?;
+    Ok(())
+}
+
+/// Mounts an overlay on `dir` whose upper layer is a fresh tmpfs at `scratch`.
+fn overlay(dir: &Path, scratch: &Path) -> anyhow::Result<()> {
+    let d = dir.to_str().context("path is not UTF-8")?;
+    anyhow::ensure!(
+        dir != Path::new("/"),
+        "'/' would need an overlay to create the missing path; create its first directory in the image"
+    );
+    anyhow::ensure!(
+        !d.contains([',', ':', '\\']),
+        "cannot overlay '{d}': ',' ':' and '\\' are not allowed in the path"
+    );
+    let hidden: Vec<PathBuf> = all_mounts()
+        .into_iter()
+        .filter(|m| m.starts_with(dir) && m != dir)
+        .collect();
+    anyhow::ensure!(
+        hidden.is_empty(),
+        "cannot overlay '{d}' to create the missing path: it would hide the mounts {hidden:?}"
+    );
+    std::fs::create_dir_all(scratch)?;
+    mount(
+        Some("tmpfs"),
+        scratch,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=0700"),
+    )
+    .with_context(|| format!("mounting scratch tmpfs at '{}'", scratch.display()))?;
+    let (upper, work) = (scratch.join("upper"), scratch.join("work"));
+    std::fs::create_dir(&upper)?;
+    std::fs::create_dir(&work)?;
+    let opts = format!(
+        "lowerdir={d},upperdir={},workdir={}",
+        upper.display(),
+        work.display()
+    );
+    mount(
+        Some("overlay"),
+        dir,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(opts.as_str()),
+    )
+    .with_context(|| format!("mounting an overlay on '{d}'"))?;
+    Ok(())
+}
+
+/// Every mount point in this namespace.
+fn all_mounts() -> Vec<PathBuf> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(|p| PathBuf::from(unescape(p))))
+        .collect()
+}
+
 /// Bind-mounts `src` onto `dst`, then makes that mount read-only, nosuid, nodev, noexec.
 pub fn bind_ro(src: &Path, dst: &Path) -> anyhow::Result<()> {
     mount(Some(src), dst, None::<&str>, MsFlags::MS_BIND, None::<&str>)

@@ -10,6 +10,7 @@ mod bad_input;
 mod crash;
 mod inject;
 mod jobs;
+mod run_root;
 mod secretfs_root_fuse;
 mod tls;
 mod walkthrough;

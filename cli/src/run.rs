@@ -1,0 +1,257 @@
+//! `neuro run`: a job on this machine. Creates the job through the API, starts secretfs in a
+//! private mount namespace for the files, runs the command there through secret-inject for
+//! the variables, and afterwards unmounts everything and deletes the job (revoking its token).
+
+use std::ffi::OsString;
+use std::io::Write as _;
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::Args;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use secrets_core::api::{JobSpec, JobVolume};
+use secrets_core::client::Client;
+use secrets_core::{EnvSpec, VolumeMapping};
+
+use crate::failure;
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// secret:KEY:/PATH: the secret as a read-only file at PATH; repeatable
+    #[arg(long = "volume", value_name = "SPEC")]
+    pub volumes: Vec<String>,
+    /// NAME=secret:KEY or NAME:secret:KEY (a secret), or NAME=VALUE (a plain variable)
+    #[arg(long = "env", value_name = "SPEC")]
+    pub envs: Vec<String>,
+    /// The command and its arguments
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
+}
+
+/// How secretfs and secret-inject reach the service.
+#[derive(Debug)]
+pub struct Connection {
+    pub url: String,
+    pub ca_file: Option<PathBuf>,
+}
+
+/// A binary of this project: next to `neuro`, else on PATH.
+fn sibling(name: &str) -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join(name)))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing '{}'", path.display()))?;
+    f.write_all(bytes)?;
+    Ok(())
+}
+
+/// What must be undone when the job ends, however it ends.
+struct Job<'a> {
+    client: &'a Client,
+    id: String,
+    dir: PathBuf,
+    secretfs: Option<std::process::Child>,
+}
+
+impl Job<'_> {
+    async fn finish(mut self) {
+        if let Some(mut fs) = self.secretfs.take() {
+            let _ = kill(Pid::from_raw(fs.id() as i32), Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while fs.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let _ = fs.kill();
+            let _ = fs.wait();
+        }
+        if let Err(e) = self.client.delete_job(&self.id).await {
+            eprintln!("neuro: warning: could not delete job {}: {e}", self.id);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub async fn run(client: &Client, conn: &Connection, args: &RunArgs) -> anyhow::Result<u8> {
+    let volumes = args
+        .volumes
+        .iter()
+        .map(|v| VolumeMapping::parse(v))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut spec = JobSpec::default();
+    let mut plain: Vec<(String, String)> = Vec::new();
+    for e in &args.envs {
+        match EnvSpec::parse(e)? {
+            EnvSpec::Secret(m) => {
+                if spec
+                    .secret_env
+                    .insert(m.name.to_string(), m.secret.to_string())
+                    .is_some()
+                {
+                    return Err(failure(65, format!("--env '{}' is given twice", m.name)));
+                }
+            }
+            EnvSpec::Plain { name, value } => plain.push((name.to_string(), value)),
+        }
+    }
+    spec.secret_volumes = volumes
+        .iter()
+        .map(|v| JobVolume {
+            src_secret_uri: v.secret.to_string(),
+            dst_path: v.path.display().to_string(),
+        })
+        .collect();
+    if !volumes.is_empty() && !nix::unistd::geteuid().is_root() {
+        return Err(failure(
+            77,
+            "--volume needs root: the files are mounted (FUSE) in a private mount namespace",
+        ));
+    }
+    let created = client.create_job(&spec).await?;
+    let dir = std::env::temp_dir().join(format!("neuro-run-{}", created.job_id));
+    let mut job = Job {
+        client,
+        id: created.job_id.clone(),
+        dir: dir.clone(),
+        secretfs: None,
+    };
+    let r = start_and_wait(
+        &mut job,
+        conn,
+        &spec,
+        &plain,
+        &created.token,
+        args,
+        !volumes.is_empty(),
+    )
+    .await;
+    job.finish().await;
+    r
+}
+
+async fn start_and_wait(
+    job: &mut Job<'_>,
+    conn: &Connection,
+    spec: &JobSpec,
+    plain: &[(String, String)],
+    token: &secrets_core::Token,
+    args: &RunArgs,
+    files: bool,
+) -> anyhow::Result<u8> {
+    let dir = job.dir.clone();
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .with_context(|| format!("creating '{}'", dir.display()))?;
+    let (token_file, spec_file) = (dir.join("token"), dir.join("spec.json"));
+    write_private(&token_file, token.expose().as_bytes())?;
+    write_private(&spec_file, &serde_json::to_vec(spec)?)?;
+    let mut common: Vec<OsString> = vec![
+        "--url".into(),
+        conn.url.clone().into(),
+        "--token-file".into(),
+        token_file.into(),
+        "--spec".into(),
+        spec_file.into(),
+    ];
+    if let Some(ca) = &conn.ca_file {
+        common.extend(["--ca-file".into(), ca.clone().into()]);
+    }
+    let mut cmd = if files {
+        let ready = dir.join("ready");
+        let log = dir.join("secretfs.log");
+        let mut fs = std::process::Command::new("unshare");
+        fs.args(["-m", "--propagation", "private", "--"])
+            .arg(sibling("secretfs"))
+            .args(&common)
+            .arg("--mount-root")
+            .arg(dir.join("root"))
+            .arg("--ready-file")
+            .arg(&ready)
+            .arg("--audit-log")
+            .arg(dir.join("audit.log"))
+            .arg("--private")
+            .args(["--uid", &nix::unistd::getuid().to_string()])
+            .args(["--gid", &nix::unistd::getgid().to_string()])
+            .env_remove("NEURO_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?);
+        let child = fs.spawn().context("starting secretfs (unshare)")?;
+        let pid = child.id();
+        job.secretfs = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !ready.exists() {
+            if let Some(st) = job
+                .secretfs
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                let msg = std::fs::read_to_string(&log).unwrap_or_default();
+                let msg = msg
+                    .lines()
+                    .filter(|l| l.starts_with("ERROR: "))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                return Err(failure(
+                    st.code().map_or(1, |c| c as u8),
+                    format!(
+                        "secretfs could not serve the files: {}",
+                        msg.replace("ERROR: ", "")
+                    ),
+                ));
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "secretfs was not ready within 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut c = tokio::process::Command::new("nsenter");
+        c.args(["-t", &pid.to_string(), "-m"])
+            .arg(format!("--wd={}", std::env::current_dir()?.display()))
+            .arg("--")
+            .arg(sibling("secret-inject"));
+        c
+    } else {
+        tokio::process::Command::new(sibling("secret-inject"))
+    };
+    cmd.args(&common)
+        .arg("--")
+        .args(&args.command)
+        .envs(plain.iter().map(|(k, v)| (k, v)))
+        .env_remove("NEURO_TOKEN");
+    let mut child = cmd.spawn().context("starting the job")?;
+    let pid = Pid::from_raw(child.id().context("job pid")? as i32);
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let status = loop {
+        tokio::select! {
+            st = child.wait() => break st?,
+            _ = term.recv() => { let _ = kill(pid, Signal::SIGTERM); }
+            _ = int.recv() => { let _ = kill(pid, Signal::SIGINT); }
+            _ = hup.recv() => { let _ = kill(pid, Signal::SIGHUP); }
+        }
+    };
+    use std::os::unix::process::ExitStatusExt as _;
+    Ok(match (status.code(), status.signal()) {
+        (Some(c), _) => c as u8,
+        (None, Some(s)) => 128 + s as u8,
+        _ => 1,
+    })
+}

@@ -1,0 +1,177 @@
+//! `neuro run` on this machine: needs root and /dev/fuse (fails, never skips, without them).
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::harness::{Server, bin};
+
+fn require_root_fuse() {
+    assert!(
+        nix::unistd::geteuid().is_root() && Path::new("/dev/fuse").exists(),
+        "neuro run tests need root and /dev/fuse"
+    );
+}
+
+const SEED: &str = "p@$$w0rd123";
+
+#[test]
+fn the_seed_job_sees_its_file_and_variable_and_the_host_does_not() {
+    require_root_fuse();
+    let srv = Server::start();
+    let t = srv.add_users(&["alice"]);
+    let alice = srv.user("alice", &t[0]);
+    alice.ok(&["secret", "add", "secret-password", SEED]);
+    let host_had = Path::new("/var/secrets").exists();
+    let o = alice.run_full(
+        &[
+            "run",
+            "--volume",
+            "secret:secret-password:/var/secrets/secret-password.txt",
+            "--env",
+            "mypass:secret:secret-password",
+            "--env",
+            "PLAIN=plain value",
+            "--",
+            "sh",
+            "-c",
+            "cat /var/secrets/secret-password.txt; echo; echo \"$mypass\"; echo \"$PLAIN\"; \
+             test -z \"$NEURO_TOKEN\" && echo no-token; exit 5",
+        ],
+        b"",
+        true,
+    );
+    assert_eq!(o.code, 5, "the command's exit status: {}", o.stderr);
+    assert_eq!(
+        o.stdout_str(),
+        format!("{SEED}\n{SEED}\nplain value\nno-token\n")
+    );
+    assert!(!o.stderr.contains(SEED));
+    assert_eq!(
+        Path::new("/var/secrets").exists(),
+        host_had,
+        "nothing created on the host"
+    );
+    // the job token was revoked when the job ended
+    srv.assert_audited(r#""actor":"user:alice","action":"job.delete","outcome":"ok""#);
+    assert!(srv.audit_log().contains(r#""action":"secret.read","uri":"secret://neuro-compute/alice/secret-password","outcome":"ok""#));
+
+    // A missing secret stops it before the command starts.
+    let marker = srv.dir.path().join("started");
+    let touch = format!("touch {}", marker.display());
+    alice.fails(
+        &[
+            "run",
+            "--env",
+            "a:secret:nope",
+            "--volume",
+            "secret:other:/tmp/x",
+            "--",
+            "sh",
+            "-c",
+            &touch,
+        ],
+        72,
+        "Missing secrets: 'nope', 'other'",
+    );
+    alice.fails(
+        &["run", "--volume", "secret:k:/x:ro", "--", "true"],
+        65,
+        "suffixes are not supported",
+    );
+    assert!(!marker.exists());
+}
+
+#[test]
+fn sigterm_stops_the_job_and_cleans_up() {
+    require_root_fuse();
+    let srv = Server::start();
+    let t = srv.add_users(&["alice"]);
+    let alice = srv.user("alice", &t[0]);
+    alice.ok(&["secret", "add", "k", "v"]);
+    // log and ready live apart from the target's directory: the job's writes under an
+    // overlaid directory stay in its own namespace.
+    let out = tempfile::tempdir().unwrap();
+    let (log, ready) = (out.path().join("log"), out.path().join("ready"));
+    let target = srv.dir.path().join("secrets/k.txt");
+    let script = format!(
+        "trap 'echo TERM >> {l}; exit 0' TERM; cat {f} > {r}; while :; do sleep 0.05; done",
+        l = log.display(),
+        f = target.display(),
+        r = ready.display()
+    );
+    let child = Command::new(bin("neuro"))
+        .args([
+            "run",
+            "--volume",
+            &format!("secret:k:{}", target.display()),
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .env("XDG_CONFIG_HOME", &alice.config_home)
+        .env_remove("NEURO_URL")
+        .env_remove("NEURO_TOKEN")
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = KillOnDrop(Some(child));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::fs::read(&ready).unwrap_or_default() != b"v" {
+        assert!(Instant::now() < deadline, "the job did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        !target.exists(),
+        "the file is not visible on the host while the job runs"
+    );
+    let mut c = child.0.take().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(c.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let st = c.wait().unwrap();
+    assert_eq!(
+        st.code(),
+        Some(0),
+        "the job's own exit status after its TERM trap"
+    );
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "TERM\n");
+    assert!(
+        !target.exists() && !srv.dir.path().join("secrets").exists(),
+        "nothing left on the host"
+    );
+    srv.assert_audited(r#""action":"job.delete","outcome":"ok""#);
+    // this job's working directory is gone (its id is in the audit log of its reads)
+    let audit = srv.audit_log();
+    let id = audit
+        .split(r#""actor":"job:"#)
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("the job read its secret")
+        .to_owned();
+    assert!(
+        !std::env::temp_dir()
+            .join(format!("neuro-run-{id}"))
+            .exists()
+    );
+}
+
+/// Stops `neuro run` (and so its job) if the test fails before it does.
+struct KillOnDrop(Option<std::process::Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.0 {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            std::thread::sleep(Duration::from_millis(500));
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
