@@ -210,6 +210,19 @@ impl Server {
         assert_eq!(r.status, 201, "{}", r.body);
     }
 
+    /// Grants `grantee` read on `uri`, as the user of `token`, through the API.
+    #[track_caller]
+    pub fn share(&self, token: &str, uri: &str, grantee: &str) {
+        let body = format!(r#"[{{"uri":"{uri}","action":"read"}}]"#);
+        let r = self.http(
+            "POST",
+            &format!("/api/v1/users/{grantee}/permissions"),
+            Some(token),
+            Some(&body),
+        );
+        assert_eq!(r.status, 201, "{}", r.body);
+    }
+
     /// One HTTP/1.1 request over a fresh loopback connection.
     pub fn http(&self, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> Reply {
         self.http_raw(

@@ -151,17 +151,7 @@ fn values_reach_the_job_exactly_in_one_round_trip() {
         srv.put(&t[0], k, &v);
     }
     srv.put(&t[1], "shared", b"bob's value");
-    let share = r#"[{"uri":"secret:/bob/shared","action":"read"}]"#;
-    assert_eq!(
-        srv.http(
-            "POST",
-            "/api/v1/users/alice/permissions",
-            Some(&t[1]),
-            Some(share)
-        )
-        .status,
-        201
-    );
+    srv.share(&t[1], "secret:/bob/shared", "alice");
     let dir = tempfile::tempdir().unwrap();
     let spec = dir.path().join("spec.json");
     std::fs::write(&spec, r#"{"secret_env":{"FROM_SPEC":"secret:equals"}}"#).unwrap();

@@ -21,17 +21,7 @@ fn job_tokens_read_exactly_their_uris_until_deleted() {
             201
         );
     }
-    let share = r#"[{"uri":"secret:/bob/b1","action":"read"}]"#;
-    assert_eq!(
-        srv.http(
-            "POST",
-            "/api/v1/users/alice/permissions",
-            Some(bob),
-            Some(share)
-        )
-        .status,
-        201
-    );
+    srv.share(bob, "secret:/bob/b1", "alice");
 
     // Missing permissions: 403 listing each missing URI, nothing created.
     let r = srv.http(

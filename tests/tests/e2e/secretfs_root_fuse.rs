@@ -218,17 +218,7 @@ fn exact_placement_ownership_and_read_only() {
     srv.put(alice, "two", b"second\nfile\n");
     srv.put(alice, "far", b"far away");
     srv.put(bob, "shared", b"from bob");
-    let share = r#"[{"uri":"secret:/bob/shared","action":"read"}]"#;
-    assert_eq!(
-        srv.http(
-            "POST",
-            "/api/v1/users/alice/permissions",
-            Some(bob),
-            Some(share)
-        )
-        .status,
-        201
-    );
+    srv.share(bob, "secret:/bob/shared", "alice");
 
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
@@ -426,17 +416,7 @@ fn rotation_snapshots_outage_and_revocation() {
     srv.put(&alice, "k", b"v1");
     srv.put(&alice, "gone", b"soon deleted");
     srv.put(&bob, "shared", b"bob's");
-    let share = r#"[{"uri":"secret:/bob/shared","action":"read"}]"#;
-    assert_eq!(
-        srv.http(
-            "POST",
-            "/api/v1/users/alice/permissions",
-            Some(&bob),
-            Some(share)
-        )
-        .status,
-        201
-    );
+    srv.share(&bob, "secret:/bob/shared", "alice");
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
     let (k, gone, shared) = (w.join("s/k"), w.join("s/gone"), w.join("s/shared"));
