@@ -1,6 +1,7 @@
 //! `neuro`: the user's command line for platform secrets.
 
 pub mod config;
+pub mod manifest;
 pub mod run;
 pub mod table;
 
@@ -76,9 +77,27 @@ pub enum Command {
         after_help = "Example:\n  neuro run --volume secret:secret-password:/var/secrets/secret-password.txt \\\n    --env mypass:secret:secret-password -- sh -c 'cat /var/secrets/secret-password.txt; echo \"$mypass\"'\n\nThe files exist only in the job's private mount namespace (needs root and /dev/fuse).\nThe exit status is the command's (128+N when signal N killed it)."
     )]
     Run(run::RunArgs),
+    /// Jobs on Kubernetes: a Pod manifest with the secrets sidecar; revoking a job's token
+    #[command(subcommand)]
+    Job(JobCmd),
     /// Operator commands (log in with the token in DATA_DIR/admin.token)
     #[command(subcommand)]
     Admin(AdminCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobCmd {
+    /// Create a job and print a Kubernetes Pod manifest (with a Secret for its token) that runs
+    /// CMD in IMAGE with the secrets as files and variables
+    #[command(
+        after_help = "Example:\n  neuro job manifest --volume secret:secret-password:/var/secrets/secret-password.txt \\\n    --env mypass:secret:secret-password --image python:3.12 -- python train.py > job.yaml\n  kubectl apply -f job.yaml\n  neuro job rm JOB_ID    # when the pod is done: revokes the job token\n\nThe output holds the job token (in a Secret, not in the pod spec): treat it as a secret.\nSee container/README.md for the images and what the sidecar needs."
+    )]
+    Manifest(manifest::ManifestArgs),
+    /// Delete a job, revoking its token (secrets stay)
+    Rm {
+        /// The job id, as printed by `neuro job manifest`
+        job_id: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
@@ -414,6 +433,24 @@ async fn run_command(cli: &Cli) -> anyhow::Result<()> {
             let s = Session::new(cli)?;
             let client = s.client()?;
             acl(&s, &client, cmd).await
+        }
+        Command::Job(cmd) => {
+            let s = Session::new(cli)?;
+            let client = s.client()?;
+            match cmd {
+                JobCmd::Manifest(args) => {
+                    let conn = run::Connection {
+                        url: s.url.clone(),
+                        ca_file: s.ca_file.clone(),
+                    };
+                    manifest::manifest(&client, &conn, args).await
+                }
+                JobCmd::Rm { job_id } => {
+                    client.delete_job(job_id).await?;
+                    println!("Job '{job_id}' deleted; its token is revoked");
+                    Ok(())
+                }
+            }
         }
         Command::Admin(cmd) => {
             let s = Session::new(cli)?;

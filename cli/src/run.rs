@@ -19,14 +19,75 @@ use secrets_core::{EnvSpec, VolumeMapping};
 
 use crate::failure;
 
+/// The secrets and variables of a job: the flags `neuro run` and `neuro job manifest` share.
 #[derive(Debug, Args)]
-pub struct RunArgs {
+pub struct JobArgs {
     /// secret:KEY:/PATH: the secret as a read-only file at PATH; repeatable
     #[arg(long = "volume", value_name = "SPEC")]
     pub volumes: Vec<String>,
     /// NAME=secret:KEY or NAME:secret:KEY (a secret), or NAME=VALUE (a plain variable)
     #[arg(long = "env", value_name = "SPEC")]
     pub envs: Vec<String>,
+}
+
+/// A job's flags, checked: the spec the service gets, and the plain variables.
+#[derive(Debug)]
+pub struct ParsedJob {
+    pub spec: JobSpec,
+    pub volumes: Vec<VolumeMapping>,
+    /// `NAME=secret:KEY` mappings, in the order given.
+    pub secret_env: Vec<(String, String)>,
+    pub plain: Vec<(String, String)>,
+}
+
+impl JobArgs {
+    pub fn parse(&self) -> anyhow::Result<ParsedJob> {
+        let volumes = self
+            .volumes
+            .iter()
+            .map(|v| VolumeMapping::parse(v))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut spec = JobSpec::default();
+        let (mut secret_env, mut plain) = (Vec::new(), Vec::new());
+        let mut seen = std::collections::HashSet::new();
+        for e in &self.envs {
+            let parsed = EnvSpec::parse(e)?;
+            let name = match &parsed {
+                EnvSpec::Secret(m) => m.name.to_string(),
+                EnvSpec::Plain { name, .. } => name.to_string(),
+            };
+            if !seen.insert(name.clone()) {
+                return Err(failure(65, format!("--env '{name}' is given twice")));
+            }
+            match parsed {
+                EnvSpec::Secret(m) => {
+                    let uri = m.secret.to_string();
+                    spec.secret_env.insert(name.clone(), uri.clone());
+                    secret_env.push((name, uri));
+                }
+                EnvSpec::Plain { value, .. } => plain.push((name, value)),
+            }
+        }
+        spec.secret_volumes = volumes
+            .iter()
+            .map(|v| JobVolume {
+                src_secret_uri: v.secret.to_string(),
+                dst_path: v.path.display().to_string(),
+            })
+            .collect();
+        Ok(ParsedJob {
+            spec,
+            volumes,
+            secret_env,
+            plain,
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub job: JobArgs,
     /// The command and its arguments
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<OsString>,
@@ -86,34 +147,12 @@ impl Job<'_> {
 }
 
 pub async fn run(client: &Client, conn: &Connection, args: &RunArgs) -> anyhow::Result<u8> {
-    let volumes = args
-        .volumes
-        .iter()
-        .map(|v| VolumeMapping::parse(v))
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut spec = JobSpec::default();
-    let mut plain: Vec<(String, String)> = Vec::new();
-    for e in &args.envs {
-        match EnvSpec::parse(e)? {
-            EnvSpec::Secret(m) => {
-                if spec
-                    .secret_env
-                    .insert(m.name.to_string(), m.secret.to_string())
-                    .is_some()
-                {
-                    return Err(failure(65, format!("--env '{}' is given twice", m.name)));
-                }
-            }
-            EnvSpec::Plain { name, value } => plain.push((name.to_string(), value)),
-        }
-    }
-    spec.secret_volumes = volumes
-        .iter()
-        .map(|v| JobVolume {
-            src_secret_uri: v.secret.to_string(),
-            dst_path: v.path.display().to_string(),
-        })
-        .collect();
+    let ParsedJob {
+        spec,
+        volumes,
+        plain,
+        ..
+    } = args.job.parse()?;
     if !volumes.is_empty() && !nix::unistd::geteuid().is_root() {
         return Err(failure(
             77,

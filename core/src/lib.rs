@@ -10,7 +10,7 @@ pub mod names;
 pub mod secret;
 pub mod uri;
 
-pub use mapping::{EnvMapping, EnvSpec, MappingError, VolumeMapping};
+pub use mapping::{EnvMapping, EnvSpec, MappingError, VolumeMapping, secretfs_file_name};
 pub use names::{ClusterName, EnvName, NameError, SecretKey, UserName};
 pub use secret::{SecretBytes, Token};
 pub use uri::{Action, ResourceUri, SecretRef, SecretUri, UriContext, UriError};

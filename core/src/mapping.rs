@@ -82,6 +82,12 @@ pub struct VolumeMapping {
     pub path: PathBuf,
 }
 
+/// The name under which secretfs serves the `index`-th volume mapping (in mapping order) in its
+/// mount root; a pod's subPath mounts name these files.
+pub fn secretfs_file_name(index: usize) -> String {
+    index.to_string()
+}
+
 impl VolumeMapping {
     /// Parses `secret:KEY:/PATH` (also `secret:/OWNER/KEY:/PATH` and
     /// `secret://CLUSTER/OWNER/KEY:/PATH`): exactly three `:`-separated parts.

@@ -194,7 +194,7 @@ impl Files {
 
     /// The name of file `i` inside the mount root.
     pub fn name_of(i: usize) -> String {
-        i.to_string()
+        secrets_core::secretfs_file_name(i)
     }
 
     pub fn ino_of(i: usize) -> u64 {

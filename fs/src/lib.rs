@@ -51,8 +51,8 @@ const EXIT_CODES: &str = "Exit codes:
 )]
 pub struct Args {
     /// Service URL [env: NEURO_URL]
-    #[arg(long, env = "NEURO_URL", value_name = "URL")]
-    pub url: String,
+    #[arg(long, env = "NEURO_URL", value_name = "URL", required_unless_present = "check_ready")]
+    pub url: Option<String>,
     /// File holding the job token (else NEURO_TOKEN)
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
@@ -92,9 +92,18 @@ pub struct Args {
     /// underlying filesystem
     #[arg(long)]
     pub private: bool,
+    /// Mount only the FUSE filesystem at --mount-root (files 0, 1, ... in mapping order, and
+    /// .status) and bind nothing onto the mapped paths: the container runtime does that, as a
+    /// pod's subPath mounts (see container/README.md)
+    #[arg(long, conflicts_with = "private")]
+    pub root_only: bool,
     /// How long to retry an unavailable service at start, in seconds
     #[arg(long, default_value_t = 30)]
     pub timeout: u64,
+    /// Exit 0 if FILE (the --ready-file of a running secretfs) exists, else 1, and do nothing
+    /// else: the startup probe of images that have no shell
+    #[arg(long, value_name = "FILE", exclusive = true)]
+    pub check_ready: Option<PathBuf>,
 }
 
 fn parse_mode(s: &str) -> Result<u16, String> {
@@ -306,6 +315,9 @@ fn mount_all(files: &Arc<Files>, args: &Args, m: &mut Mounted) -> anyhow::Result
     let scratch = args.mount_root.with_extension("scratch");
     let mut overlaid = Vec::new();
     for mp in files.mappings() {
+        if args.root_only {
+            continue;
+        }
         if args.private {
             mounts::prepare_target_private(&mp.path, &scratch, &mut overlaid)?;
         } else {
@@ -330,6 +342,9 @@ fn mount_all(files: &Arc<Files>, args: &Args, m: &mut Mounted) -> anyhow::Result
     let notifier = session.notifier();
     m.session = Some(session.spawn().context("starting the FUSE session")?);
     for (i, mp) in files.mappings().iter().enumerate() {
+        if args.root_only {
+            break;
+        }
         mounts::bind_ro(&args.mount_root.join(Files::name_of(i)), &mp.path)?;
         m.binds.push(mp.path.clone());
     }
@@ -449,6 +464,14 @@ async fn shutdown_signal() -> anyhow::Result<()> {
 
 /// Runs secretfs until SIGTERM or SIGINT.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if let Some(ready) = &args.check_ready {
+        return Ok(if ready.exists() {
+            ExitCode::SUCCESS
+        } else {
+            eprintln!("secretfs: not ready: '{}' does not exist", ready.display());
+            ExitCode::FAILURE
+        });
+    }
     let hardening = harden::apply().context("hardening the process")?;
     if let Err(e) = &hardening.locked {
         eprintln!(
@@ -457,7 +480,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let maps = mappings(&args)?;
     let token = read_token(&args)?;
-    let mut cfg = ClientConfig::new(args.url.clone(), Some(token));
+    let url = args.url.clone().context("--url or NEURO_URL is required")?;
+    let mut cfg = ClientConfig::new(url, Some(token));
     cfg.ca_file = args.ca_file.clone();
     cfg.timeout = Duration::from_secs(40);
     let client = Client::new(&cfg).map_err(|e| fail(65, e.to_string()))?;

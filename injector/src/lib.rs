@@ -54,8 +54,8 @@ unavailable. In init mode the exit code is the job's, or 128+N when signal N kil
 )]
 pub struct Args {
     /// Service URL [env: NEURO_URL]
-    #[arg(long, env = "NEURO_URL", value_name = "URL")]
-    pub url: String,
+    #[arg(long, env = "NEURO_URL", value_name = "URL", required_unless_present = "install")]
+    pub url: Option<String>,
     /// File holding the token (else NEURO_TOKEN)
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
@@ -80,8 +80,12 @@ pub struct Args {
     /// Log each step (names, URIs, versions, timings; never values) to stderr
     #[arg(long, short)]
     pub verbose: bool,
+    /// Copy this binary to PATH (mode 0555) and exit: how a pod's init container puts the
+    /// wrapper into a shared volume, so that any job image can run it
+    #[arg(long, value_name = "PATH", exclusive = true)]
+    pub install: Option<PathBuf>,
     /// The job's command and arguments
-    #[arg(last = true, required = true, value_name = "CMD")]
+    #[arg(last = true, required_unless_present = "install", value_name = "CMD")]
     pub command: Vec<OsString>,
 }
 
@@ -378,7 +382,10 @@ fn prepare(args: &Args) -> Result<std::process::Command, u8> {
     let deadline = t0 + Duration::from_secs_f64(args.timeout.max(0.0));
     let maps = mappings(args).map_err(|e| report(&e))?;
     let token = read_token(args).map_err(|e| report(&[e]))?;
-    let mut cfg = ClientConfig::new(args.url.clone(), Some(token));
+    let url = args.url.clone().ok_or_else(|| {
+        report(&[invalid(None, None, "--url or NEURO_URL is required")])
+    })?;
+    let mut cfg = ClientConfig::new(url, Some(token));
     cfg.ca_file = args.ca_file.clone();
     cfg.timeout = Duration::from_secs_f64(args.timeout.clamp(0.1, 300.0));
     let client = Client::new(&cfg).map_err(|e| report(&[invalid(None, None, e.to_string())]))?;
@@ -408,8 +415,32 @@ fn prepare(args: &Args) -> Result<std::process::Command, u8> {
     Ok(cmd)
 }
 
+/// `--install PATH`: copies the running binary there (through a temporary file in the same
+/// directory, renamed into place, so a reader never sees half a binary).
+fn install(dst: &std::path::Path) -> u8 {
+    use std::os::unix::fs::PermissionsExt as _;
+    let tmp = dst.with_extension("tmp");
+    let r = std::fs::copy("/proc/self/exe", &tmp)
+        .and_then(|_| std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o555)))
+        .and_then(|()| std::fs::rename(&tmp, dst));
+    match r {
+        Ok(()) => 0,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            eprintln!(
+                "secret-inject: ERROR: cannot install to '{}': {e}",
+                dst.display()
+            );
+            1
+        }
+    }
+}
+
 /// Runs secret-inject; returns the exit code when it does not exec.
 pub fn main(args: Args) -> u8 {
+    if let Some(dst) = &args.install {
+        return install(dst);
+    }
     let init = args.init || std::process::id() == 1;
     // Block the signals init forwards before any thread exists, so that every thread
     // inherits the mask and only `init::supervise` receives them.
