@@ -233,7 +233,11 @@ async fn start_and_wait(
         let pid = child.id();
         job.secretfs = Some(child);
         let deadline = Instant::now() + Duration::from_secs(60);
-        while !ready.exists() {
+        // Looked up in secretfs's mount namespace: when a missing path needs an overlay on a
+        // directory above the ready file (/tmp, say), the file exists only in there.
+        let ready_seen = PathBuf::from(format!("/proc/{pid}/root"))
+            .join(ready.strip_prefix("/").unwrap_or(&ready));
+        while !ready_seen.exists() {
             if let Some(st) = job
                 .secretfs
                 .as_mut()

@@ -4,7 +4,11 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
+use std::os::fd::AsRawFd as _;
+
+use nix::fcntl::OFlag;
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sys::stat::Mode;
 
 /// The source name secretfs mounts show in `/proc/self/mountinfo` (fstype `fuse` or
 /// `fuse.secretfs`, depending on how the kernel was asked).
@@ -139,14 +143,9 @@ fn overlay(dir: &Path, scratch: &Path) -> anyhow::Result<()> {
         !d.contains([',', ':', '\\']),
         "cannot overlay '{d}': ',' ':' and '\\' are not allowed in the path"
     );
-    let hidden: Vec<PathBuf> = all_mounts()
-        .into_iter()
-        .filter(|m| m.starts_with(dir) && m != dir)
-        .collect();
-    anyhow::ensure!(
-        hidden.is_empty(),
-        "cannot overlay '{d}' to create the missing path: it would hide the mounts {hidden:?}"
-    );
+    // The overlay would hide the mounts below `dir` (a container engine's, say): park each on
+    // the scratch tmpfs, held by an O_PATH descriptor, and move it back on top of the overlay.
+    let subs = top_submounts(dir);
     std::fs::create_dir_all(scratch)?;
     mount(
         Some("tmpfs"),
@@ -156,9 +155,27 @@ fn overlay(dir: &Path, scratch: &Path) -> anyhow::Result<()> {
         Some("mode=0700"),
     )
     .with_context(|| format!("mounting scratch tmpfs at '{}'", scratch.display()))?;
-    let (upper, work) = (scratch.join("upper"), scratch.join("work"));
+    let (upper, work, keep) = (
+        scratch.join("upper"),
+        scratch.join("work"),
+        scratch.join("keep"),
+    );
     std::fs::create_dir(&upper)?;
     std::fs::create_dir(&work)?;
+    std::fs::create_dir(&keep)?;
+    let mut parked = Vec::new();
+    for (i, sub) in subs.iter().enumerate() {
+        let k = keep.join(i.to_string());
+        if sub.is_dir() {
+            std::fs::create_dir(&k)?;
+        } else {
+            std::fs::File::create(&k)?;
+        }
+        mount(Some(sub), &k, None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+            .with_context(|| format!("moving the mount '{}' aside", sub.display()))?;
+        let fd = nix::fcntl::open(&k, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty())?;
+        parked.push((fd, sub));
+    }
     let opts = format!(
         "lowerdir={d},upperdir={},workdir={}",
         upper.display(),
@@ -172,7 +189,35 @@ fn overlay(dir: &Path, scratch: &Path) -> anyhow::Result<()> {
         Some(opts.as_str()),
     )
     .with_context(|| format!("mounting an overlay on '{d}'"))?;
+    for (fd, sub) in parked {
+        let src = format!("/proc/self/fd/{}", fd.as_raw_fd());
+        mount(
+            Some(src.as_str()),
+            sub,
+            None::<&str>,
+            MsFlags::MS_MOVE,
+            None::<&str>,
+        )
+        .with_context(|| format!("moving the mount '{}' back", sub.display()))?;
+    }
     Ok(())
+}
+
+/// Mount points strictly below `dir`, outermost only: moving one carries those below it.
+fn top_submounts(dir: &Path) -> Vec<PathBuf> {
+    let mut subs: Vec<PathBuf> = all_mounts()
+        .into_iter()
+        .filter(|m| m.starts_with(dir) && m != dir)
+        .collect();
+    subs.sort();
+    subs.dedup();
+    let mut top: Vec<PathBuf> = Vec::new();
+    for s in subs {
+        if !top.iter().any(|t| s.starts_with(t)) {
+            top.push(s);
+        }
+    }
+    top
 }
 
 /// Every mount point in this namespace.

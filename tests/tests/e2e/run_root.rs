@@ -159,6 +159,61 @@ fn sigterm_stops_the_job_and_cleans_up() {
     );
 }
 
+#[test]
+fn missing_paths_beside_other_mounts_and_beside_the_run_directory() {
+    require_root_fuse();
+    let srv = Server::start();
+    let t = srv.add_users(&["alice"]);
+    let alice = srv.user("alice", &t[0]);
+    alice.ok(&["secret", "add", "k", "v"]);
+
+    // A directory with a mount below it (as /var has while a container engine runs): the
+    // overlay that creates the missing path keeps that mount visible to the job.
+    let base = srv.dir.path().join("base");
+    std::fs::create_dir_all(base.join("sub")).unwrap();
+    let b = base.display();
+    let job = format!("cat {b}/new/secret.txt; echo; cat {b}/sub/f");
+    let script = format!(
+        "mount -t tmpfs t {b}/sub && echo hello > {b}/sub/f && exec \"$0\" run \
+         --volume secret:k:{b}/new/secret.txt -- sh -c '{job}'"
+    );
+    let o = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .arg(bin("neuro"))
+        .env("XDG_CONFIG_HOME", &alice.config_home)
+        .env_remove("NEURO_URL")
+        .env_remove("NEURO_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "v\nhello\n",
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(!base.join("new").exists());
+
+    // A missing directory right in the temporary directory, where neuro run keeps its own
+    // files: the overlay covers those too, and the job still starts.
+    let fresh = std::env::temp_dir().join(format!("neuro-e2e-{}", std::process::id()));
+    let path = fresh.join("secret.txt");
+    let o = alice.run_full(
+        &[
+            "run",
+            "--volume",
+            &format!("secret:k:{}", path.display()),
+            "--",
+            "cat",
+            path.to_str().unwrap(),
+        ],
+        b"",
+        true,
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(o.stdout_str(), "v");
+    assert!(!fresh.exists(), "nothing left on the host");
+}
+
 /// Stops `neuro run` (and so its job) if the test fails before it does.
 struct KillOnDrop(Option<std::process::Child>);
 
