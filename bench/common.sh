@@ -1,7 +1,7 @@
 # Sourced by the bench scripts: a work directory cleaned up on exit, background processes
 # stopped on exit, and `start_secretd PORT`, which starts a release secretd on its own data
 # directory and sets $token to a new user's token. Callers build the binaries first.
-R="$PWD/target/release"
+R="$PWD/target/x86_64-unknown-linux-gnu/release"  # see .cargo/config.toml
 work=$(mktemp -d)
 pids=()
 cleanup() {

@@ -38,7 +38,7 @@ pids+=($!)
 # secretd on its embedded store, with one 4 KiB secret.
 start_secretd 18480
 for _ in $(seq 50); do [[ -s "$work/nginx/nginx.pid" ]] && break; sleep 0.1; done
-NEURO_TOKEN=$token target/release/neuro secret add blob "@$work/www/secret"
+NEURO_TOKEN=$token "$R/neuro" secret add blob "@$work/www/secret"
 
 run() { # URL [TOKEN] -> "rps p99_ms"
   local args=(-t"$threads" -c"$conns" -d"${secs}s" --latency)

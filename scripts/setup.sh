@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the build, the tests and (with --bench) the benchmarks need.
 # Idempotent: packages already installed are not fetched again.
+#   util-linux           unshare, nsenter, mount (secretfs and neuro run tests)
+#   binutils             strip, readelf (container/build.sh)
+#   podman runc          the container engine of the pod test; its configuration is
+#                        container/podman/containers.conf (runc, cgroupfs, explicit ulimits)
+#   catatonit            the pause process of podman's pods
+#   busybox-static       the shell of the pod test's job image (nothing can be pulled)
 set -euo pipefail
 
-packages=(ca-certificates pkg-config util-linux)
+packages=(ca-certificates pkg-config util-linux binutils podman runc catatonit busybox-static)
 if [[ "${1:-}" == "--bench" ]]; then
   packages+=(nginx-light wrk bc python3)
 fi

@@ -283,7 +283,9 @@ pub fn render(
             "containers": [container],
         },
     });
-    let mut out = String::from("# neuro job manifest: the job token is in the Secret below; keep this private.\n");
+    let mut out = String::from(
+        "# neuro job manifest: the job token is in the Secret below; keep this private.\n",
+    );
     for doc in [secret, pod] {
         out.push_str("---\n");
         out.push_str(&serde_yaml_ng::to_string(&doc)?);
@@ -310,9 +312,10 @@ pub async fn manifest(
         ));
     }
     let ca_pem = match &conn.ca_file {
-        Some(p) => Some(std::fs::read_to_string(p).map_err(|e| {
-            failure(65, format!("cannot read CA file '{}': {e}", p.display()))
-        })?),
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .map_err(|e| failure(65, format!("cannot read CA file '{}': {e}", p.display())))?,
+        ),
         None => None,
     };
     let created = client.create_job(&job.spec).await?;

@@ -51,7 +51,12 @@ const EXIT_CODES: &str = "Exit codes:
 )]
 pub struct Args {
     /// Service URL [env: NEURO_URL]
-    #[arg(long, env = "NEURO_URL", value_name = "URL", required_unless_present = "check_ready")]
+    #[arg(
+        long,
+        env = "NEURO_URL",
+        value_name = "URL",
+        required_unless_present = "check_ready"
+    )]
     pub url: Option<String>,
     /// File holding the job token (else NEURO_TOKEN)
     #[arg(long, value_name = "FILE")]

@@ -54,7 +54,12 @@ unavailable. In init mode the exit code is the job's, or 128+N when signal N kil
 )]
 pub struct Args {
     /// Service URL [env: NEURO_URL]
-    #[arg(long, env = "NEURO_URL", value_name = "URL", required_unless_present = "install")]
+    #[arg(
+        long,
+        env = "NEURO_URL",
+        value_name = "URL",
+        required_unless_present = "install"
+    )]
     pub url: Option<String>,
     /// File holding the token (else NEURO_TOKEN)
     #[arg(long, value_name = "FILE")]
@@ -382,9 +387,10 @@ fn prepare(args: &Args) -> Result<std::process::Command, u8> {
     let deadline = t0 + Duration::from_secs_f64(args.timeout.max(0.0));
     let maps = mappings(args).map_err(|e| report(&e))?;
     let token = read_token(args).map_err(|e| report(&[e]))?;
-    let url = args.url.clone().ok_or_else(|| {
-        report(&[invalid(None, None, "--url or NEURO_URL is required")])
-    })?;
+    let url = args
+        .url
+        .clone()
+        .ok_or_else(|| report(&[invalid(None, None, "--url or NEURO_URL is required")]))?;
     let mut cfg = ClientConfig::new(url, Some(token));
     cfg.ca_file = args.ca_file.clone();
     cfg.timeout = Duration::from_secs_f64(args.timeout.clamp(0.1, 300.0));

@@ -15,7 +15,7 @@ pub fn bin(name: &str) -> PathBuf {
     let dir = exe
         .parent()
         .and_then(Path::parent)
-        .expect("target/<profile>/deps");
+        .expect("target/<triple>/<profile>/deps");
     let p = dir.join(name);
     assert!(
         p.exists(),

@@ -222,3 +222,145 @@ fn job_spec_is_validated() {
         assert!(err.contains(msg), "{spec}: {err:?} lacks {msg:?}");
     }
 }
+
+/// The YAML documents `neuro job manifest` printed.
+fn manifest_docs(o: &crate::harness::Out) -> Vec<serde_json::Value> {
+    serde_yaml_ng::Deserializer::from_str(&o.stdout_str())
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .collect()
+}
+
+#[test]
+fn job_manifest_layout_and_bad_input() {
+    let srv = Server::start();
+    let t = srv.add_users(&["alice"]);
+    let alice = srv.user("alice", &t[0]);
+    alice.ok(&["secret", "add", "k", "v"]);
+    let jobs_before = srv.audit_log().matches(r#""action":"job.create""#).count();
+    let image = ["--image", "img"];
+    for (args, msg) in [
+        (vec!["--volume", "secret:k:/neuro/x"], "under /neuro"),
+        (
+            vec!["--volume", "secret:k:/a", "--volume", "secret:k:/a"],
+            "two secrets are mapped to '/a'",
+        ),
+        (vec!["--volume", "secret:k:/a:ro"], "volume"),
+        (
+            vec!["--env", "A=secret:k", "--env", "A=1"],
+            "'A' is given twice",
+        ),
+        (vec!["--env", "1A=secret:k"], "1A"),
+        (vec!["--user", "alice"], "invalid user 'alice'"),
+        (vec!["--service-url", "ftp://x"], "invalid --service-url"),
+        (vec!["--image", "a b"], "invalid --image"),
+    ] {
+        let mut a = vec!["job", "manifest"];
+        if !args.contains(&"--image") {
+            a.extend(image);
+        }
+        a.extend(args);
+        a.extend(["--", "true"]);
+        let code = if msg.starts_with("invalid user") {
+            2
+        } else {
+            65
+        };
+        if code == 2 {
+            let o = alice.run(&a);
+            assert_eq!(o.code, 2, "{a:?}: {}", o.stderr);
+            assert!(o.stderr.contains(msg), "{a:?}: {}", o.stderr);
+        } else {
+            alice.fails(&a, code, msg);
+        }
+    }
+    assert_eq!(
+        srv.audit_log().matches(r#""action":"job.create""#).count(),
+        jobs_before,
+        "bad input creates no job"
+    );
+
+    // Without volumes there is no sidecar; --user sets the job's user and the file owner.
+    let o = alice.run_full(
+        &[
+            "job",
+            "manifest",
+            "--env",
+            "X=secret:k",
+            "--user",
+            "1000:2000",
+            "--ttl",
+            "1h",
+            "--image",
+            "img",
+            "--",
+            "true",
+        ],
+        b"",
+        true,
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let docs = manifest_docs(&o);
+    let spec = &docs[1]["spec"];
+    assert_eq!(spec["initContainers"].as_array().unwrap().len(), 1);
+    assert_eq!(spec["initContainers"][0]["name"], "neuro-install");
+    assert_eq!(spec["securityContext"]["fsGroup"], 2000);
+    assert_eq!(spec["volumes"][0]["secret"]["defaultMode"], 0o440);
+    let job = &spec["containers"][0];
+    assert_eq!(job["securityContext"]["runAsUser"], 1000);
+    assert_eq!(job["securityContext"]["runAsGroup"], 2000);
+    let cmd: Vec<&str> = job["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(cmd[cmd.len() - 3..], ["--env", "X=secret:k", "--"]);
+    assert_eq!(job["args"], serde_json::json!(["true"]));
+
+    // With a volume: secretfs owns the files for that user; the file is a subPath mount.
+    let o = alice.run_full(
+        &[
+            "job",
+            "manifest",
+            "--volume",
+            "secret:k:/etc/k",
+            "--volume",
+            "secret:k:/etc/k2",
+            "--user",
+            "7",
+            "--image",
+            "img",
+            "--",
+            "true",
+        ],
+        b"",
+        true,
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let docs = manifest_docs(&o);
+    let spec = &docs[1]["spec"];
+    let fs = &spec["initContainers"][1];
+    assert_eq!(fs["restartPolicy"], "Always");
+    let args: Vec<&str> = fs["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    for pair in [
+        ["--uid", "7"],
+        ["--gid", "7"],
+        ["--volume", "secret:k:/etc/k2"],
+    ] {
+        assert!(
+            args.windows(2).any(|w| w == pair),
+            "{args:?} lacks {pair:?}"
+        );
+    }
+    let mounts = spec["containers"][0]["volumeMounts"].as_array().unwrap();
+    let sub: Vec<(&str, &str)> = mounts
+        .iter()
+        .filter_map(|m| Some((m["mountPath"].as_str()?, m["subPath"].as_str()?)))
+        .collect();
+    assert_eq!(sub, [("/etc/k", "fs/0"), ("/etc/k2", "fs/1")]);
+}

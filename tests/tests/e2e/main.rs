@@ -10,6 +10,8 @@ mod bad_input;
 mod crash;
 mod inject;
 mod jobs;
+mod pod_podman;
+mod podman;
 mod run_root;
 mod secretfs_root_fuse;
 mod tls;

@@ -1,0 +1,233 @@
+//! `neuro job manifest` run for real: the images built by container/build.sh, the pod played by
+//! podman (see podman.rs for why not `kube play`), the secrets read inside the job container.
+//! Needs root, /dev/fuse and podman (scripts/setup.sh installs it); fails, never skips,
+//! without them.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::harness::{Server, bin};
+use crate::podman::{Images, Pod, podman, podman_ok};
+
+const VALUE: &str = "p@$$w0rd 123!";
+
+fn require_root_fuse_podman() {
+    assert!(
+        nix::unistd::geteuid().is_root() && Path::new("/dev/fuse").exists(),
+        "the pod test needs root and /dev/fuse"
+    );
+    let ok = podman()
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(ok, "the pod test needs podman: run scripts/setup.sh");
+}
+
+fn unique(what: &str) -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "{what}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The secretfs and secret-inject images from this build's binaries, and a job image that
+/// holds busybox and a file of its own in the directory the secret goes to.
+fn build_images(ctx: &Path) -> (Images, String, String, String) {
+    let tag = unique("e2e");
+    let bin_dir = bin("secretfs").parent().unwrap().to_owned();
+    let o = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("../container/build.sh"))
+        .args(["--bin-dir", bin_dir.to_str().unwrap(), "--tag", &tag])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "container/build.sh: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let fs = format!("localhost/neuro-secretfs:{tag}");
+    let inject = format!("localhost/neuro-secret-inject:{tag}");
+    let job = format!("localhost/neuro-e2e-job:{tag}");
+    let images = Images(vec![fs.clone(), inject.clone(), job.clone()]);
+    std::fs::create_dir_all(ctx).unwrap();
+    std::fs::copy("/bin/busybox", ctx.join("busybox")).expect("busybox-static (scripts/setup.sh)");
+    std::fs::write(ctx.join("other.txt"), "the image's own file\n").unwrap();
+    std::fs::write(
+        ctx.join("Containerfile"),
+        "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n\
+         COPY other.txt /var/secrets/other.txt\n",
+    )
+    .unwrap();
+    podman_ok(&["build", "--quiet", "--tag", &job, ctx.to_str().unwrap()]);
+    (images, fs, inject, job)
+}
+
+/// What the job container checks about itself.
+const JOB_SCRIPT: &str = r#"
+stat -c 'file mode=%a uid=%u' /var/secrets/secret-password.txt
+echo "file=$(cat /var/secrets/secret-password.txt)"
+echo "env=$mypass"
+echo "plain=$PLAIN"
+echo "dir=$(ls /var/secrets | tr '\n' ' ')"
+echo "other=$(cat /var/secrets/other.txt)"
+echo "token-var=${NEURO_TOKEN:-unset}"
+echo "pid1=$(tr '\0' '\n' < /proc/1/cmdline | head -n 1)"
+if (echo x > /var/secrets/secret-password.txt) 2>/dev/null; then echo write=allowed; else echo write=refused; fi
+grep CapEff /proc/self/status
+exit 3
+"#;
+
+/// What the second container, which has no mapping, can find.
+const OBSERVER_SCRIPT: &str = r#"
+test -e /var/secrets/secret-password.txt && echo file=present || echo file=absent
+echo "dir=$(ls /var/secrets | tr '\n' ' ')"
+test -e /neuro && echo neuro=present || echo neuro=absent
+echo "env=${mypass:-unset}"
+echo "hits=$(find / -xdev -type f -exec grep -lF "$NEEDLE" {} + 2>/dev/null | wc -l)"
+"#;
+
+#[test]
+fn the_job_manifest_runs_under_podman_and_only_the_job_reads_its_secrets() {
+    require_root_fuse_podman();
+    let srv = Server::start();
+    let t = srv.add_users(&["alice"]);
+    let alice = srv.user("alice", &t[0]);
+    alice.ok(&["secret", "add", "secret-password", VALUE]);
+    let (_images, fs_image, inject_image, job_image) = build_images(&srv.dir.path().join("ctx"));
+
+    let o = alice.run_full(
+        &[
+            "job",
+            "manifest",
+            "--volume",
+            "secret:secret-password:/var/secrets/secret-password.txt",
+            "--env",
+            "mypass:secret:secret-password",
+            "--env",
+            "PLAIN=plain value",
+            "--image",
+            &job_image,
+            "--secretfs-image",
+            &fs_image,
+            "--inject-image",
+            &inject_image,
+            "--service-url",
+            &srv.url,
+            "--",
+            "sh",
+            "-c",
+            JOB_SCRIPT,
+        ],
+        b"",
+        true,
+    );
+    assert_eq!(o.code, 0, "neuro job manifest: {}", o.stderr);
+    let text = o.stdout_str();
+    assert!(!text.contains(VALUE), "no secret value in the manifest");
+    let docs: Vec<Value> = serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .collect();
+    assert_eq!(docs.len(), 2, "a Secret and a Pod: {text}");
+    let (secret, pod) = (&docs[0], &docs[1]);
+    assert_eq!(secret["kind"], "Secret");
+    let token = secret["stringData"]["token"].as_str().unwrap().to_owned();
+    assert!(token.starts_with("nst."));
+    assert!(
+        !serde_json::to_string(pod).unwrap().contains(&token),
+        "the token is not in the pod spec"
+    );
+    let job_id = pod["metadata"]["labels"]["neuro.io/job"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(o.stderr.contains(&format!("neuro job rm {job_id}")));
+
+    let mut p = Pod::create(pod, &[secret], &srv.dir.path().join("node"));
+    p.start_init();
+    // The sidecar's FUSE mount came out to the node through Bidirectional propagation.
+    let mounts = p.node_mounts();
+    assert!(
+        mounts.iter().any(|m| m.contains(" - fuse secretfs ")),
+        "{mounts:?}"
+    );
+
+    let ran = p.run_containers(Duration::from_secs(120));
+    assert_eq!(ran.len(), 1);
+    let (name, code, logs) = &ran[0];
+    assert_eq!(name, "job");
+    assert_eq!(*code, 3, "the job's exit code passes through: {logs}");
+    let lines: Vec<&str> = logs.lines().collect();
+    for want in [
+        "file mode=400 uid=0",
+        &format!("file={VALUE}"),
+        &format!("env={VALUE}"),
+        "plain=plain value",
+        "dir=other.txt secret-password.txt ",
+        "other=the image's own file",
+        "token-var=unset",
+        // secret-inject stays as the container's init
+        "pid1=/neuro/bin/secret-inject",
+        "write=refused",
+        "CapEff:\t0000000000000000",
+    ] {
+        assert!(lines.contains(&want), "job output lacks {want:?}:\n{logs}");
+    }
+
+    // A second container of the same pod, without the mapping, finds nothing.
+    let observer = format!("{}-observer", p.name);
+    let o = podman()
+        .args(["run", "--pod", &p.name, "--name", &observer])
+        .args(["-e", &format!("NEEDLE={VALUE}")])
+        .args(["--entrypoint", "sh", &job_image, "-c", OBSERVER_SCRIPT])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "observer: {out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    for want in [
+        "file=absent",
+        "dir=other.txt ",
+        "neuro=absent",
+        "env=unset",
+        "hits=0",
+    ] {
+        assert!(
+            out.lines().any(|l| l == want),
+            "observer output lacks {want:?}:\n{out}"
+        );
+    }
+
+    // The sidecar audited the job's open, without the value.
+    let fs_logs = p.logs(&p.sidecars[0]);
+    assert!(
+        fs_logs.contains(r#""event":"open","path":"/var/secrets/secret-password.txt""#),
+        "{fs_logs}"
+    );
+    assert!(!fs_logs.contains(VALUE) && !fs_logs.contains(&token));
+
+    // The pod ends: SIGTERM to the sidecar unmounts everything, on the node too.
+    assert_eq!(p.stop_sidecars(), vec![0]);
+    assert_eq!(
+        p.node_mounts().len(),
+        2,
+        "only the two tmpfs volumes remain: {:?}",
+        p.node_mounts()
+    );
+    drop(p);
+
+    // `neuro job rm` revokes the token.
+    let body = r#"{"uris":["secret:secret-password"]}"#;
+    let before = srv.http("POST", "/api/v1/secrets/resolve", Some(&token), Some(body));
+    assert_eq!(before.status, 200);
+    alice.ok(&["job", "rm", &job_id]);
+    let after = srv.http("POST", "/api/v1/secrets/resolve", Some(&token), Some(body));
+    assert_eq!(after.status, 401, "{}", after.body);
+}
