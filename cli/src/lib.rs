@@ -446,6 +446,17 @@ async fn run_command(cli: &Cli) -> anyhow::Result<()> {
                     manifest::manifest(&client, &conn, args).await
                 }
                 JobCmd::Rm { job_id } => {
+                    let valid = job_id
+                        .strip_prefix("job-")
+                        .is_some_and(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_hexdigit()));
+                    if !valid {
+                        return Err(failure(
+                            65,
+                            format!(
+                                "invalid job id '{job_id}': expected job-HEX, as printed by `neuro job manifest`"
+                            ),
+                        ));
+                    }
                     client.delete_job(job_id).await?;
                     println!("Job '{job_id}' deleted; its token is revoked");
                     Ok(())

@@ -363,4 +363,11 @@ fn job_manifest_layout_and_bad_input() {
         .filter_map(|m| Some((m["mountPath"].as_str()?, m["subPath"].as_str()?)))
         .collect();
     assert_eq!(sub, [("/etc/k", "fs/0"), ("/etc/k2", "fs/1")]);
+
+    alice.fails(&["job", "rm", "../x"], 65, "invalid job id '../x'");
+    alice.fails(
+        &["job", "rm", "job-0000000000000000"],
+        72,
+        "job 'job-0000000000000000' not found",
+    );
 }
