@@ -223,6 +223,14 @@ fn job_spec_is_validated() {
     }
 }
 
+fn strs(v: &serde_json::Value) -> Vec<&str> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect()
+}
+
 /// The YAML documents `neuro job manifest` printed.
 fn manifest_docs(o: &crate::harness::Out) -> Vec<serde_json::Value> {
     serde_yaml_ng::Deserializer::from_str(&o.stdout_str())
@@ -308,12 +316,7 @@ fn job_manifest_layout_and_bad_input() {
     let job = &spec["containers"][0];
     assert_eq!(job["securityContext"]["runAsUser"], 1000);
     assert_eq!(job["securityContext"]["runAsGroup"], 2000);
-    let cmd: Vec<&str> = job["command"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap())
-        .collect();
+    let cmd = strs(&job["command"]);
     assert_eq!(cmd[cmd.len() - 3..], ["--env", "X=secret:k", "--"]);
     assert_eq!(job["args"], serde_json::json!(["true"]));
 
@@ -341,12 +344,7 @@ fn job_manifest_layout_and_bad_input() {
     let spec = &docs[1]["spec"];
     let fs = &spec["initContainers"][1];
     assert_eq!(fs["restartPolicy"], "Always");
-    let args: Vec<&str> = fs["args"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap())
-        .collect();
+    let args = strs(&fs["args"]);
     for pair in [
         ["--uid", "7"],
         ["--gid", "7"],

@@ -70,6 +70,17 @@ fn strs(v: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The fields of a container this translator knows.
+const CONTAINER_FIELDS: [&str; 7] = [
+    "name",
+    "image",
+    "command",
+    "args",
+    "env",
+    "securityContext",
+    "volumeMounts",
+];
+
 /// Images built for one test; removed afterwards.
 pub struct Images(pub Vec<String>);
 
@@ -201,13 +212,17 @@ impl Pod {
         format!("{}-{}", self.name, c["name"].as_str().unwrap())
     }
 
-    /// `podman run` arguments for one container of the manifest (without `run` itself).
-    fn run_args(&self, c: &Value, detach: bool) -> Vec<String> {
+    /// Starts one container of the manifest, detached.
+    fn start(&self, c: &Value) {
+        let args = self.run_args(c);
+        podman_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    }
+
+    /// `podman run -d` arguments for one container of the manifest.
+    fn run_args(&self, c: &Value) -> Vec<String> {
         let mut a: Vec<String> = vec!["run".into(), "--pod".into(), self.name.clone()];
         a.extend(["--name".into(), self.container_name(c)]);
-        if detach {
-            a.push("-d".into());
-        }
+        a.push("-d".into());
         if let Some(sc) = c.get("securityContext") {
             only(
                 sc,
@@ -312,30 +327,14 @@ impl Pod {
     /// (`restartPolicy: Always`), which is started and must pass its startup probe.
     pub fn start_init(&mut self) {
         for c in self.spec["initContainers"].as_array().unwrap().clone() {
-            only(
-                &c,
-                &[
-                    "name",
-                    "image",
-                    "command",
-                    "args",
-                    "env",
-                    "securityContext",
-                    "volumeMounts",
-                    "restartPolicy",
-                    "startupProbe",
-                ],
-                "init container",
-            );
+            let fields = [
+                CONTAINER_FIELDS.as_slice(),
+                &["restartPolicy", "startupProbe"],
+            ];
+            only(&c, &fields.concat(), "init container");
             let name = self.container_name(&c);
             if c["restartPolicy"] == "Always" {
-                podman_ok(
-                    &self
-                        .run_args(&c, true)
-                        .iter()
-                        .map(String::as_str)
-                        .collect::<Vec<_>>(),
-                );
+                self.start(&c);
                 self.sidecars.push(name.clone());
                 if let Some(p) = c.get("startupProbe") {
                     self.probe(&name, p);
@@ -345,13 +344,7 @@ impl Pod {
                     c.get("startupProbe").is_none(),
                     "a probe on a plain init container"
                 );
-                podman_ok(
-                    &self
-                        .run_args(&c, true)
-                        .iter()
-                        .map(String::as_str)
-                        .collect::<Vec<_>>(),
-                );
+                self.start(&c);
                 let (code, logs) = self.wait(&name, Duration::from_secs(60));
                 assert_eq!(code, 0, "init container {name} failed: {logs}");
             }
@@ -395,26 +388,8 @@ impl Pod {
         let cs = self.spec["containers"].as_array().unwrap();
         let mut names = Vec::new();
         for c in cs {
-            only(
-                c,
-                &[
-                    "name",
-                    "image",
-                    "command",
-                    "args",
-                    "env",
-                    "securityContext",
-                    "volumeMounts",
-                ],
-                "container",
-            );
-            podman_ok(
-                &self
-                    .run_args(c, true)
-                    .iter()
-                    .map(String::as_str)
-                    .collect::<Vec<_>>(),
-            );
+            only(c, &CONTAINER_FIELDS, "container");
+            self.start(c);
             names.push((
                 c["name"].as_str().unwrap().to_owned(),
                 self.container_name(c),
