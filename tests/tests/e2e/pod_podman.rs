@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -14,6 +14,7 @@ use crate::harness::{Server, bin};
 use crate::podman::{Images, Pod, podman, podman_ok};
 
 const VALUE: &str = "p@$$w0rd 123!";
+const ROTATED: &str = "n3w-p@ss";
 
 fn require_root_fuse_podman() {
     assert!(
@@ -79,6 +80,12 @@ echo "token-var=${NEURO_TOKEN:-unset}"
 echo "pid1=$(tr '\0' '\n' < /proc/1/cmdline | head -n 1)"
 if (echo x > /var/secrets/secret-password.txt) 2>/dev/null; then echo write=allowed; else echo write=refused; fi
 grep CapEff /proc/self/status
+echo rotate-now
+i=0
+while [ "$(cat /var/secrets/secret-password.txt)" = "$mypass" ] && [ $i -lt 300 ]; do
+  sleep 0.1; i=$((i+1))
+done
+echo "rotated=$(cat /var/secrets/secret-password.txt)"
 exit 3
 "#;
 
@@ -156,11 +163,17 @@ fn the_job_manifest_runs_under_podman_and_only_the_job_reads_its_secrets() {
         "{mounts:?}"
     );
 
-    let ran = p.run_containers(Duration::from_secs(120));
-    assert_eq!(ran.len(), 1);
-    let (name, code, logs) = &ran[0];
-    assert_eq!(name, "job");
-    assert_eq!(*code, 3, "the job's exit code passes through: {logs}");
+    let started = p.start_containers();
+    assert_eq!(started, [format!("{}-job", p.name)]);
+    // Rotation reaches the job's file through the subPath mount of the FUSE file.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !p.logs(&started[0]).contains("rotate-now") {
+        assert!(Instant::now() < deadline, "job: {}", p.logs(&started[0]));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    alice.ok(&["secret", "add", "secret-password", ROTATED]);
+    let (code, logs) = p.wait(&started[0], Duration::from_secs(60));
+    assert_eq!(code, 3, "the job's exit code passes through: {logs}");
     let lines: Vec<&str> = logs.lines().collect();
     for want in [
         "file mode=400 uid=0",
@@ -174,6 +187,7 @@ fn the_job_manifest_runs_under_podman_and_only_the_job_reads_its_secrets() {
         "pid1=/neuro/bin/secret-inject",
         "write=refused",
         "CapEff:\t0000000000000000",
+        &format!("rotated={ROTATED}"),
     ] {
         assert!(lines.contains(&want), "job output lacks {want:?}:\n{logs}");
     }
@@ -211,7 +225,7 @@ fn the_job_manifest_runs_under_podman_and_only_the_job_reads_its_secrets() {
         fs_logs.contains(r#""event":"open","path":"/var/secrets/secret-password.txt""#),
         "{fs_logs}"
     );
-    assert!(!fs_logs.contains(VALUE) && !fs_logs.contains(&token));
+    assert!(!fs_logs.contains(VALUE) && !fs_logs.contains(ROTATED) && !fs_logs.contains(&token));
 
     // The pod ends: SIGTERM to the sidecar unmounts everything, on the node too.
     assert_eq!(p.stop_sidecars(), vec![0]);

@@ -383,23 +383,14 @@ impl Pod {
         );
     }
 
-    /// Starts the pod's containers and waits for each; returns (name, exit code, logs).
-    pub fn run_containers(&self, timeout: Duration) -> Vec<(String, i32, String)> {
+    /// Starts the pod's containers; returns their names in podman.
+    pub fn start_containers(&self) -> Vec<String> {
         let cs = self.spec["containers"].as_array().unwrap();
-        let mut names = Vec::new();
-        for c in cs {
-            only(c, &CONTAINER_FIELDS, "container");
-            self.start(c);
-            names.push((
-                c["name"].as_str().unwrap().to_owned(),
-                self.container_name(c),
-            ));
-        }
-        names
-            .into_iter()
-            .map(|(short, full)| {
-                let (code, logs) = self.wait(&full, timeout);
-                (short, code, logs)
+        cs.iter()
+            .map(|c| {
+                only(c, &CONTAINER_FIELDS, "container");
+                self.start(c);
+                self.container_name(c)
             })
             .collect()
     }
