@@ -362,6 +362,22 @@ fn job_manifest_layout_and_bad_input() {
         .collect();
     assert_eq!(sub, [("/etc/k", "fs/0"), ("/etc/k2", "fs/1")]);
 
+    alice.fails(
+        &[
+            "job",
+            "manifest",
+            "--volume",
+            "secret:nope:/x",
+            "--env",
+            "A=secret:nope2",
+            "--image",
+            "i",
+            "--",
+            "true",
+        ],
+        72,
+        "Missing secrets: 'nope', 'nope2'",
+    );
     alice.fails(&["job", "rm", "../x"], 65, "invalid job id '../x'");
     alice.fails(
         &["job", "rm", "job-0000000000000000"],

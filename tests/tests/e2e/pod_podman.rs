@@ -155,7 +155,7 @@ fn the_job_manifest_runs_under_podman_and_only_the_job_reads_its_secrets() {
     assert!(o.stderr.contains(&format!("neuro job rm {job_id}")));
 
     let mut p = Pod::create(pod, &[secret], &srv.dir.path().join("node"));
-    p.start_init();
+    p.start_init().unwrap();
     // The sidecar's FUSE mount came out to the node through Bidirectional propagation.
     let mounts = p.node_mounts();
     assert!(
@@ -244,4 +244,53 @@ fn the_job_manifest_runs_under_podman_and_only_the_job_reads_its_secrets() {
     alice.ok(&["job", "rm", &job_id]);
     let after = srv.http("POST", "/api/v1/secrets/resolve", Some(&token), Some(body));
     assert_eq!(after.status, 401, "{}", after.body);
+}
+
+#[test]
+fn a_pod_whose_secret_is_gone_never_starts_the_job() {
+    require_root_fuse_podman();
+    let srv = Server::start();
+    let t = srv.add_users(&["alice"]);
+    let alice = srv.user("alice", &t[0]);
+    alice.ok(&["secret", "add", "gone", VALUE]);
+    let (_images, fs_image, inject_image, job_image) = build_images(&srv.dir.path().join("ctx"));
+    let o = alice.run_full(
+        &[
+            "job",
+            "manifest",
+            "--volume",
+            "secret:gone:/var/secrets/gone.txt",
+            "--image",
+            &job_image,
+            "--secretfs-image",
+            &fs_image,
+            "--inject-image",
+            &inject_image,
+            "--service-url",
+            &srv.url,
+            "--",
+            "true",
+        ],
+        b"",
+        true,
+    );
+    assert_eq!(o.code, 0, "neuro job manifest: {}", o.stderr);
+    let docs: Vec<Value> = serde_yaml_ng::Deserializer::from_str(&o.stdout_str())
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .collect();
+    // Deleted after the manifest was made, before the pod starts: the sidecar fails closed.
+    alice.ok(&["secret", "rm", "gone"]);
+    let mut p = Pod::create(&docs[1], &[&docs[0]], &srv.dir.path().join("node"));
+    let err = p.start_init().unwrap_err();
+    assert!(
+        err.contains("exited with 72")
+            && err.contains("/var/secrets/gone.txt")
+            && err.contains("not found"),
+        "{err}"
+    );
+    assert!(
+        !p.node_mounts().iter().any(|m| m.contains(" - fuse ")),
+        "nothing mounted: {:?}",
+        p.node_mounts()
+    );
 }

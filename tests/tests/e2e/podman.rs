@@ -325,7 +325,9 @@ impl Pod {
 
     /// The init containers in order: each runs to success, except a sidecar
     /// (`restartPolicy: Always`), which is started and must pass its startup probe.
-    pub fn start_init(&mut self) {
+    /// A sidecar that exits before its probe passes is an error (the kubelet would restart it
+    /// with back-off, and the containers would not start either).
+    pub fn start_init(&mut self) -> Result<(), String> {
         for c in self.spec["initContainers"].as_array().unwrap().clone() {
             let fields = [
                 CONTAINER_FIELDS.as_slice(),
@@ -337,7 +339,7 @@ impl Pod {
                 self.start(&c);
                 self.sidecars.push(name.clone());
                 if let Some(p) = c.get("startupProbe") {
-                    self.probe(&name, p);
+                    self.probe(&name, p)?;
                 }
             } else {
                 assert!(
@@ -349,11 +351,12 @@ impl Pod {
                 assert_eq!(code, 0, "init container {name} failed: {logs}");
             }
         }
+        Ok(())
     }
 
     /// Polls an exec startup probe the way the kubelet does: every `periodSeconds`, at most
     /// `failureThreshold` times.
-    fn probe(&self, name: &str, p: &Value) {
+    fn probe(&self, name: &str, p: &Value) -> Result<(), String> {
         only(
             p,
             &["exec", "periodSeconds", "failureThreshold"],
@@ -366,21 +369,23 @@ impl Pod {
         for _ in 0..tries {
             let o = podman().arg("exec").arg(name).args(&cmd).output().unwrap();
             if o.status.success() {
-                return;
+                return Ok(());
             }
             let running = podman_ok(&["inspect", "-f", "{{.State.Running}}", name]);
-            assert_eq!(
-                running.trim(),
-                "true",
-                "sidecar {name} exited: {}",
-                self.logs(name)
-            );
+            if running.trim() != "true" {
+                let code = podman_ok(&["inspect", "-f", "{{.State.ExitCode}}", name]);
+                return Err(format!(
+                    "sidecar {name} exited with {}: {}",
+                    code.trim(),
+                    self.logs(name)
+                ));
+            }
             std::thread::sleep(period);
         }
-        panic!(
+        Err(format!(
             "sidecar {name} never passed its startup probe: {}",
             self.logs(name)
-        );
+        ))
     }
 
     /// Starts the pod's containers; returns their names in podman.
