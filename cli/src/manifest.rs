@@ -326,16 +326,14 @@ pub async fn manifest(
         url: &url,
         ca_pem: ca_pem.as_deref(),
     };
-    let text = match render(args, &job, command, &inputs) {
-        Ok(t) => t,
-        Err(e) => {
-            let _ = client.delete_job(&created.job_id).await;
-            return Err(e);
-        }
-    };
-    match &args.output {
-        Some(p) => crate::write_private_file(p, text.as_bytes())?,
-        None => std::io::stdout().lock().write_all(text.as_bytes())?,
+    let written = render(args, &job, command, &inputs).and_then(|text| match &args.output {
+        Some(p) => crate::write_private_file(p, text.as_bytes()),
+        None => Ok(std::io::stdout().lock().write_all(text.as_bytes())?),
+    });
+    if let Err(e) = written {
+        // Nobody can use the job without its manifest: revoke it rather than leave it.
+        let _ = client.delete_job(&created.job_id).await;
+        return Err(e);
     }
     eprintln!(
         "neuro: job {} created; its token expires at {}. Revoke it when the pod is done: neuro job rm {}",

@@ -244,7 +244,6 @@ fn job_manifest_layout_and_bad_input() {
     let t = srv.add_users(&["alice"]);
     let alice = srv.user("alice", &t[0]);
     alice.ok(&["secret", "add", "k", "v"]);
-    let jobs_before = srv.audit_log().matches(r#""action":"job.create""#).count();
     let image = ["--image", "img"];
     for (args, msg) in [
         (vec!["--volume", "secret:k:/neuro/x"], "under /neuro"),
@@ -281,11 +280,6 @@ fn job_manifest_layout_and_bad_input() {
             alice.fails(&a, code, msg);
         }
     }
-    assert_eq!(
-        srv.audit_log().matches(r#""action":"job.create""#).count(),
-        jobs_before,
-        "bad input creates no job"
-    );
 
     // Without volumes there is no sidecar; --user sets the job's user and the file owner.
     let o = alice.run_full(
@@ -307,6 +301,13 @@ fn job_manifest_layout_and_bad_input() {
         true,
     );
     assert_eq!(o.code, 0, "{}", o.stderr);
+    // Audit lines are written in order: once this job's is there, any earlier one would be.
+    srv.assert_audited(r#""action":"job.create""#);
+    assert_eq!(
+        srv.audit_log().matches(r#""action":"job.create""#).count(),
+        1,
+        "bad input created no job"
+    );
     let docs = manifest_docs(&o);
     let spec = &docs[1]["spec"];
     assert_eq!(spec["initContainers"].as_array().unwrap().len(), 1);
@@ -378,6 +379,24 @@ fn job_manifest_layout_and_bad_input() {
         72,
         "Missing secrets: 'nope', 'nope2'",
     );
+    // The manifest cannot be written: the job it would have run is deleted again.
+    alice.fails(
+        &[
+            "job",
+            "manifest",
+            "--output",
+            "/nonexistent/job.yaml",
+            "--volume",
+            "secret:k:/x",
+            "--image",
+            "i",
+            "--",
+            "true",
+        ],
+        1,
+        "writing '/nonexistent/job.yaml'",
+    );
+    srv.assert_audited(r#""action":"job.delete","outcome":"ok""#);
     alice.fails(&["job", "rm", "../x"], 65, "invalid job id '../x'");
     alice.fails(
         &["job", "rm", "job-0000000000000000"],
