@@ -25,6 +25,13 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
+/// The documents of a YAML stream (what `neuro job manifest` prints).
+pub fn yaml_docs(text: &str) -> Vec<serde_json::Value> {
+    serde_yaml_ng::Deserializer::from_str(text)
+        .map(|d| serde::Deserialize::deserialize(d).expect("a YAML document"))
+        .collect()
+}
+
 /// Everything printed by every process a test started, for leak searches.
 #[derive(Clone, Default)]
 pub struct Transcript(Arc<Mutex<Vec<(String, Vec<u8>)>>>);

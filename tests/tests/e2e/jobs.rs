@@ -1,6 +1,6 @@
 //! Jobs: creation checks (permissions, existence) and the job token's exact scope.
 
-use crate::harness::{Server, b64};
+use crate::harness::{Server, b64, yaml_docs};
 
 #[test]
 fn job_tokens_read_exactly_their_uris_until_deleted() {
@@ -231,13 +231,6 @@ fn strs(v: &serde_json::Value) -> Vec<&str> {
         .collect()
 }
 
-/// The YAML documents `neuro job manifest` printed.
-fn manifest_docs(o: &crate::harness::Out) -> Vec<serde_json::Value> {
-    serde_yaml_ng::Deserializer::from_str(&o.stdout_str())
-        .map(|d| serde::Deserialize::deserialize(d).unwrap())
-        .collect()
-}
-
 #[test]
 fn job_manifest_layout_and_bad_input() {
     let srv = Server::start();
@@ -308,7 +301,7 @@ fn job_manifest_layout_and_bad_input() {
         1,
         "bad input created no job"
     );
-    let docs = manifest_docs(&o);
+    let docs = yaml_docs(&o.stdout_str());
     let spec = &docs[1]["spec"];
     assert_eq!(spec["initContainers"].as_array().unwrap().len(), 1);
     assert_eq!(spec["initContainers"][0]["name"], "neuro-install");
@@ -341,7 +334,7 @@ fn job_manifest_layout_and_bad_input() {
         true,
     );
     assert_eq!(o.code, 0, "{}", o.stderr);
-    let docs = manifest_docs(&o);
+    let docs = yaml_docs(&o.stdout_str());
     let spec = &docs[1]["spec"];
     let fs = &spec["initContainers"][1];
     assert_eq!(fs["restartPolicy"], "Always");

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::{Server, bin};
+use crate::harness::{Neuro, Out, Server, bin, yaml_docs};
 use crate::podman::{Images, Pod, podman, podman_ok};
 
 const VALUE: &str = "p@$$w0rd 123!";
@@ -68,6 +68,56 @@ fn build_images(ctx: &Path) -> (Images, String, String, String) {
     (images, fs, inject, job)
 }
 
+/// A service with alice and one secret, and the images of this build.
+struct Setup {
+    srv: Server,
+    alice: Neuro,
+    _images: Images,
+    flags: Vec<String>,
+    job_image: String,
+}
+
+impl Setup {
+    fn new(key: &str) -> Self {
+        require_root_fuse_podman();
+        let srv = Server::start();
+        let t = srv.add_users(&["alice"]);
+        let alice = srv.user("alice", &t[0]);
+        alice.ok(&["secret", "add", key, VALUE]);
+        let (images, fs, inject, job_image) = build_images(&srv.dir.path().join("ctx"));
+        let flags = vec![
+            "--image".into(),
+            job_image.clone(),
+            "--secretfs-image".into(),
+            fs,
+            "--inject-image".into(),
+            inject,
+            "--service-url".into(),
+            srv.url.clone(),
+        ];
+        Setup {
+            srv,
+            alice,
+            _images: images,
+            flags,
+            job_image,
+        }
+    }
+
+    /// `neuro job manifest` with this setup's images and URL; its output and documents.
+    fn manifest(&self, mappings: &[&str], command: &[&str]) -> (Out, Vec<Value>) {
+        let mut args = vec!["job", "manifest"];
+        args.extend(mappings);
+        args.extend(self.flags.iter().map(String::as_str));
+        args.push("--");
+        args.extend(command);
+        let o = self.alice.run_full(&args, b"", true);
+        assert_eq!(o.code, 0, "neuro job manifest: {}", o.stderr);
+        let docs = yaml_docs(&o.stdout_str());
+        (o, docs)
+    }
+}
+
 /// What the job container checks about itself.
 const JOB_SCRIPT: &str = r#"
 stat -c 'file mode=%a uid=%u' /var/secrets/secret-password.txt
@@ -100,45 +150,21 @@ echo "hits=$(find / -xdev -type f -exec grep -lF "$NEEDLE" {} + 2>/dev/null | wc
 
 #[test]
 fn the_job_manifest_runs_under_podman_and_only_the_job_reads_its_secrets() {
-    require_root_fuse_podman();
-    let srv = Server::start();
-    let t = srv.add_users(&["alice"]);
-    let alice = srv.user("alice", &t[0]);
-    alice.ok(&["secret", "add", "secret-password", VALUE]);
-    let (_images, fs_image, inject_image, job_image) = build_images(&srv.dir.path().join("ctx"));
-
-    let o = alice.run_full(
+    let st = Setup::new("secret-password");
+    let (srv, alice, job_image) = (&st.srv, &st.alice, &st.job_image);
+    let (o, docs) = st.manifest(
         &[
-            "job",
-            "manifest",
             "--volume",
             "secret:secret-password:/var/secrets/secret-password.txt",
             "--env",
             "mypass:secret:secret-password",
             "--env",
             "PLAIN=plain value",
-            "--image",
-            &job_image,
-            "--secretfs-image",
-            &fs_image,
-            "--inject-image",
-            &inject_image,
-            "--service-url",
-            &srv.url,
-            "--",
-            "sh",
-            "-c",
-            JOB_SCRIPT,
         ],
-        b"",
-        true,
+        &["sh", "-c", JOB_SCRIPT],
     );
-    assert_eq!(o.code, 0, "neuro job manifest: {}", o.stderr);
     let text = o.stdout_str();
     assert!(!text.contains(VALUE), "no secret value in the manifest");
-    let docs: Vec<Value> = serde_yaml_ng::Deserializer::from_str(&text)
-        .map(|d| serde::Deserialize::deserialize(d).unwrap())
-        .collect();
     assert_eq!(docs.len(), 2, "a Secret and a Pod: {text}");
     let (secret, pod) = (&docs[0], &docs[1]);
     assert_eq!(secret["kind"], "Secret");
@@ -197,7 +223,7 @@ fn the_job_manifest_runs_under_podman_and_only_the_job_reads_its_secrets() {
     let o = podman()
         .args(["run", "--pod", &p.name, "--name", &observer])
         .args(["-e", &format!("NEEDLE={VALUE}")])
-        .args(["--entrypoint", "sh", &job_image, "-c", OBSERVER_SCRIPT])
+        .args(["--entrypoint", "sh", job_image, "-c", OBSERVER_SCRIPT])
         .output()
         .unwrap();
     let out = String::from_utf8_lossy(&o.stdout);
@@ -248,39 +274,14 @@ fn the_job_manifest_runs_under_podman_and_only_the_job_reads_its_secrets() {
 
 #[test]
 fn a_pod_whose_secret_is_gone_never_starts_the_job() {
-    require_root_fuse_podman();
-    let srv = Server::start();
-    let t = srv.add_users(&["alice"]);
-    let alice = srv.user("alice", &t[0]);
-    alice.ok(&["secret", "add", "gone", VALUE]);
-    let (_images, fs_image, inject_image, job_image) = build_images(&srv.dir.path().join("ctx"));
-    let o = alice.run_full(
-        &[
-            "job",
-            "manifest",
-            "--volume",
-            "secret:gone:/var/secrets/gone.txt",
-            "--image",
-            &job_image,
-            "--secretfs-image",
-            &fs_image,
-            "--inject-image",
-            &inject_image,
-            "--service-url",
-            &srv.url,
-            "--",
-            "true",
-        ],
-        b"",
-        true,
+    let st = Setup::new("gone");
+    let (_, docs) = st.manifest(
+        &["--volume", "secret:gone:/var/secrets/gone.txt"],
+        &["true"],
     );
-    assert_eq!(o.code, 0, "neuro job manifest: {}", o.stderr);
-    let docs: Vec<Value> = serde_yaml_ng::Deserializer::from_str(&o.stdout_str())
-        .map(|d| serde::Deserialize::deserialize(d).unwrap())
-        .collect();
     // Deleted after the manifest was made, before the pod starts: the sidecar fails closed.
-    alice.ok(&["secret", "rm", "gone"]);
-    let mut p = Pod::create(&docs[1], &[&docs[0]], &srv.dir.path().join("node"));
+    st.alice.ok(&["secret", "rm", "gone"]);
+    let mut p = Pod::create(&docs[1], &[&docs[0]], &st.srv.dir.path().join("node"));
     let err = p.start_init().unwrap_err();
     assert!(
         err.contains("exited with 72")
