@@ -319,10 +319,8 @@ fn mount_all(files: &Arc<Files>, args: &Args, m: &mut Mounted) -> anyhow::Result
     // FUSE mount made next.
     let scratch = args.mount_root.with_extension("scratch");
     let mut overlaid = Vec::new();
-    for mp in files.mappings() {
-        if args.root_only {
-            continue;
-        }
+    // --root-only: the container runtime places the files; no mount points here.
+    for mp in files.mappings().iter().filter(|_| !args.root_only) {
         if args.private {
             mounts::prepare_target_private(&mp.path, &scratch, &mut overlaid)?;
         } else {
@@ -346,10 +344,12 @@ fn mount_all(files: &Arc<Files>, args: &Args, m: &mut Mounted) -> anyhow::Result
         .with_context(|| format!("mounting FUSE at '{}'", args.mount_root.display()))?;
     let notifier = session.notifier();
     m.session = Some(session.spawn().context("starting the FUSE session")?);
-    for (i, mp) in files.mappings().iter().enumerate() {
-        if args.root_only {
-            break;
-        }
+    for (i, mp) in files
+        .mappings()
+        .iter()
+        .enumerate()
+        .filter(|_| !args.root_only)
+    {
         mounts::bind_ro(&args.mount_root.join(Files::name_of(i)), &mp.path)?;
         m.binds.push(mp.path.clone());
     }

@@ -1,11 +1,10 @@
 //! Exact placement: each secret file of the FUSE mount root is bind-mounted, read-only, onto
 //! the path the job asked for. Also: clearing mounts a killed secretfs left behind.
 
+use std::os::fd::AsRawFd as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use std::os::fd::AsRawFd as _;
-
 use nix::fcntl::OFlag;
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sys::stat::Mode;

@@ -35,6 +35,7 @@ const EXIT_CODES: &str = "Exit codes (before the job starts; afterwards the job'
   72  not found: a mapped secret does not exist
   77  forbidden: the token may not read a mapped secret, or is not accepted
   126 the command cannot be executed; 127 the command was not found; 2 usage error
+  1   --install could not write its copy
 When several classes fail at once, the code is the first of: invalid, forbidden, not found,
 unavailable. In init mode the exit code is the job's, or 128+N when signal N killed it.";
 
