@@ -141,9 +141,7 @@ impl Pod {
         );
 
         std::fs::create_dir_all(dir).unwrap();
-        let d = dir.to_str().unwrap();
-        run_ok("mount", &["--bind", d, d]);
-        run_ok("mount", &["--make-rshared", d]);
+        // From here on, dropping `p` undoes whatever was done.
         let mut p = Pod {
             name: name.clone(),
             dir: dir.to_owned(),
@@ -151,6 +149,9 @@ impl Pod {
             spec: spec.clone(),
             sidecars: Vec::new(),
         };
+        let d = dir.to_str().unwrap();
+        run_ok("mount", &["--bind", d, d]);
+        run_ok("mount", &["--make-rshared", d]);
         for v in spec["volumes"].as_array().unwrap() {
             let vname = v["name"].as_str().unwrap();
             let path = dir.join(format!("vol-{vname}"));
