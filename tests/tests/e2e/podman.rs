@@ -205,7 +205,19 @@ impl Pod {
             }
             p.volumes.insert(vname.to_owned(), path);
         }
-        podman_ok(&["pod", "create", "--name", &name, "--network", "host"]);
+        remove_orphans();
+        podman_ok(&[
+            "pod",
+            "create",
+            "--name",
+            &name,
+            "--network",
+            "host",
+            "--label",
+            &format!("neuro-e2e-pid={}", std::process::id()),
+            "--label",
+            &format!("neuro-e2e-dir={d}"),
+        ]);
         p
     }
 
@@ -471,6 +483,27 @@ impl Drop for Pod {
             .arg(&self.dir)
             .output();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Removes the pods (and their node mounts) of earlier test processes that were killed before
+/// their guards could run.
+fn remove_orphans() {
+    let pods: Value = serde_json::from_str(&podman_ok(&["pod", "ls", "--format", "json"])).unwrap();
+    for pod in pods.as_array().into_iter().flatten() {
+        let labels = &pod["Labels"];
+        let Some(pid) = labels["neuro-e2e-pid"].as_str() else {
+            continue;
+        };
+        if Path::new("/proc").join(pid).exists() {
+            continue;
+        }
+        let _ = podman()
+            .args(["pod", "rm", "-f", "-t", "0", pod["Name"].as_str().unwrap()])
+            .output();
+        if let Some(dir) = labels["neuro-e2e-dir"].as_str() {
+            let _ = Command::new("umount").args(["-R", "-l", dir]).output();
+        }
     }
 }
 
