@@ -277,6 +277,8 @@ struct Mounted {
     session: Option<fuser::BackgroundSession>,
     binds: Vec<PathBuf>,
     created: Vec<PathBuf>,
+    /// Lists `created` on disk, for the next start if this run is killed.
+    record: Option<PathBuf>,
     ready: Option<PathBuf>,
 }
 
@@ -293,6 +295,9 @@ impl Mounted {
         }
         mounts::remove_created(&self.created);
         self.created.clear();
+        if let Some(r) = self.record.take() {
+            let _ = std::fs::remove_file(r);
+        }
     }
 }
 
@@ -313,6 +318,17 @@ fn mount_all(files: &Arc<Files>, args: &Args, m: &mut Mounted) -> anyhow::Result
     if stale > 0 {
         eprintln!("secretfs: cleared {stale} stale mount(s) of an earlier run");
     }
+    // Placeholders a killed run created and could not remove.
+    let record = args.mount_root.with_extension("created");
+    let leftover = mounts::read_record(&record);
+    if !leftover.is_empty() {
+        mounts::remove_created(&leftover);
+        eprintln!(
+            "secretfs: removed the placeholders of an earlier run ({})",
+            leftover.len()
+        );
+    }
+    let _ = std::fs::remove_file(&record);
     std::fs::create_dir_all(&args.mount_root)
         .with_context(|| format!("creating mount root '{}'", args.mount_root.display()))?;
     // Mount points first: in private mode they may need overlays, which must not cover the
@@ -324,7 +340,12 @@ fn mount_all(files: &Arc<Files>, args: &Args, m: &mut Mounted) -> anyhow::Result
         if args.private {
             mounts::prepare_target_private(&mp.path, &scratch, &mut overlaid)?;
         } else {
-            m.created.extend(mounts::prepare_target(&mp.path)?);
+            let created = mounts::prepare_target(&mp.path)?;
+            if !created.is_empty() {
+                m.created.extend(created);
+                mounts::write_record(&record, &m.created)?;
+                m.record = Some(record.clone());
+            }
         }
     }
     let mut cfg = fuser::Config::default();

@@ -247,15 +247,45 @@ pub fn detach(path: &Path) {
     let _ = umount2(path, MntFlags::MNT_DETACH);
 }
 
-/// Removes what `prepare_target` created, newest first, directories only when empty.
+/// Removes what `prepare_target` created, newest first: files only when still empty,
+/// directories only when empty, so nothing anyone wrote since is lost.
 pub fn remove_created(created: &[PathBuf]) {
     for p in created.iter().rev() {
-        let _ = if p.is_dir() {
-            std::fs::remove_dir(p)
-        } else {
-            std::fs::remove_file(p)
-        };
+        match std::fs::symlink_metadata(p) {
+            Ok(m) if m.is_dir() => {
+                let _ = std::fs::remove_dir(p);
+            }
+            Ok(m) if m.is_file() && m.len() == 0 => {
+                let _ = std::fs::remove_file(p);
+            }
+            _ => {}
+        }
     }
+}
+
+/// Reads the record of created placeholders that a run left (NUL-separated paths).
+pub fn read_record(record: &Path) -> Vec<PathBuf> {
+    use std::os::unix::ffi::OsStrExt as _;
+    std::fs::read(record)
+        .unwrap_or_default()
+        .split(|b| *b == 0)
+        .filter(|p| !p.is_empty())
+        .map(|p| PathBuf::from(std::ffi::OsStr::from_bytes(p)))
+        .collect()
+}
+
+/// Writes the record of created placeholders, whole, replacing the previous one.
+pub fn write_record(record: &Path, created: &[PathBuf]) -> anyhow::Result<()> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let mut bytes = Vec::new();
+    for p in created {
+        bytes.extend_from_slice(p.as_os_str().as_bytes());
+        bytes.push(0);
+    }
+    let tmp = record.with_extension("created.tmp");
+    std::fs::write(&tmp, &bytes)
+        .and_then(|()| std::fs::rename(&tmp, record))
+        .with_context(|| format!("writing '{}'", record.display()))
 }
 
 #[cfg(test)]
@@ -286,5 +316,20 @@ mod tests {
         remove_created(&created);
         assert!(!d.path().join("x").exists());
         assert!(d.path().join("keep").exists());
+    }
+
+    #[test]
+    fn the_record_round_trips_and_written_files_are_kept() {
+        let d = tempfile::tempdir().unwrap();
+        let target = d.path().join("a b/c\nd.txt");
+        let created = prepare_target(&target).unwrap();
+        let record = d.path().join("root.created");
+        write_record(&record, &created).unwrap();
+        assert_eq!(read_record(&record), created);
+        // Someone wrote to the placeholder since: it stays, and so does its directory.
+        std::fs::write(&target, b"data").unwrap();
+        remove_created(&read_record(&record));
+        assert_eq!(std::fs::read(&target).unwrap(), b"data");
+        assert!(read_record(&d.path().join("absent")).is_empty());
     }
 }

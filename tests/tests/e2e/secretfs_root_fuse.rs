@@ -552,7 +552,8 @@ fn kill_9_leaves_a_stale_mount_the_next_start_clears() {
     let ns_mounts = || secretfs_mounts(&format!("/proc/{h}/mountinfo"));
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
-    let path = w.join("k.txt");
+    // In a directory that does not exist yet: secretfs creates placeholders for it.
+    let path = w.join("new/k.txt");
     let v = format!("secret:k:{}", path.display());
     let mut first = SecretFs::start(&srv, w, &t[0], Ns::Of(h), &["--volume", &v])
         .unwrap_or_else(|e| panic!("{e:?}"));
@@ -582,10 +583,21 @@ fn kill_9_leaves_a_stale_mount_the_next_start_clears() {
     let mut second = SecretFs::start(&srv, w, &t[0], Ns::Of(h), &["--volume", &v])
         .unwrap_or_else(|e| panic!("{e:?}"));
     assert!(second.stderr().contains("cleared"), "{}", second.stderr());
+    assert!(
+        second
+            .stderr()
+            .contains("removed the placeholders of an earlier run (2)"),
+        "{}",
+        second.stderr()
+    );
     assert_eq!(ns_mounts(), 2);
     assert_eq!(second.cat(&path).unwrap(), b"value");
     assert!(second.term().success());
     assert_eq!(ns_mounts(), 0, "no mount left after SIGTERM");
+    assert!(
+        !w.join("new").exists(),
+        "the placeholders of both runs are gone"
+    );
     holder.kill().unwrap();
     holder.wait().unwrap();
 }
