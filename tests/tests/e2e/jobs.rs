@@ -223,6 +223,15 @@ fn job_spec_is_validated() {
     }
 }
 
+/// `neuro job manifest ARGS`, which must succeed; the documents it printed.
+fn manifest(user: &crate::harness::Neuro, args: &[&str]) -> Vec<serde_json::Value> {
+    let mut all = vec!["job", "manifest"];
+    all.extend(args);
+    let o = user.run_full(&all, b"", true);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    yaml_docs(&o.stdout_str())
+}
+
 fn strs(v: &serde_json::Value) -> Vec<&str> {
     v.as_array()
         .unwrap()
@@ -275,10 +284,9 @@ fn job_manifest_layout_and_bad_input() {
     }
 
     // Without volumes there is no sidecar; --user sets the job's user and the file owner.
-    let o = alice.run_full(
+    let docs = manifest(
+        &alice,
         &[
-            "job",
-            "manifest",
             "--env",
             "X=secret:k",
             "--user",
@@ -290,10 +298,7 @@ fn job_manifest_layout_and_bad_input() {
             "--",
             "true",
         ],
-        b"",
-        true,
     );
-    assert_eq!(o.code, 0, "{}", o.stderr);
     // Audit lines are written in order: once this job's is there, any earlier one would be.
     srv.assert_audited(r#""action":"job.create""#);
     assert_eq!(
@@ -301,7 +306,6 @@ fn job_manifest_layout_and_bad_input() {
         1,
         "bad input created no job"
     );
-    let docs = yaml_docs(&o.stdout_str());
     let spec = &docs[1]["spec"];
     assert_eq!(spec["initContainers"].as_array().unwrap().len(), 1);
     assert_eq!(spec["initContainers"][0]["name"], "neuro-install");
@@ -315,10 +319,9 @@ fn job_manifest_layout_and_bad_input() {
     assert_eq!(job["args"], serde_json::json!(["true"]));
 
     // With a volume: secretfs owns the files for that user; the file is a subPath mount.
-    let o = alice.run_full(
+    let docs = manifest(
+        &alice,
         &[
-            "job",
-            "manifest",
             "--volume",
             "secret:k:/etc/k",
             "--volume",
@@ -330,11 +333,7 @@ fn job_manifest_layout_and_bad_input() {
             "--",
             "true",
         ],
-        b"",
-        true,
     );
-    assert_eq!(o.code, 0, "{}", o.stderr);
-    let docs = yaml_docs(&o.stdout_str());
     let spec = &docs[1]["spec"];
     let fs = &spec["initContainers"][1];
     assert_eq!(fs["restartPolicy"], "Always");
