@@ -7,9 +7,10 @@
 #                        container/podman/containers.conf (runc, cgroupfs, explicit ulimits)
 #   catatonit            the pause process of podman's pods
 #   busybox-static       the shell of the pod test's job image (nothing can be pulled)
+#   openssl              makes the certificate of the README's HTTPS recipe in the TLS test
 set -euo pipefail
 
-packages=(ca-certificates pkg-config util-linux binutils podman runc catatonit busybox-static)
+packages=(ca-certificates pkg-config util-linux binutils podman runc catatonit busybox-static openssl)
 if [[ "${1:-}" == "--bench" ]]; then
   packages+=(nginx-light wrk bc python3)
 fi

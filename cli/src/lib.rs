@@ -222,7 +222,9 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
         if let Some(c) = cause.downcast_ref::<ClientError>() {
             return match c {
                 ClientError::BadUrl(_) | ClientError::CaFile { .. } => 65,
-                ClientError::Unavailable { .. } | ClientError::Protocol { .. } => 69,
+                ClientError::Unavailable { .. }
+                | ClientError::Tls { .. }
+                | ClientError::Protocol { .. } => 69,
                 ClientError::Status { status, .. } => match status {
                     401 | 403 => 77,
                     404 => 72,

@@ -24,6 +24,10 @@ pub enum ClientError {
     CaFile { path: PathBuf, detail: String },
     #[error("service unavailable at {url}: {detail}")]
     Unavailable { url: String, detail: String },
+    /// The TLS handshake failed for a reason that trying again cannot mend (the certificate is
+    /// not trusted, names another host, has expired, is a CA certificate...).
+    #[error("service unavailable at {url}: TLS handshake failed: {detail}")]
+    Tls { url: String, detail: String },
     #[error("{message}")]
     Status {
         status: u16,
@@ -123,6 +127,18 @@ impl Client {
         })
     }
 
+    /// A failed request: a TLS failure fails fast, anything else may pass.
+    fn send_error(&self, e: &reqwest::Error) -> ClientError {
+        let url = self.base.clone();
+        match tls_failure(e) {
+            Some(detail) => ClientError::Tls { url, detail },
+            None => ClientError::Unavailable {
+                url,
+                detail: describe(e),
+            },
+        }
+    }
+
     pub fn base_url(&self) -> &str {
         &self.base
     }
@@ -145,10 +161,7 @@ impl Client {
         if let Some(b) = body {
             req = req.json(b);
         }
-        let resp = req.send().await.map_err(|e| ClientError::Unavailable {
-            url: self.base.clone(),
-            detail: describe(&e),
-        })?;
+        let resp = req.send().await.map_err(|e| self.send_error(&e))?;
         let status = resp.status();
         let bytes = resp.bytes().await.map_err(|e| ClientError::Unavailable {
             url: self.base.clone(),
@@ -335,6 +348,61 @@ impl Client {
 
 /// A short cause for a transport error, without the URL's query (which never holds a secret,
 /// but keep messages short) and without the request body.
+/// The TLS reason behind a failed request, with a hint for the common mistakes, when the
+/// failure is one that a retry cannot mend. A handshake cut short by the network (an I/O error)
+/// is not one of them.
+fn tls_failure(e: &reqwest::Error) -> Option<String> {
+    use std::error::Error as _;
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        if let Some(t) = c.downcast_ref::<rustls::Error>() {
+            return match t {
+                rustls::Error::InvalidCertificate(ce) => Some(certificate_hint(ce)),
+                rustls::Error::NoCertificatesPresented
+                | rustls::Error::PeerIncompatible(_)
+                | rustls::Error::PeerMisbehaved(_)
+                | rustls::Error::AlertReceived(_)
+                | rustls::Error::InappropriateHandshakeMessage { .. }
+                | rustls::Error::InappropriateMessage { .. } => Some(t.to_string()),
+                _ => None,
+            };
+        }
+        // rustls's error reaches us inside (nested) `io::Error`s, whose `source()` skips the
+        // error they wrap: step into it instead.
+        cause = match c
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => c.source(),
+        };
+    }
+    None
+}
+
+fn certificate_hint(e: &rustls::CertificateError) -> String {
+    use rustls::CertificateError as C;
+    let hint = match e {
+        C::UnknownIssuer => {
+            "\nhint: the certificate is not signed by a CA this client trusts; pass --ca-file with \
+             the CA certificate (or the self-signed certificate itself)"
+        }
+        C::NotValidForName | C::NotValidForNameContext { .. } => {
+            "\nhint: the certificate does not name the host of the URL; use a host name or IP \
+             address listed in its subjectAltName"
+        }
+        C::Expired | C::ExpiredContext { .. } | C::NotValidYet | C::NotValidYetContext { .. } => {
+            "\nhint: check the certificate's validity dates and this machine's clock"
+        }
+        C::Other(o) if o.to_string().contains("CaUsedAsEndEntity") => {
+            "\nhint: the service's certificate is a CA certificate (basicConstraints CA:TRUE); a \
+             server certificate needs CA:FALSE (README: HTTPS tells how to make one)"
+        }
+        _ => "",
+    };
+    format!("invalid peer certificate: {e:?}{hint}")
+}
+
 fn describe(e: &reqwest::Error) -> String {
     use std::error::Error as _;
     let mut cause = e.source();

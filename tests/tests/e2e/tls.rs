@@ -67,3 +67,131 @@ fn https_with_a_self_signed_certificate() {
     let o = alice.run(&["--ca-file", key.to_str().unwrap(), "secret", "ls"]);
     assert_eq!(o.code, 65, "{}", o.stderr);
 }
+
+/// Starts secretd with `cert`/`key`; returns it with the URL by host name.
+fn tls_server(cert: &std::path::Path, key: &std::path::Path) -> (Server, String) {
+    let srv = Server::start_with(&[
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ]);
+    let url = srv.url.replace("127.0.0.1", "localhost");
+    (srv, url)
+}
+
+#[test]
+fn the_readme_certificate_recipe_works() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let line = readme
+        .lines()
+        .find(|l| l.starts_with("openssl req "))
+        .expect("README shows how to make a certificate");
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(line)
+        .current_dir(dir.path())
+        .output()
+        .expect("openssl (scripts/setup.sh installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (srv, url) = tls_server(&dir.path().join("cert.pem"), &dir.path().join("key.pem"));
+    let ca = dir.path().join("cert.pem");
+    let n = Neuro::new(&srv, "op");
+    for (u, name) in [(&url, "by-name"), (&srv.url, "by-address")] {
+        n.ok(&[
+            "login",
+            "--url",
+            u,
+            "--token",
+            &srv.admin_token(),
+            "--ca-file",
+            ca.to_str().unwrap(),
+        ]);
+        n.ok(&["admin", "user", "add", name]);
+    }
+}
+
+#[test]
+fn certificate_errors_fail_fast_with_the_reason() {
+    use std::time::{Duration, Instant};
+    // What `openssl req -x509` makes by default: a self-signed CA certificate.
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let key_pair = rcgen::KeyPair::generate().unwrap();
+    let ca_cert = params.self_signed(&key_pair).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, ca_cert.pem()).unwrap();
+    std::fs::write(&key, key_pair.serialize_pem()).unwrap();
+    let (srv, url) = tls_server(&cert, &key);
+    let admin = srv.admin_token();
+    let n = Neuro::new(&srv, "op");
+
+    let t = Instant::now();
+    let o = n.run(&[
+        "login",
+        "--url",
+        &url,
+        "--token",
+        &admin,
+        "--ca-file",
+        cert.to_str().unwrap(),
+    ]);
+    assert_eq!(o.code, 69, "{}", o.stderr);
+    assert!(o.stderr.contains("TLS handshake failed"), "{}", o.stderr);
+    assert!(o.stderr.contains("CaUsedAsEndEntity"), "{}", o.stderr);
+    assert!(o.stderr.contains("CA:FALSE"), "{}", o.stderr);
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+
+    // secret-inject and secretfs retry an unavailable service until their deadline; a
+    // certificate they cannot accept is not worth waiting for.
+    let t = Instant::now();
+    let out = std::process::Command::new(crate::harness::bin("secret-inject"))
+        .args([
+            "--url",
+            &url,
+            "--ca-file",
+            cert.to_str().unwrap(),
+            "--timeout",
+            "30",
+        ])
+        .args(["--env", "A=secret:k", "--", "true"])
+        .env("NEURO_TOKEN", &admin)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(69), "{err}");
+    assert!(err.contains("CaUsedAsEndEntity"), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+
+    let t = Instant::now();
+    let out = std::process::Command::new(crate::harness::bin("secretfs"))
+        .args([
+            "--url",
+            &url,
+            "--ca-file",
+            cert.to_str().unwrap(),
+            "--timeout",
+            "30",
+        ])
+        .args(["--volume", "secret:k:/tmp/never-mounted/k", "--mount-root"])
+        .arg(dir.path().join("mnt"))
+        .env("NEURO_TOKEN", &admin)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(69), "{err}");
+    assert!(err.contains("CaUsedAsEndEntity"), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+
+    // Without a CA file: not trusted, with the hint to pass one.
+    let o = n.run(&["login", "--url", &url, "--token", &admin]);
+    assert_eq!(o.code, 69, "{}", o.stderr);
+    assert!(o.stderr.contains("TLS handshake failed"), "{}", o.stderr);
+}
