@@ -7,6 +7,9 @@
 //! until the child is spawned, after which they are wiped).
 
 pub mod init;
+// The crate's one unsafe item: a clean signal mask at exec, and wiping its own credential.
+#[allow(unsafe_code)]
+mod sys;
 
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
@@ -35,7 +38,8 @@ const EXIT_CODES: &str = "Exit codes (before the job starts; afterwards the job'
   72  not found: a mapped secret does not exist
   77  forbidden: the token may not read a mapped secret, or is not accepted
   126 the command cannot be executed; 127 the command was not found; 2 usage error
-  1   --install could not write its copy
+  1   --install could not write its copy; the process could not be made non-dumpable,
+      or init mode could not block the signals it forwards
 When several classes fail at once, the code is the first of: invalid, forbidden, not found,
 unavailable. In init mode the exit code is the job's, or 128+N when signal N killed it.";
 
@@ -388,6 +392,13 @@ fn prepare(args: &Args) -> Result<std::process::Command, u8> {
     let deadline = t0 + Duration::from_secs_f64(args.timeout.max(0.0));
     let maps = mappings(args).map_err(|e| report(&e))?;
     let token = read_token(args).map_err(|e| report(&[e]))?;
+    // The token now lives in `token` only; wipe it from the environment block this process
+    // started with (what /proc/PID/environ shows), which in init mode stays alive beside
+    // the job. One thread so far: nothing reads the environment concurrently.
+    let wiped = sys::wipe_env_values(&["NEURO_TOKEN"]);
+    if args.verbose && wiped > 0 {
+        eprintln!("secret-inject: wiped NEURO_TOKEN from this process's environment");
+    }
     let url = args
         .url
         .clone()
@@ -419,6 +430,7 @@ fn prepare(args: &Args) -> Result<std::process::Command, u8> {
     cmd.args(&args.command[1..])
         .env_clear()
         .envs(child_env(std::env::vars_os(), &resolved));
+    sys::clean_signals_at_exec(&mut cmd);
     Ok(cmd)
 }
 
@@ -448,11 +460,25 @@ pub fn main(args: Args) -> u8 {
     if let Some(dst) = &args.install {
         return install(dst);
     }
+    // Not dumpable: /proc/PID/{environ,mem,...} of this process become root's, so a job of
+    // the same uid cannot read the token from the wrapper that stays beside it in init mode.
+    // The job itself is dumpable again: execve resets the flag.
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        eprintln!("secret-inject: ERROR: cannot make the process non-dumpable: {e}");
+        return 1;
+    }
     let init = args.init || std::process::id() == 1;
     // Block the signals init forwards before any thread exists, so that every thread
-    // inherits the mask and only `init::supervise` receives them.
+    // inherits the mask and only `init::supervise` receives them. Without them blocked there
+    // is no init: fail rather than exec without one.
     let blocked = if init {
-        init::block_signals().ok()
+        match init::block_signals() {
+            Ok(old) => Some(old),
+            Err(e) => {
+                eprintln!("secret-inject: ERROR: init mode: cannot block signals: {e}");
+                return 1;
+            }
+        }
     } else {
         None
     };
