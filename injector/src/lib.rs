@@ -434,18 +434,15 @@ fn prepare(args: &Args) -> Result<std::process::Command, u8> {
     Ok(cmd)
 }
 
-/// `--install PATH`: copies the running binary there (through a temporary file in the same
-/// directory, renamed into place, so a reader never sees half a binary).
+/// `--install PATH`: copies the running binary there, through a new file of a random name in
+/// the same directory, renamed into place, so a reader never sees half a binary and nothing
+/// planted in the directory (a symbolic link at a predictable temporary name) redirects the
+/// write: the temporary file is created with `O_EXCL | O_NOFOLLOW`, and `rename` replaces
+/// `PATH` itself, never what a link there points to.
 fn install(dst: &std::path::Path) -> u8 {
-    use std::os::unix::fs::PermissionsExt as _;
-    let tmp = dst.with_extension("tmp");
-    let r = std::fs::copy("/proc/self/exe", &tmp)
-        .and_then(|_| std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o555)))
-        .and_then(|()| std::fs::rename(&tmp, dst));
-    match r {
+    match install_to(dst) {
         Ok(()) => 0,
         Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
             eprintln!(
                 "secret-inject: ERROR: cannot install to '{}': {e}",
                 dst.display()
@@ -453,6 +450,44 @@ fn install(dst: &std::path::Path) -> u8 {
             1
         }
     }
+}
+
+fn install_to(dst: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let name = dst.file_name().ok_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "the path names no file")
+    })?;
+    let dir = match dst.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    let mut src = std::fs::File::open("/proc/self/exe")?;
+    let mut rnd = [0u8; 8];
+    getrandom::fill(&mut rnd).map_err(std::io::Error::other)?;
+    let mut tmp_name = OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".{:016x}.tmp", u64::from_le_bytes(rnd)));
+    let tmp = dir.join(tmp_name);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+        .mode(0o600)
+        .open(&tmp)?;
+    // From here on the temporary file is ours: remove it on any failure.
+    let r = std::io::copy(&mut src, &mut f)
+        .and_then(|_| f.set_permissions(std::fs::Permissions::from_mode(0o555)))
+        .and_then(|()| f.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, dst));
+    if let Err(e) = r {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    // The rename itself survives a crash only once the directory is synced; best effort.
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
 }
 
 /// Runs secret-inject; returns the exit code when it does not exec.

@@ -1,10 +1,13 @@
 //! secret-inject's hardening over the real binary and a real secretd: the job's signal mask
-//! (init, exec and PID 1) and the token kept from the job by the wrapper that stays beside it.
+//! (init, exec and PID 1), the token kept from the job by the wrapper that stays beside it,
+//! `--install` through a planted symbolic link.
 //! Tests named `_root` need root (uid switches with `setpriv`, `unshare --pid`) and fail,
 //! never skip, without it.
 
 use std::io::Read as _;
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -301,4 +304,58 @@ fn inject_root_init_wrapper_keeps_its_token_from_the_job() {
     assert!(out.ends_with("\n0\n"), "owned by root: {out}");
     assert!(!contains(&o.stdout, secret_part(&t).as_bytes()));
     assert!(!contains(&o.stderr, secret_part(&t).as_bytes()));
+}
+
+#[test]
+fn install_through_a_planted_symlink_leaves_the_victim_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let victim = d.join("victim");
+    std::fs::write(&victim, b"precious").unwrap();
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let install = |dst: &Path| {
+        let o = run(Command::new(bin("secret-inject")).arg("--install").arg(dst));
+        (o.status.code(), text(&o.stderr))
+    };
+    let unchanged = |p: &Path| {
+        let now = std::fs::read(p).unwrap();
+        assert!(now == b"precious", "{} was overwritten", p.display());
+        assert_eq!(std::fs::metadata(p).unwrap().mode() & 0o7777, 0o644);
+    };
+    let installed = |p: &Path| {
+        let m = std::fs::symlink_metadata(p).unwrap();
+        assert!(m.file_type().is_file(), "{} is a regular file", p.display());
+        assert_eq!(m.mode() & 0o7777, 0o555);
+        let o = Command::new(p).arg("--version").output().unwrap();
+        assert!(text(&o.stdout).starts_with("secret-inject "), "{o:?}");
+    };
+    // A link at the temporary name the old code used (PATH.tmp).
+    let dst = d.join("secret-inject");
+    std::os::unix::fs::symlink(&victim, d.join("secret-inject.tmp")).unwrap();
+    assert_eq!(install(&dst), (Some(0), String::new()));
+    unchanged(&victim);
+    installed(&dst);
+    // Again, over the installed copy.
+    assert_eq!(install(&dst), (Some(0), String::new()));
+    installed(&dst);
+    // PATH itself a link: replaced, its target untouched.
+    let dst2 = d.join("second");
+    std::os::unix::fs::symlink(&victim, &dst2).unwrap();
+    assert_eq!(install(&dst2), (Some(0), String::new()));
+    unchanged(&victim);
+    installed(&dst2);
+    // A directory that does not exist: an error naming the path, nothing left behind.
+    let (code, err) = install(&d.join("missing/secret-inject"));
+    assert_eq!(code, Some(1));
+    assert!(err.contains("cannot install to '") && err.contains("missing/secret-inject"));
+    let mut names: Vec<String> = std::fs::read_dir(d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["second", "secret-inject", "secret-inject.tmp", "victim"],
+        "no temporary file left behind"
+    );
 }
