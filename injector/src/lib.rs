@@ -36,7 +36,9 @@ const EXIT_CODES: &str = "Exit codes (before the job starts; afterwards the job'
   69  unavailable: the service could not be reached or kept failing (connection refused,
       timeout, 429, 5xx) until --timeout
   72  not found: a mapped secret does not exist
-  77  forbidden: the token may not read a mapped secret, or is not accepted
+  77  forbidden: the token may not read a mapped secret, or is not accepted, or
+      --token-file is readable by others (or by its group, unless that group is how
+      this process reads it, as with a Kubernetes fsGroup): chmod 600 it
   126 the command cannot be executed; 127 the command was not found; 2 usage error
   1   --install could not write its copy; the process could not be made non-dumpable,
       or init mode could not block the signals it forwards
@@ -66,7 +68,8 @@ pub struct Args {
         required_unless_present = "install"
     )]
     pub url: Option<String>,
-    /// File holding the token (else NEURO_TOKEN)
+    /// File holding the token (else NEURO_TOKEN); refused (exit 77) if others or, unless it is
+    /// this process's way in, its group may read it: keep it mode 0600 or 0400
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
     /// A job spec (JSON of POST /api/v1/jobs); its secret_env mappings are used
@@ -367,15 +370,62 @@ fn report(errs: &[Failure]) -> u8 {
     errs.iter().map(|e| e.class).min().map_or(1, Class::code)
 }
 
+/// The largest token file read; a token is about 80 bytes.
+const MAX_TOKEN_FILE: u64 = 64 * 1024;
+
+/// Reads `--token-file` through one descriptor, so the mode checked is that of the file read
+/// (symbolic links are followed: Kubernetes mounts a Secret's keys as links into `..data/`).
+/// Refuses a file others may read, and one its group may read unless that group is how this
+/// process reads it (not the owner, the file's group among its own: a Kubernetes `fsGroup`
+/// mount, root-owned, mode 0440).
+fn read_token_file(p: &std::path::Path) -> Result<Zeroizing<String>, Failure> {
+    use std::io::Read as _;
+    use std::os::unix::fs::MetadataExt as _;
+    let cannot = |e: &dyn std::fmt::Display| {
+        invalid(
+            None,
+            None,
+            format!("cannot read token file '{}': {e}", p.display()),
+        )
+    };
+    let f = std::fs::File::open(p).map_err(|e| cannot(&e))?;
+    let meta = f.metadata().map_err(|e| cannot(&e))?;
+    let mode = meta.mode() & 0o7777;
+    let uid = nix::unistd::geteuid().as_raw();
+    let group_is_mine = meta.uid() != uid && {
+        let gid = meta.gid();
+        nix::unistd::getegid().as_raw() == gid
+            || nix::unistd::getgroups().is_ok_and(|gs| gs.iter().any(|g| g.as_raw() == gid))
+    };
+    if mode & 0o004 != 0 || (mode & 0o040 != 0 && !group_is_mine) {
+        return Err(Failure {
+            var: None,
+            uri: None,
+            class: Class::Forbidden,
+            detail: format!(
+                "token file '{}' has mode {mode:04o}, readable by group or others; \
+                 hint: chmod 600 '{}'",
+                p.display(),
+                p.display()
+            ),
+        });
+    }
+    let mut raw = Zeroizing::new(Vec::new());
+    f.take(MAX_TOKEN_FILE + 1)
+        .read_to_end(&mut raw)
+        .map_err(|e| cannot(&e))?;
+    if raw.len() as u64 > MAX_TOKEN_FILE {
+        return Err(cannot(&format!("larger than {MAX_TOKEN_FILE} bytes")));
+    }
+    match std::str::from_utf8(&raw) {
+        Ok(s) => Ok(Zeroizing::new(s.to_owned())),
+        Err(_) => Err(cannot(&"not UTF-8")),
+    }
+}
+
 fn read_token(args: &Args) -> Result<Token, Failure> {
     let raw = match &args.token_file {
-        Some(p) => Zeroizing::new(std::fs::read_to_string(p).map_err(|e| {
-            invalid(
-                None,
-                None,
-                format!("cannot read token file '{}': {e}", p.display()),
-            )
-        })?),
+        Some(p) => read_token_file(p)?,
         None => Zeroizing::new(std::env::var("NEURO_TOKEN").map_err(|_| Failure {
             var: None,
             uri: None,

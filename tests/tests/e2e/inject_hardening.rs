@@ -1,6 +1,6 @@
 //! secret-inject's hardening over the real binary and a real secretd: the job's signal mask
 //! (init, exec and PID 1), the token kept from the job by the wrapper that stays beside it,
-//! `--install` through a planted symbolic link.
+//! `--install` through a planted symbolic link, `--token-file` modes.
 //! Tests named `_root` need root (uid switches with `setpriv`, `unshare --pid`) and fail,
 //! never skip, without it.
 
@@ -357,5 +357,87 @@ fn install_through_a_planted_symlink_leaves_the_victim_alone() {
         names,
         ["second", "secret-inject", "secret-inject.tmp", "victim"],
         "no temporary file left behind"
+    );
+}
+
+/// Runs secret-inject with `--token-file` (no NEURO_TOKEN), as `pre` (empty: this uid).
+fn with_token_file(srv: &Server, file: &Path, pre: &[&str]) -> Output {
+    let mut cmd = wrapper(srv, "", pre, &["--token-file"]);
+    cmd.arg(file)
+        .args(["--", "sh", "-c", "printf %s \"$K\""])
+        .env_remove("NEURO_TOKEN");
+    run(&mut cmd)
+}
+
+#[test]
+fn inject_root_token_file_readable_by_others_is_refused() {
+    require_root();
+    let (srv, t) = setup();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let file = dir.path().join("token");
+    std::fs::write(&file, format!("{t}\n")).unwrap();
+    let chown = |uid: u32, gid: u32| std::os::unix::fs::chown(&file, Some(uid), Some(gid)).unwrap();
+    let nobody_in = |gid: &'static str| -> Vec<&'static str> {
+        vec![
+            "setpriv",
+            "--reuid",
+            "65534",
+            "--regid",
+            gid,
+            "--clear-groups",
+            "--",
+        ]
+    };
+    #[track_caller]
+    fn check(srv: &Server, file: &Path, mode: u32, pre: &[&str], refused: bool) {
+        std::fs::set_permissions(file, std::fs::Permissions::from_mode(mode)).unwrap();
+        let o = with_token_file(srv, file, pre);
+        let err = text(&o.stderr);
+        if refused {
+            assert_eq!(o.status.code(), Some(77), "{mode:04o} {pre:?}: {err}");
+            let want = format!(
+                "secret-inject: ERROR: forbidden (token file '{f}' has mode {mode:04o}, readable by group or others; hint: chmod 600 '{f}')\n",
+                f = file.display()
+            );
+            assert_eq!(err, want, "{mode:04o} {pre:?}");
+            assert!(o.stdout.is_empty());
+        } else {
+            assert_eq!(
+                (o.status.code(), text(&o.stdout)),
+                (Some(0), VALUE.to_owned()),
+                "{mode:04o} {pre:?}: {err}"
+            );
+        }
+    }
+    // The owner reads its own file.
+    chown(0, 0);
+    for (mode, refused) in [
+        (0o600, false),
+        (0o400, false),
+        (0o644, true),
+        (0o640, true),
+        (0o604, true),
+        (0o440, true),
+        (0o666, true),
+    ] {
+        check(&srv, &file, mode, &[], refused);
+    }
+    // Kubernetes' fsGroup layout: root-owned, 0440, the job's uid reads through its group.
+    chown(0, 2000);
+    check(&srv, &file, 0o440, &nobody_in("2000"), false);
+    check(&srv, &file, 0o444, &nobody_in("2000"), true);
+    // ... but a group that is not the reader's own is not an audience.
+    check(&srv, &file, 0o440, &[], true);
+    // A file that is too big is refused without reading it whole.
+    let big = dir.path().join("big");
+    std::fs::write(&big, vec![b'a'; 1 << 20]).unwrap();
+    std::fs::set_permissions(&big, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let o = with_token_file(&srv, &big, &[]);
+    assert_eq!(o.status.code(), Some(65));
+    assert!(
+        text(&o.stderr).contains("larger than 65536 bytes"),
+        "{}",
+        text(&o.stderr)
     );
 }
