@@ -84,8 +84,8 @@ pub struct Args {
     /// Stay as a minimal init even when not PID 1
     #[arg(long)]
     pub init: bool,
-    /// Total time for resolving, retries included, in seconds
-    #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
+    /// Total time for resolving, retries included, in seconds (0 to 3600)
+    #[arg(long, default_value_t = 30.0, value_name = "SECONDS", value_parser = parse_timeout)]
     pub timeout: f64,
     /// PEM CA certificate(s) for an https URL
     #[arg(long, value_name = "FILE")]
@@ -100,6 +100,26 @@ pub struct Args {
     /// The job's command and arguments
     #[arg(last = true, required_unless_present = "install", value_name = "CMD")]
     pub command: Vec<OsString>,
+}
+
+/// The longest `--timeout` accepted, in seconds.
+const MAX_TIMEOUT_SECS: f64 = 3600.0;
+
+/// `--timeout`: finite, non-negative seconds up to [`MAX_TIMEOUT_SECS`] (a `Duration` cannot
+/// hold infinity, NaN or 1e300, and nobody means them).
+fn parse_timeout(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number of seconds"))?;
+    if v.is_finite() && (0.0..=MAX_TIMEOUT_SECS).contains(&v) {
+        // -0 becomes 0, which `Duration::from_secs_f64` takes.
+        Ok(v + 0.0)
+    } else {
+        Err(format!(
+            "'{s}' is out of range: give seconds from 0 to {MAX_TIMEOUT_SECS}"
+        ))
+    }
 }
 
 /// The classes of failure, in the order their exit codes take precedence.

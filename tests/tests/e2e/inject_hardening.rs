@@ -1,6 +1,6 @@
 //! secret-inject's hardening over the real binary and a real secretd: the job's signal mask
 //! (init, exec and PID 1), the token kept from the job by the wrapper that stays beside it,
-//! `--install` through a planted symbolic link, `--token-file` modes.
+//! `--install` through a planted symbolic link, `--token-file` modes, `--timeout` bounds.
 //! Tests named `_root` need root (uid switches with `setpriv`, `unshare --pid`) and fail,
 //! never skip, without it.
 
@@ -440,4 +440,51 @@ fn inject_root_token_file_readable_by_others_is_refused() {
         "{}",
         text(&o.stderr)
     );
+}
+
+#[test]
+fn inject_timeout_must_be_finite_seconds() {
+    let (srv, t) = setup();
+    for bad in [
+        "--timeout=inf",
+        "--timeout=NaN",
+        "--timeout=1e300",
+        "--timeout=-1",
+        "--timeout=3601",
+        "--timeout=soon",
+    ] {
+        let o = run(&mut wrapper(&srv, &t, &[], &[bad, "--", "true"]));
+        let err = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{bad}: {err}");
+        assert!(
+            err.contains("invalid value") && err.contains("--timeout"),
+            "{bad}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{bad}: {err}");
+    }
+    for good in ["0.5", "3600", "-0"] {
+        let o = run(&mut wrapper(
+            &srv,
+            &t,
+            &[],
+            &[
+                &format!("--timeout={good}"),
+                "--",
+                "sh",
+                "-c",
+                "printf %s \"$K\"",
+            ],
+        ));
+        if good == "-0" {
+            // Zero seconds: no time to resolve, but no panic either.
+            assert_eq!(o.status.code(), Some(69), "{good}: {}", text(&o.stderr));
+        } else {
+            assert_eq!(
+                (o.status.code(), text(&o.stdout)),
+                (Some(0), VALUE.to_owned()),
+                "{good}: {}",
+                text(&o.stderr)
+            );
+        }
+    }
 }
