@@ -31,7 +31,9 @@ pub fn block_signals() -> nix::Result<SigSet> {
     Ok(old)
 }
 
-/// Spawns the job (the standard library resets its signal mask) and supervises it.
+/// Spawns the job and supervises it. The job starts with an empty signal mask (the command
+/// comes from `prepare`, which clears it at exec: the standard library does not) so that
+/// what init forwards is delivered.
 pub fn supervise(mut cmd: std::process::Command, _old: SigSet) -> u8 {
     let child = match cmd.spawn() {
         Ok(c) => c,

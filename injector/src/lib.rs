@@ -7,6 +7,9 @@
 //! until the child is spawned, after which they are wiped).
 
 pub mod init;
+// The crate's one unsafe item: a clean signal mask at exec, and wiping its own credential.
+#[allow(unsafe_code)]
+mod sys;
 
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
@@ -33,9 +36,12 @@ const EXIT_CODES: &str = "Exit codes (before the job starts; afterwards the job'
   69  unavailable: the service could not be reached or kept failing (connection refused,
       timeout, 429, 5xx) until --timeout
   72  not found: a mapped secret does not exist
-  77  forbidden: the token may not read a mapped secret, or is not accepted
+  77  forbidden: the token may not read a mapped secret, or is not accepted, or
+      --token-file is readable by others (or by its group, unless that group is how
+      this process reads it, as with a Kubernetes fsGroup): chmod 600 it
   126 the command cannot be executed; 127 the command was not found; 2 usage error
-  1   --install could not write its copy
+  1   --install could not write its copy; the process could not be made non-dumpable,
+      or init mode could not block the signals it forwards
 When several classes fail at once, the code is the first of: invalid, forbidden, not found,
 unavailable. In init mode the exit code is the job's, or 128+N when signal N killed it.";
 
@@ -62,7 +68,8 @@ pub struct Args {
         required_unless_present = "install"
     )]
     pub url: Option<String>,
-    /// File holding the token (else NEURO_TOKEN)
+    /// File holding the token (else NEURO_TOKEN); refused (exit 77) if others or, unless it is
+    /// this process's way in, its group may read it: keep it mode 0600 or 0400
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
     /// A job spec (JSON of POST /api/v1/jobs); its secret_env mappings are used
@@ -77,8 +84,8 @@ pub struct Args {
     /// Stay as a minimal init even when not PID 1
     #[arg(long)]
     pub init: bool,
-    /// Total time for resolving, retries included, in seconds
-    #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
+    /// Total time for resolving, retries included, in seconds (0 to 3600)
+    #[arg(long, default_value_t = 30.0, value_name = "SECONDS", value_parser = parse_timeout)]
     pub timeout: f64,
     /// PEM CA certificate(s) for an https URL
     #[arg(long, value_name = "FILE")]
@@ -93,6 +100,26 @@ pub struct Args {
     /// The job's command and arguments
     #[arg(last = true, required_unless_present = "install", value_name = "CMD")]
     pub command: Vec<OsString>,
+}
+
+/// The longest `--timeout` accepted, in seconds.
+const MAX_TIMEOUT_SECS: f64 = 3600.0;
+
+/// `--timeout`: finite, non-negative seconds up to [`MAX_TIMEOUT_SECS`] (a `Duration` cannot
+/// hold infinity, NaN or 1e300, and nobody means them).
+fn parse_timeout(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number of seconds"))?;
+    if v.is_finite() && (0.0..=MAX_TIMEOUT_SECS).contains(&v) {
+        // -0 becomes 0, which `Duration::from_secs_f64` takes.
+        Ok(v + 0.0)
+    } else {
+        Err(format!(
+            "'{s}' is out of range: give seconds from 0 to {MAX_TIMEOUT_SECS}"
+        ))
+    }
 }
 
 /// The classes of failure, in the order their exit codes take precedence.
@@ -363,15 +390,62 @@ fn report(errs: &[Failure]) -> u8 {
     errs.iter().map(|e| e.class).min().map_or(1, Class::code)
 }
 
+/// The largest token file read; a token is about 80 bytes.
+const MAX_TOKEN_FILE: u64 = 64 * 1024;
+
+/// Reads `--token-file` through one descriptor, so the mode checked is that of the file read
+/// (symbolic links are followed: Kubernetes mounts a Secret's keys as links into `..data/`).
+/// Refuses a file others may read, and one its group may read unless that group is how this
+/// process reads it (not the owner, the file's group among its own: a Kubernetes `fsGroup`
+/// mount, root-owned, mode 0440).
+fn read_token_file(p: &std::path::Path) -> Result<Zeroizing<String>, Failure> {
+    use std::io::Read as _;
+    use std::os::unix::fs::MetadataExt as _;
+    let cannot = |e: &dyn std::fmt::Display| {
+        invalid(
+            None,
+            None,
+            format!("cannot read token file '{}': {e}", p.display()),
+        )
+    };
+    let f = std::fs::File::open(p).map_err(|e| cannot(&e))?;
+    let meta = f.metadata().map_err(|e| cannot(&e))?;
+    let mode = meta.mode() & 0o7777;
+    let uid = nix::unistd::geteuid().as_raw();
+    let group_is_mine = meta.uid() != uid && {
+        let gid = meta.gid();
+        nix::unistd::getegid().as_raw() == gid
+            || nix::unistd::getgroups().is_ok_and(|gs| gs.iter().any(|g| g.as_raw() == gid))
+    };
+    if mode & 0o004 != 0 || (mode & 0o040 != 0 && !group_is_mine) {
+        return Err(Failure {
+            var: None,
+            uri: None,
+            class: Class::Forbidden,
+            detail: format!(
+                "token file '{}' has mode {mode:04o}, readable by group or others; \
+                 hint: chmod 600 '{}'",
+                p.display(),
+                p.display()
+            ),
+        });
+    }
+    let mut raw = Zeroizing::new(Vec::new());
+    f.take(MAX_TOKEN_FILE + 1)
+        .read_to_end(&mut raw)
+        .map_err(|e| cannot(&e))?;
+    if raw.len() as u64 > MAX_TOKEN_FILE {
+        return Err(cannot(&format!("larger than {MAX_TOKEN_FILE} bytes")));
+    }
+    match std::str::from_utf8(&raw) {
+        Ok(s) => Ok(Zeroizing::new(s.to_owned())),
+        Err(_) => Err(cannot(&"not UTF-8")),
+    }
+}
+
 fn read_token(args: &Args) -> Result<Token, Failure> {
     let raw = match &args.token_file {
-        Some(p) => Zeroizing::new(std::fs::read_to_string(p).map_err(|e| {
-            invalid(
-                None,
-                None,
-                format!("cannot read token file '{}': {e}", p.display()),
-            )
-        })?),
+        Some(p) => read_token_file(p)?,
         None => Zeroizing::new(std::env::var("NEURO_TOKEN").map_err(|_| Failure {
             var: None,
             uri: None,
@@ -388,6 +462,13 @@ fn prepare(args: &Args) -> Result<std::process::Command, u8> {
     let deadline = t0 + Duration::from_secs_f64(args.timeout.max(0.0));
     let maps = mappings(args).map_err(|e| report(&e))?;
     let token = read_token(args).map_err(|e| report(&[e]))?;
+    // The token now lives in `token` only; wipe it from the environment block this process
+    // started with (what /proc/PID/environ shows), which in init mode stays alive beside
+    // the job. One thread so far: nothing reads the environment concurrently.
+    let wiped = sys::wipe_env_values(&["NEURO_TOKEN"]);
+    if args.verbose && wiped > 0 {
+        eprintln!("secret-inject: wiped NEURO_TOKEN from this process's environment");
+    }
     let url = args
         .url
         .clone()
@@ -419,21 +500,19 @@ fn prepare(args: &Args) -> Result<std::process::Command, u8> {
     cmd.args(&args.command[1..])
         .env_clear()
         .envs(child_env(std::env::vars_os(), &resolved));
+    sys::clean_signals_at_exec(&mut cmd);
     Ok(cmd)
 }
 
-/// `--install PATH`: copies the running binary there (through a temporary file in the same
-/// directory, renamed into place, so a reader never sees half a binary).
+/// `--install PATH`: copies the running binary there, through a new file of a random name in
+/// the same directory, renamed into place, so a reader never sees half a binary and nothing
+/// planted in the directory (a symbolic link at a predictable temporary name) redirects the
+/// write: the temporary file is created with `O_EXCL | O_NOFOLLOW`, and `rename` replaces
+/// `PATH` itself, never what a link there points to.
 fn install(dst: &std::path::Path) -> u8 {
-    use std::os::unix::fs::PermissionsExt as _;
-    let tmp = dst.with_extension("tmp");
-    let r = std::fs::copy("/proc/self/exe", &tmp)
-        .and_then(|_| std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o555)))
-        .and_then(|()| std::fs::rename(&tmp, dst));
-    match r {
+    match install_to(dst) {
         Ok(()) => 0,
         Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
             eprintln!(
                 "secret-inject: ERROR: cannot install to '{}': {e}",
                 dst.display()
@@ -443,16 +522,68 @@ fn install(dst: &std::path::Path) -> u8 {
     }
 }
 
+fn install_to(dst: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let name = dst.file_name().ok_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "the path names no file")
+    })?;
+    let dir = match dst.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    let mut src = std::fs::File::open("/proc/self/exe")?;
+    let mut rnd = [0u8; 8];
+    getrandom::fill(&mut rnd).map_err(std::io::Error::other)?;
+    let mut tmp_name = OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".{:016x}.tmp", u64::from_le_bytes(rnd)));
+    let tmp = dir.join(tmp_name);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+        .mode(0o600)
+        .open(&tmp)?;
+    // From here on the temporary file is ours: remove it on any failure.
+    let r = std::io::copy(&mut src, &mut f)
+        .and_then(|_| f.set_permissions(std::fs::Permissions::from_mode(0o555)))
+        .and_then(|()| f.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, dst));
+    if let Err(e) = r {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    // The rename itself survives a crash only once the directory is synced; best effort.
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
 /// Runs secret-inject; returns the exit code when it does not exec.
 pub fn main(args: Args) -> u8 {
     if let Some(dst) = &args.install {
         return install(dst);
     }
+    // Not dumpable: /proc/PID/{environ,mem,...} of this process become root's, so a job of
+    // the same uid cannot read the token from the wrapper that stays beside it in init mode.
+    // The job itself is dumpable again: execve resets the flag.
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        eprintln!("secret-inject: ERROR: cannot make the process non-dumpable: {e}");
+        return 1;
+    }
     let init = args.init || std::process::id() == 1;
     // Block the signals init forwards before any thread exists, so that every thread
-    // inherits the mask and only `init::supervise` receives them.
+    // inherits the mask and only `init::supervise` receives them. Without them blocked there
+    // is no init: fail rather than exec without one.
     let blocked = if init {
-        init::block_signals().ok()
+        match init::block_signals() {
+            Ok(old) => Some(old),
+            Err(e) => {
+                eprintln!("secret-inject: ERROR: init mode: cannot block signals: {e}");
+                return 1;
+            }
+        }
     } else {
         None
     };

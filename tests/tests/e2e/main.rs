@@ -9,6 +9,7 @@ mod authz;
 mod bad_input;
 mod crash;
 mod inject;
+mod inject_hardening;
 mod jobs;
 mod pod_podman;
 mod podman;
