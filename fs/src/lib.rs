@@ -220,6 +220,7 @@ async fn resolve_initial(
             ) => {
                 return Err(fail(77, format!("not authenticated: {e}")));
             }
+            Err(e @ ClientError::Tls { .. }) => return Err(fail(69, e.to_string())),
             Err(e) if e.is_transient() => return Err(fail(69, e.to_string())),
             Err(e) => return Err(fail(65, e.to_string())),
         }

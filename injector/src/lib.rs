@@ -34,7 +34,7 @@ const EXIT_CODES: &str = "Exit codes (before the job starts; afterwards the job'
   65  invalid: a bad mapping or variable name, a protected name without --allow-override,
       a value containing NUL, an invalid URI
   69  unavailable: the service could not be reached or kept failing (connection refused,
-      timeout, 429, 5xx) until --timeout
+      timeout, 429, 5xx) until --timeout, or its TLS certificate is not accepted (at once)
   72  not found: a mapped secret does not exist
   77  forbidden: the token may not read a mapped secret, or is not accepted, or
       --token-file is readable by others (or by its group, unless that group is how
@@ -294,9 +294,10 @@ pub async fn resolve(
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
             Err(e) => {
-                let class = match e.status() {
-                    Some(401 | 403) => Class::Forbidden,
-                    Some(404) => Class::NotFound,
+                let class = match (&e, e.status()) {
+                    (ClientError::Tls { .. }, _) => Class::Unavailable,
+                    (_, Some(401 | 403)) => Class::Forbidden,
+                    (_, Some(404)) => Class::NotFound,
                     _ => Class::Invalid,
                 };
                 return Err(vec![Failure {
