@@ -9,6 +9,7 @@ pub mod adapter;
 pub mod files;
 pub mod harden;
 pub mod mounts;
+pub mod paths;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -27,7 +28,8 @@ use crate::files::{Files, Mapping};
 const EXIT_CODES: &str = "Exit codes:
   0   stopped cleanly (SIGTERM or SIGINT): everything unmounted
   2   usage error
-  65  bad input: an invalid --volume, spec file or token file
+  65  bad input: an invalid --volume, spec file or token file; a mapped path with a
+      symlink in any component, or under /proc, /sys or /dev
   69  the service is unavailable (after --timeout of retries)
   72  a mapped secret does not exist
   77  not authenticated, or a mapped secret is forbidden
@@ -136,7 +138,13 @@ fn fail(code: u8, message: impl Into<String>) -> anyhow::Error {
 
 pub fn exit_code(e: &anyhow::Error) -> u8 {
     e.chain()
-        .find_map(|c| c.downcast_ref::<Failure>().map(|f| f.code))
+        .find_map(|c| {
+            c.downcast_ref::<Failure>().map(|f| f.code).or_else(|| {
+                c.downcast_ref::<paths::PathError>()
+                    .filter(|p| p.is_bad_input())
+                    .map(|_| 65)
+            })
+        })
         .unwrap_or(1)
 }
 
@@ -275,7 +283,7 @@ fn audit_sink(path: Option<&Path>) -> anyhow::Result<files::AuditSink> {
 #[derive(Default)]
 struct Mounted {
     session: Option<fuser::BackgroundSession>,
-    binds: Vec<PathBuf>,
+    binds: Vec<mounts::Bound>,
     created: Vec<PathBuf>,
     /// Lists `created` on disk, for the next start if this run is killed.
     record: Option<PathBuf>,
@@ -335,17 +343,27 @@ fn mount_all(files: &Arc<Files>, args: &Args, m: &mut Mounted) -> anyhow::Result
     // FUSE mount made next.
     let scratch = args.mount_root.with_extension("scratch");
     let mut overlaid = Vec::new();
+    // Each target is held open from its no-symlink walk to its bind mount.
+    let mut targets = Vec::new();
     // --root-only: the container runtime places the files; no mount points here.
     for mp in files.mappings().iter().filter(|_| !args.root_only) {
         if args.private {
             mounts::prepare_target_private(&mp.path, &scratch, &mut overlaid)?;
         } else {
-            let created = mounts::prepare_target(&mp.path)?;
-            if !created.is_empty() {
-                m.created.extend(created);
+            let before = m.created.len();
+            let target = mounts::prepare_target(&mp.path, &mut m.created);
+            if m.created.len() > before {
                 mounts::write_record(&record, &m.created)?;
                 m.record = Some(record.clone());
             }
+            targets.push(target?);
+        }
+    }
+    if args.private {
+        // Opened after every overlay is in place: one mounted for a later path may cover a
+        // directory an earlier target was first opened in.
+        for mp in files.mappings() {
+            targets.push(paths::open_file(&mp.path, None)?);
         }
     }
     let mut cfg = fuser::Config::default();
@@ -365,14 +383,9 @@ fn mount_all(files: &Arc<Files>, args: &Args, m: &mut Mounted) -> anyhow::Result
         .with_context(|| format!("mounting FUSE at '{}'", args.mount_root.display()))?;
     let notifier = session.notifier();
     m.session = Some(session.spawn().context("starting the FUSE session")?);
-    for (i, mp) in files
-        .mappings()
-        .iter()
-        .enumerate()
-        .filter(|_| !args.root_only)
-    {
-        mounts::bind_ro(&args.mount_root.join(Files::name_of(i)), &mp.path)?;
-        m.binds.push(mp.path.clone());
+    for (i, target) in targets.iter().enumerate() {
+        let bound = mounts::bind_ro(&args.mount_root.join(Files::name_of(i)), target)?;
+        m.binds.push(bound);
     }
     Ok(notifier)
 }
@@ -499,6 +512,18 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         });
     }
     let hardening = harden::apply().context("hardening the process")?;
+    // A ready file left by an earlier run must not report this one ready before it has
+    // mounted (unlink removes a symlink planted there, not its target).
+    if let Some(r) = &args.ready_file {
+        match std::fs::remove_file(r) {
+            Ok(()) => eprintln!("secretfs: removed the stale ready file '{}'", r.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("removing the stale ready file '{}'", r.display()));
+            }
+        }
+    }
     if let Err(e) = &hardening.locked {
         eprintln!(
             "secretfs: warning: cannot lock memory against swap ({e}); values may be swapped out"
@@ -527,9 +552,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut mounted = Mounted::default();
     let notifier = mount_all(&files, &args, &mut mounted)?;
     if let Some(r) = &args.ready_file {
-        let tmp = r.with_extension("tmp");
-        std::fs::write(&tmp, b"ready\n")
-            .and_then(|()| std::fs::rename(&tmp, r))
+        paths::write_atomic(r, b"ready\n", 0o644)
             .with_context(|| format!("creating ready file '{}'", r.display()))?;
         mounted.ready = Some(r.clone());
     }
