@@ -28,8 +28,9 @@ use crate::files::{Files, Mapping};
 const EXIT_CODES: &str = "Exit codes:
   0   stopped cleanly (SIGTERM or SIGINT): everything unmounted
   2   usage error
-  65  bad input: an invalid --volume, spec file or token file; a mapped path with a
-      symlink in any component, or under /proc, /sys or /dev
+  65  bad input: an invalid --volume, spec file or token file; a token file that group
+      or others may access (chmod 600 it); a mapped path with a symlink in any component,
+      or under /proc, /sys or /dev
   69  the service is unavailable (after --timeout of retries)
   72  a mapped secret does not exist
   77  not authenticated, or a mapped secret is forbidden
@@ -150,8 +151,7 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
 
 fn read_token(args: &Args) -> anyhow::Result<Token> {
     let raw = match &args.token_file {
-        Some(p) => std::fs::read_to_string(p)
-            .map_err(|e| fail(65, format!("cannot read token file '{}': {e}", p.display())))?,
+        Some(p) => read_token_file(p)?,
         None => std::env::var("NEURO_TOKEN")
             .map_err(|_| fail(77, "no token: pass --token-file FILE or set NEURO_TOKEN"))?,
     };
@@ -160,6 +160,31 @@ fn read_token(args: &Args) -> anyhow::Result<Token> {
         return Err(fail(77, "the token is empty"));
     }
     Ok(Token::new(t.to_owned()))
+}
+
+/// Reads the token file, refusing one that group or others may read or write. Symlinks are
+/// followed (a Kubernetes Secret volume's files are symlinks); the mode is the file's.
+fn read_token_file(p: &Path) -> anyhow::Result<String> {
+    use std::io::Read as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    let cannot =
+        |e: std::io::Error| fail(65, format!("cannot read token file '{}': {e}", p.display()));
+    let mut f = std::fs::File::open(p).map_err(cannot)?;
+    let mode = f.metadata().map_err(cannot)?.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(fail(
+            65,
+            format!(
+                "token file '{}' has mode {mode:04o}: group or others may access it\n\
+                 hint: chmod 600 '{}'",
+                p.display(),
+                p.display()
+            ),
+        ));
+    }
+    let mut raw = String::new();
+    f.read_to_string(&mut raw).map_err(cannot)?;
+    Ok(raw)
 }
 
 /// The mappings of `--spec` and `--volume`, in that order; two secrets at one path is an error.

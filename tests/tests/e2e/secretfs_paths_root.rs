@@ -263,6 +263,42 @@ fn a_stale_ready_file_is_not_ready_until_the_new_mount_is_up() {
     assert!(!check_ready(&ready).0);
 }
 
+#[test]
+fn a_token_file_open_to_group_or_others_is_refused() {
+    require_root_fuse();
+    let srv = Server::start();
+    let t = srv.add_users(&["alice"]);
+    srv.put(&t[0], "k", b"value");
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let path = w.join("k.txt");
+    let v = format!("secret:k:{}", path.display());
+    let tok = w.join("token");
+    for mode in [0o644, 0o640, 0o604, 0o620, 0o660] {
+        let Err((code, e)) =
+            SecretFs::start_token_mode(&srv, w, &t[0], mode, Ns::Own, &["--volume", &v])
+        else {
+            panic!("mode {mode:o}: started");
+        };
+        assert_eq!(code, 65, "{mode:o}: {e}");
+        let want = format!(
+            "token file '{}' has mode {mode:04o}: group or others may access it",
+            tok.display()
+        );
+        assert!(e.contains(&want), "{mode:o}: {e}");
+        assert!(e.contains(&format!("chmod 600 '{}'", tok.display())), "{e}");
+        assert!(!e.contains(&t[0]), "no token in the message");
+        assert!(!path.exists(), "nothing created");
+    }
+    for mode in [0o600, 0o400] {
+        let mut fs = SecretFs::start_token_mode(&srv, w, &t[0], mode, Ns::Own, &["--volume", &v])
+            .unwrap_or_else(|e| panic!("mode {mode:o}: {e:?}"));
+        assert_eq!(fs.cat(&path).unwrap(), b"value");
+        let st = fs.term();
+        assert!(st.success(), "mode {mode:o}: {st:?}: {}", fs.stderr());
+    }
+}
+
 /// Starts secretfs in a namespace of its own, stderr to `WORK/NAME.stderr`.
 fn spawn_secretfs(w: &Path, name: &str, url: &str, token: &str, args: &[&str]) -> Reaped {
     let tok = w.join("token");
