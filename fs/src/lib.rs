@@ -515,15 +515,28 @@ async fn refresh(
     }
 }
 
-async fn shutdown_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT, caught from the start: one that comes while starting (or right after
+/// the ready file appears) is a clean stop, never the default action that leaves mounts.
+struct Shutdown {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Shutdown {
+    fn catch() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("catching SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("catching SIGINT")?,
+        })
     }
-    Ok(())
+
+    async fn wait(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
 }
 
 /// Runs secretfs until SIGTERM or SIGINT.
@@ -536,6 +549,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             ExitCode::FAILURE
         });
     }
+    let mut stop = Shutdown::catch()?;
     let hardening = harden::apply().context("hardening the process")?;
     // A ready file left by an earlier run must not report this one ready before it has
     // mounted (unlink removes a symlink planted there, not its target).
@@ -564,7 +578,13 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let deadline = Instant::now() + Duration::from_secs(args.timeout);
     // Learn the revision before resolving, so no change between the two is missed.
     let since = client.watch(None, 0).await.ok().map(|w| w.revision);
-    let initial = resolve_initial(&client, &maps, deadline).await?;
+    let initial = tokio::select! {
+        r = resolve_initial(&client, &maps, deadline) => r?,
+        () = stop.wait() => {
+            eprintln!("secretfs: stopped before anything was mounted");
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
     let files = Arc::new(Files::new(
         args.cache,
         maps,
@@ -587,9 +607,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         args.mount_root.join(files::STATUS_NAME).display()
     );
     let task = tokio::spawn(refresh(client, files.clone(), notifier, since));
-    let r = shutdown_signal().await;
+    stop.wait().await;
     task.abort();
     mounted.teardown();
-    r?;
     Ok(ExitCode::SUCCESS)
 }

@@ -325,6 +325,66 @@ fn spawn_secretfs(w: &Path, name: &str, url: &str, token: &str, args: &[&str]) -
     )
 }
 
+fn sigterm(c: &Child) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(c.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+}
+
+#[test]
+fn sigterm_while_starting_or_right_after_ready_is_a_clean_stop() {
+    require_root_fuse();
+    let srv = Server::start();
+    let t = srv.add_users(&["alice"]);
+    srv.put(&t[0], "k", b"value");
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let v = format!("secret:k:{}", w.join("new/k.txt").display());
+    // While it retries an unreachable service.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut fs = spawn_secretfs(w, "down", &url, &t[0], &["--timeout", "20", "--volume", &v]);
+    let log = w.join("down.stderr");
+    let t0 = Instant::now();
+    while !std::fs::read_to_string(&log).unwrap().contains("retrying") {
+        assert!(t0.elapsed() < Duration::from_secs(10), "no retry");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    sigterm(&fs.0);
+    let st = fs.0.wait().unwrap();
+    assert_eq!(
+        st.code(),
+        Some(0),
+        "{st:?}: {}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+    // The moment the ready file appears, a few times over.
+    for i in 0..5 {
+        let name = format!("up{i}");
+        let mut fs = spawn_secretfs(w, &name, &srv.url, &t[0], &["--volume", &v]);
+        let t0 = Instant::now();
+        while !w.join("ready").exists() {
+            assert!(
+                fs.0.try_wait().unwrap().is_none() && t0.elapsed() < Duration::from_secs(20),
+                "not ready"
+            );
+        }
+        sigterm(&fs.0);
+        let st = fs.0.wait().unwrap();
+        let log = std::fs::read_to_string(w.join(format!("{name}.stderr"))).unwrap();
+        assert_eq!(st.code(), Some(0), "run {i}: {st:?}: {log}");
+        assert!(!w.join("ready").exists(), "run {i}");
+        assert!(!w.join("new").exists(), "run {i}: placeholders removed");
+    }
+    assert_eq!(host_secretfs_mounts(), 0);
+}
+
 #[test]
 fn private_nested_paths_beside_an_existing_file_still_work() {
     require_root_fuse();
