@@ -9,6 +9,7 @@ pub mod adapter;
 pub mod files;
 pub mod harden;
 pub mod mounts;
+pub mod paths;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -27,7 +28,9 @@ use crate::files::{Files, Mapping};
 const EXIT_CODES: &str = "Exit codes:
   0   stopped cleanly (SIGTERM or SIGINT): everything unmounted
   2   usage error
-  65  bad input: an invalid --volume, spec file or token file
+  65  bad input: an invalid --volume, spec file or token file; a token file that group
+      or others may access (chmod 600 it); a mapped path with a symlink in any component,
+      or under /proc, /sys or /dev
   69  the service is unavailable (after --timeout of retries)
   72  a mapped secret does not exist
   77  not authenticated, or a mapped secret is forbidden
@@ -136,14 +139,19 @@ fn fail(code: u8, message: impl Into<String>) -> anyhow::Error {
 
 pub fn exit_code(e: &anyhow::Error) -> u8 {
     e.chain()
-        .find_map(|c| c.downcast_ref::<Failure>().map(|f| f.code))
+        .find_map(|c| {
+            c.downcast_ref::<Failure>().map(|f| f.code).or_else(|| {
+                c.downcast_ref::<paths::PathError>()
+                    .filter(|p| p.is_bad_input())
+                    .map(|_| 65)
+            })
+        })
         .unwrap_or(1)
 }
 
 fn read_token(args: &Args) -> anyhow::Result<Token> {
     let raw = match &args.token_file {
-        Some(p) => std::fs::read_to_string(p)
-            .map_err(|e| fail(65, format!("cannot read token file '{}': {e}", p.display())))?,
+        Some(p) => read_token_file(p)?,
         None => std::env::var("NEURO_TOKEN")
             .map_err(|_| fail(77, "no token: pass --token-file FILE or set NEURO_TOKEN"))?,
     };
@@ -152,6 +160,31 @@ fn read_token(args: &Args) -> anyhow::Result<Token> {
         return Err(fail(77, "the token is empty"));
     }
     Ok(Token::new(t.to_owned()))
+}
+
+/// Reads the token file, refusing one that group or others may read or write. Symlinks are
+/// followed (a Kubernetes Secret volume's files are symlinks); the mode is the file's.
+fn read_token_file(p: &Path) -> anyhow::Result<String> {
+    use std::io::Read as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    let cannot =
+        |e: std::io::Error| fail(65, format!("cannot read token file '{}': {e}", p.display()));
+    let mut f = std::fs::File::open(p).map_err(cannot)?;
+    let mode = f.metadata().map_err(cannot)?.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(fail(
+            65,
+            format!(
+                "token file '{}' has mode {mode:04o}: group or others may access it\n\
+                 hint: chmod 600 '{}'",
+                p.display(),
+                p.display()
+            ),
+        ));
+    }
+    let mut raw = String::new();
+    f.read_to_string(&mut raw).map_err(cannot)?;
+    Ok(raw)
 }
 
 /// The mappings of `--spec` and `--volume`, in that order; two secrets at one path is an error.
@@ -276,7 +309,7 @@ fn audit_sink(path: Option<&Path>) -> anyhow::Result<files::AuditSink> {
 #[derive(Default)]
 struct Mounted {
     session: Option<fuser::BackgroundSession>,
-    binds: Vec<PathBuf>,
+    binds: Vec<mounts::Bound>,
     created: Vec<PathBuf>,
     /// Lists `created` on disk, for the next start if this run is killed.
     record: Option<PathBuf>,
@@ -336,17 +369,27 @@ fn mount_all(files: &Arc<Files>, args: &Args, m: &mut Mounted) -> anyhow::Result
     // FUSE mount made next.
     let scratch = args.mount_root.with_extension("scratch");
     let mut overlaid = Vec::new();
+    // Each target is held open from its no-symlink walk to its bind mount.
+    let mut targets = Vec::new();
     // --root-only: the container runtime places the files; no mount points here.
     for mp in files.mappings().iter().filter(|_| !args.root_only) {
         if args.private {
             mounts::prepare_target_private(&mp.path, &scratch, &mut overlaid)?;
         } else {
-            let created = mounts::prepare_target(&mp.path)?;
-            if !created.is_empty() {
-                m.created.extend(created);
+            let before = m.created.len();
+            let target = mounts::prepare_target(&mp.path, &mut m.created);
+            if m.created.len() > before {
                 mounts::write_record(&record, &m.created)?;
                 m.record = Some(record.clone());
             }
+            targets.push(target?);
+        }
+    }
+    if args.private {
+        // Opened after every overlay is in place: one mounted for a later path may cover a
+        // directory an earlier target was first opened in.
+        for mp in files.mappings() {
+            targets.push(paths::open_file(&mp.path, None)?);
         }
     }
     let mut cfg = fuser::Config::default();
@@ -366,14 +409,9 @@ fn mount_all(files: &Arc<Files>, args: &Args, m: &mut Mounted) -> anyhow::Result
         .with_context(|| format!("mounting FUSE at '{}'", args.mount_root.display()))?;
     let notifier = session.notifier();
     m.session = Some(session.spawn().context("starting the FUSE session")?);
-    for (i, mp) in files
-        .mappings()
-        .iter()
-        .enumerate()
-        .filter(|_| !args.root_only)
-    {
-        mounts::bind_ro(&args.mount_root.join(Files::name_of(i)), &mp.path)?;
-        m.binds.push(mp.path.clone());
+    for (i, target) in targets.iter().enumerate() {
+        let bound = mounts::bind_ro(&args.mount_root.join(Files::name_of(i)), target)?;
+        m.binds.push(bound);
     }
     Ok(notifier)
 }
@@ -478,15 +516,28 @@ async fn refresh(
     }
 }
 
-async fn shutdown_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT, caught from the start: one that comes while starting (or right after
+/// the ready file appears) is a clean stop, never the default action that leaves mounts.
+struct Shutdown {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Shutdown {
+    fn catch() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("catching SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("catching SIGINT")?,
+        })
     }
-    Ok(())
+
+    async fn wait(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
 }
 
 /// Runs secretfs until SIGTERM or SIGINT.
@@ -499,7 +550,20 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             ExitCode::FAILURE
         });
     }
+    let mut stop = Shutdown::catch()?;
     let hardening = harden::apply().context("hardening the process")?;
+    // A ready file left by an earlier run must not report this one ready before it has
+    // mounted (unlink removes a symlink planted there, not its target).
+    if let Some(r) = &args.ready_file {
+        match std::fs::remove_file(r) {
+            Ok(()) => eprintln!("secretfs: removed the stale ready file '{}'", r.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("removing the stale ready file '{}'", r.display()));
+            }
+        }
+    }
     if let Err(e) = &hardening.locked {
         eprintln!(
             "secretfs: warning: cannot lock memory against swap ({e}); values may be swapped out"
@@ -515,7 +579,13 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let deadline = Instant::now() + Duration::from_secs(args.timeout);
     // Learn the revision before resolving, so no change between the two is missed.
     let since = client.watch(None, 0).await.ok().map(|w| w.revision);
-    let initial = resolve_initial(&client, &maps, deadline).await?;
+    let initial = tokio::select! {
+        r = resolve_initial(&client, &maps, deadline) => r?,
+        () = stop.wait() => {
+            eprintln!("secretfs: stopped before anything was mounted");
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
     let files = Arc::new(Files::new(
         args.cache,
         maps,
@@ -528,9 +598,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut mounted = Mounted::default();
     let notifier = mount_all(&files, &args, &mut mounted)?;
     if let Some(r) = &args.ready_file {
-        let tmp = r.with_extension("tmp");
-        std::fs::write(&tmp, b"ready\n")
-            .and_then(|()| std::fs::rename(&tmp, r))
+        paths::write_atomic(r, b"ready\n", 0o644)
             .with_context(|| format!("creating ready file '{}'", r.display()))?;
         mounted.ready = Some(r.clone());
     }
@@ -540,9 +608,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         args.mount_root.join(files::STATUS_NAME).display()
     );
     let task = tokio::spawn(refresh(client, files.clone(), notifier, since));
-    let r = shutdown_signal().await;
+    stop.wait().await;
     task.abort();
     mounted.teardown();
-    r?;
     Ok(ExitCode::SUCCESS)
 }

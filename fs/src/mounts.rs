@@ -1,13 +1,19 @@
 //! Exact placement: each secret file of the FUSE mount root is bind-mounted, read-only, onto
 //! the path the job asked for. Also: clearing mounts a killed secretfs left behind.
+//!
+//! Every mapped path is reached with the no-symlink walk of `paths`, and every mount onto it
+//! names the descriptor that walk returned (`/proc/self/fd/N`), never the path again, so a
+//! component swapped for a symlink between the check and the mount redirects nothing.
 
-use std::os::fd::AsRawFd as _;
+use std::os::fd::{AsRawFd as _, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use nix::fcntl::OFlag;
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
-use nix::sys::stat::Mode;
+use nix::sys::stat::{Mode, fstat, stat};
+
+use crate::paths::{self, Dir, FileAt, Missing, PathError};
 
 /// The source name secretfs mounts show in `/proc/self/mountinfo` (fstype `fuse` or
 /// `fuse.secretfs`, depending on how the kernel was asked).
@@ -49,10 +55,17 @@ fn unescape(s: &str) -> String {
 
 /// Detaches every secretfs mount at `path` (a killed secretfs leaves its mounts answering
 /// ENOTCONN). Returns how many it removed.
+/// The path is reached without following a symlink: through a symlink it is left alone.
 pub fn clear_stale(path: &Path) -> usize {
     let mut n = 0;
     while secretfs_mounts().iter().any(|p| p == path) && n < 64 {
-        if umount2(path, MntFlags::MNT_DETACH).is_err() {
+        let Ok((dir, name)) = paths::parent(path, Missing::Fail) else {
+            break;
+        };
+        // The last component is not followed (UMOUNT_NOFOLLOW); the magic link before it is
+        // the directory just walked.
+        let target = dir.proc_path().join(name);
+        if umount2(&target, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW).is_err() {
             break;
         }
         n += 1;
@@ -60,37 +73,11 @@ pub fn clear_stale(path: &Path) -> usize {
     n
 }
 
-/// Makes sure a file exists at `path` to mount over; returns what it had to create (parents
-/// first), so that shutdown can remove exactly that.
-pub fn prepare_target(path: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let mut created = Vec::new();
-    let mut missing = Vec::new();
-    let mut p = path.parent();
-    while let Some(dir) = p {
-        if dir.exists() {
-            break;
-        }
-        missing.push(dir.to_path_buf());
-        p = dir.parent();
-    }
-    for dir in missing.into_iter().rev() {
-        std::fs::create_dir(&dir)
-            .with_context(|| format!("creating directory '{}'", dir.display()))?;
-        created.push(dir);
-    }
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.is_file() => {}
-        Ok(_) => anyhow::bail!("'{}' exists and is not a regular file", path.display()),
-        Err(_) => {
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(path)
-                .with_context(|| format!("creating mount point '{}'", path.display()))?;
-            created.push(path.to_path_buf());
-        }
-    }
-    Ok(created)
+/// Makes sure a regular file exists at `path` to mount over, reached and created without
+/// following a symlink; records what it had to create (parents first) in `created`, also
+/// when it fails halfway, so that shutdown removes exactly that.
+pub fn prepare_target(path: &Path, created: &mut Vec<PathBuf>) -> Result<FileAt, PathError> {
+    paths::open_file(path, Some(created))
 }
 
 /// For a private mount namespace: makes `path` mountable without creating anything on the
@@ -102,45 +89,31 @@ pub fn prepare_target_private(
     scratch: &Path,
     overlaid: &mut Vec<PathBuf>,
 ) -> anyhow::Result<()> {
-    if let Ok(m) = std::fs::symlink_metadata(path) {
-        anyhow::ensure!(
-            m.is_file(),
-            "'{}' exists and is not a regular file",
-            path.display()
-        );
+    if paths::open_existing(path)?.is_some() {
         return Ok(());
     }
-    let mut base = path.parent();
-    while let Some(d) = base {
-        if d.is_dir() {
-            break;
-        }
-        base = d.parent();
+    let Some(parent) = path.parent() else {
+        anyhow::bail!("'{}' has no directory", path.display());
+    };
+    let base = paths::walk(parent, Missing::Stop)?;
+    if !overlaid.contains(&base.path) {
+        overlay(&base, &scratch.join(overlaid.len().to_string()))?;
+        overlaid.push(base.path.clone());
     }
-    let base = base.context("no existing directory above the path")?;
-    if !overlaid.iter().any(|o| o == base) {
-        overlay(base, &scratch.join(overlaid.len().to_string()))?;
-        overlaid.push(base.to_path_buf());
-    }
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("creating directory '{}'", parent.display()))?;
-    }
-    std::fs::File::create(path)
-        .with_context(|| format!("creating mount point '{}'", path.display()))?;
+    // Walked again from '/', so it goes through the overlay just mounted; what it creates
+    // lives on the overlay's tmpfs and goes with the namespace.
+    paths::open_file(path, Some(&mut Vec::new()))?;
     Ok(())
 }
 
 /// Mounts an overlay on `dir` whose upper layer is a fresh tmpfs at `scratch`.
-fn overlay(dir: &Path, scratch: &Path) -> anyhow::Result<()> {
-    let d = dir.to_str().context("path is not UTF-8")?;
+/// Both the mount point and the lower layer are `dir`'s descriptor, not its path.
+fn overlay(base: &Dir, scratch: &Path) -> anyhow::Result<()> {
+    let dir = base.path.as_path();
+    let d = dir.display();
     anyhow::ensure!(
         dir != Path::new("/"),
         "'/' would need an overlay to create the missing path; create its first directory in the image"
-    );
-    anyhow::ensure!(
-        !d.contains([',', ':', '\\']),
-        "cannot overlay '{d}': ',' ':' and '\\' are not allowed in the path"
     );
     // The overlay would hide the mounts below `dir` (a container engine's, say): park each on
     // the scratch tmpfs, held by an O_PATH descriptor, and move it back on top of the overlay.
@@ -175,14 +148,16 @@ fn overlay(dir: &Path, scratch: &Path) -> anyhow::Result<()> {
         let fd = nix::fcntl::open(&k, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty())?;
         parked.push((fd, sub));
     }
+    let at = base.proc_path();
     let opts = format!(
-        "lowerdir={d},upperdir={},workdir={}",
+        "lowerdir={},upperdir={},workdir={}",
+        at.display(),
         upper.display(),
         work.display()
     );
     mount(
         Some("overlay"),
-        dir,
+        &at,
         Some("overlay"),
         MsFlags::empty(),
         Some(opts.as_str()),
@@ -228,47 +203,87 @@ fn all_mounts() -> Vec<PathBuf> {
         .collect()
 }
 
-/// Bind-mounts `src` onto `dst`, then makes that mount read-only, nosuid, nodev, noexec.
-pub fn bind_ro(src: &Path, dst: &Path) -> anyhow::Result<()> {
-    mount(Some(src), dst, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-        .with_context(|| format!("bind-mounting onto '{}'", dst.display()))?;
+/// A bind mount secretfs made: the path it serves, and its root, held open.
+#[derive(Debug)]
+pub struct Bound {
+    pub path: PathBuf,
+    root: OwnedFd,
+}
+
+/// Bind-mounts `src` onto the file `dst` holds open, then makes that mount read-only, nosuid,
+/// nodev, noexec. Both mounts name descriptors: `dst`'s, then the new mount's root, reached
+/// from `dst`'s directory and checked to be `src`'s file.
+pub fn bind_ro(src: &Path, dst: &FileAt) -> anyhow::Result<Bound> {
+    let path = dst.path();
+    mount(
+        Some(src),
+        &paths::fd_path(&dst.fd),
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .with_context(|| format!("bind-mounting onto '{}'", path.display()))?;
+    let root = nix::fcntl::openat(
+        &dst.dir.fd,
+        dst.name.as_os_str(),
+        OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .with_context(|| format!("opening the mount at '{}'", path.display()))?;
+    let bound = Bound { path, root };
+    let same = match (stat(src), fstat(&bound.root)) {
+        (Ok(w), Ok(g)) => (w.st_dev, w.st_ino) == (g.st_dev, g.st_ino),
+        _ => false,
+    };
+    if !same {
+        detach(&bound);
+        anyhow::bail!("'{}' is not the mount just made", bound.path.display());
+    }
     let flags = MsFlags::MS_BIND
         | MsFlags::MS_REMOUNT
         | MsFlags::MS_RDONLY
         | MsFlags::MS_NOSUID
         | MsFlags::MS_NODEV
         | MsFlags::MS_NOEXEC;
-    mount(None::<&str>, dst, None::<&str>, flags, None::<&str>)
-        .with_context(|| format!("making '{}' read-only", dst.display()))?;
-    Ok(())
+    if let Err(e) = mount(
+        None::<&str>,
+        &paths::fd_path(&bound.root),
+        None::<&str>,
+        flags,
+        None::<&str>,
+    ) {
+        detach(&bound);
+        return Err(e).with_context(|| format!("making '{}' read-only", bound.path.display()));
+    }
+    Ok(bound)
 }
 
-pub fn detach(path: &Path) {
-    let _ = umount2(path, MntFlags::MNT_DETACH);
+/// Detaches the bind mount through its root's descriptor, never by path.
+pub fn detach(b: &Bound) {
+    let _ = umount2(&paths::fd_path(&b.root), MntFlags::MNT_DETACH);
 }
 
 /// Removes what `prepare_target` created, newest first: files only when still empty,
-/// directories only when empty, so nothing anyone wrote since is lost.
+/// directories only when empty, so nothing anyone wrote since is lost; each reached without
+/// following a symlink, so a path swapped for one removes nothing elsewhere.
 pub fn remove_created(created: &[PathBuf]) {
     for p in created.iter().rev() {
-        match std::fs::symlink_metadata(p) {
-            Ok(m) if m.is_dir() => {
-                let _ = std::fs::remove_dir(p);
-            }
-            Ok(m) if m.is_file() && m.len() == 0 => {
-                let _ = std::fs::remove_file(p);
-            }
-            _ => {}
-        }
+        let _ = paths::remove_if_empty(p);
     }
 }
 
 /// Reads the record of created placeholders that a run left (NUL-separated paths).
 pub fn read_record(record: &Path) -> Vec<PathBuf> {
+    use std::io::Read as _;
     use std::os::unix::ffi::OsStrExt as _;
-    std::fs::read(record)
-        .unwrap_or_default()
-        .split(|b| *b == 0)
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut raw = Vec::new();
+    let _ = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(record)
+        .and_then(|mut f| f.read_to_end(&mut raw));
+    raw.split(|b| *b == 0)
         .filter(|p| !p.is_empty())
         .map(|p| PathBuf::from(std::ffi::OsStr::from_bytes(p)))
         .collect()
@@ -282,9 +297,7 @@ pub fn write_record(record: &Path, created: &[PathBuf]) -> anyhow::Result<()> {
         bytes.extend_from_slice(p.as_os_str().as_bytes());
         bytes.push(0);
     }
-    let tmp = record.with_extension("created.tmp");
-    std::fs::write(&tmp, &bytes)
-        .and_then(|()| std::fs::rename(&tmp, record))
+    paths::write_atomic(record, &bytes, 0o600)
         .with_context(|| format!("writing '{}'", record.display()))
 }
 
@@ -303,14 +316,17 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         std::fs::write(d.path().join("keep"), b"k").unwrap();
         let target = d.path().join("x/y/secret.txt");
-        let created = prepare_target(&target).unwrap();
+        let mut created = Vec::new();
+        prepare_target(&target, &mut created).unwrap();
         assert_eq!(
             created,
             vec![d.path().join("x"), d.path().join("x/y"), target.clone()]
         );
-        assert!(prepare_target(&target).unwrap().is_empty(), "exists now");
+        let mut again = Vec::new();
+        prepare_target(&target, &mut again).unwrap();
+        assert!(again.is_empty(), "exists now");
         assert!(
-            prepare_target(d.path()).is_err(),
+            prepare_target(d.path(), &mut again).is_err(),
             "a directory is no mount point for a file"
         );
         remove_created(&created);
@@ -322,7 +338,8 @@ mod tests {
     fn the_record_round_trips_and_written_files_are_kept() {
         let d = tempfile::tempdir().unwrap();
         let target = d.path().join("a b/c\nd.txt");
-        let created = prepare_target(&target).unwrap();
+        let mut created = Vec::new();
+        prepare_target(&target, &mut created).unwrap();
         let record = d.path().join("root.created");
         write_record(&record, &created).unwrap();
         assert_eq!(read_record(&record), created);

@@ -14,6 +14,7 @@ mod jobs;
 mod pod_podman;
 mod podman;
 mod run_root;
+mod secretfs_paths_root;
 mod secretfs_root_fuse;
 mod tls;
 mod walkthrough;

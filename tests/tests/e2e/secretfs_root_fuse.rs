@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::harness::{Server, bin};
 
-fn require_root_fuse() {
+pub(crate) fn require_root_fuse() {
     assert!(
         nix::unistd::geteuid().is_root() && Path::new("/dev/fuse").exists(),
         "secretfs tests need root and /dev/fuse (euid {}, /dev/fuse exists: {})",
@@ -20,7 +20,7 @@ fn require_root_fuse() {
 }
 
 /// secretfs mounts in a mountinfo file (fstype `fuse` or `fuse.*`, source `secretfs`).
-fn secretfs_mounts(mountinfo: &str) -> usize {
+pub(crate) fn secretfs_mounts(mountinfo: &str) -> usize {
     std::fs::read_to_string(mountinfo)
         .unwrap()
         .lines()
@@ -32,22 +32,22 @@ fn secretfs_mounts(mountinfo: &str) -> usize {
         .count()
 }
 
-fn host_secretfs_mounts() -> usize {
+pub(crate) fn host_secretfs_mounts() -> usize {
     secretfs_mounts("/proc/self/mountinfo")
 }
 
 /// A running secretfs.
-struct SecretFs {
+pub(crate) struct SecretFs {
     child: Option<Child>,
-    pid: u32,
-    root: PathBuf,
-    ready: PathBuf,
+    pub(crate) pid: u32,
+    pub(crate) root: PathBuf,
+    pub(crate) ready: PathBuf,
     audit: PathBuf,
     stderr: PathBuf,
 }
 
 /// How to enter the mount namespace secretfs runs in.
-enum Ns {
+pub(crate) enum Ns {
     /// A new private namespace of its own (`unshare -m`).
     Own,
     /// The namespace of a process that outlives secretfs.
@@ -55,16 +55,28 @@ enum Ns {
 }
 
 impl SecretFs {
-    fn start(
+    pub(crate) fn start(
         srv: &Server,
         work: &Path,
         token: &str,
         ns: Ns,
         args: &[&str],
     ) -> Result<Self, (i32, String)> {
+        Self::start_token_mode(srv, work, token, 0o600, ns, args)
+    }
+
+    /// `start`, with the token file at `WORK/token` given `mode`.
+    pub(crate) fn start_token_mode(
+        srv: &Server,
+        work: &Path,
+        token: &str,
+        mode: u32,
+        ns: Ns,
+        args: &[&str],
+    ) -> Result<Self, (i32, String)> {
         let tok = work.join("token");
         std::fs::write(&tok, token).unwrap();
-        std::fs::set_permissions(&tok, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::set_permissions(&tok, std::fs::Permissions::from_mode(mode)).unwrap();
         let (root, ready) = (work.join("root"), work.join("ready"));
         let (audit, stderr) = (work.join("audit.log"), work.join("secretfs.stderr"));
         let mut cmd = match ns {
@@ -135,7 +147,7 @@ impl SecretFs {
         c.arg("--").args(args).output().expect("nsenter")
     }
 
-    fn cat(&self, path: &Path) -> Result<Vec<u8>, String> {
+    pub(crate) fn cat(&self, path: &Path) -> Result<Vec<u8>, String> {
         let o = self.exec(None, &["cat", path.to_str().unwrap()]);
         if o.status.success() {
             Ok(o.stdout)
@@ -162,7 +174,7 @@ impl SecretFs {
         serde_json::from_slice(&raw).unwrap()
     }
 
-    fn term(&mut self) -> ExitStatus {
+    pub(crate) fn term(&mut self) -> ExitStatus {
         let mut c = self.child.take().unwrap();
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(c.id() as i32),
@@ -178,7 +190,7 @@ impl SecretFs {
         c.wait().unwrap();
     }
 
-    fn stderr(&self) -> String {
+    pub(crate) fn stderr(&self) -> String {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 }

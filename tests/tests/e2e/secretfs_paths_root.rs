@@ -1,0 +1,420 @@
+//! secretfs and the paths it touches: symlinks in a mapped path, kernel filesystems, planted
+//! temporary names, a stale ready file, a token file others may read. Needs root and
+//! /dev/fuse (fails, never skips, without them); every secretfs runs in a private mount
+//! namespace, so nothing is mounted on the host even when a test fails.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::harness::{Server, bin};
+use crate::secretfs_root_fuse::{Ns, SecretFs, host_secretfs_mounts, require_root_fuse};
+
+/// A process killed and reaped on drop, also when the test fails.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn listing(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// secretfs must refuse `path` (exit 65, naming it and `names`), having created nothing.
+#[track_caller]
+fn check_refused(
+    srv: &Server,
+    w: &Path,
+    token: &str,
+    ns: Ns,
+    extra: &[&str],
+    path: &Path,
+    names: &str,
+) {
+    let v = format!("secret:k:{}", path.display());
+    let mut args = vec!["--volume", v.as_str()];
+    args.extend_from_slice(extra);
+    match SecretFs::start(srv, w, token, ns, &args) {
+        Ok(mut fs) => {
+            let e = fs.stderr();
+            fs.term();
+            panic!("{path:?} {extra:?}: secretfs started: {e}");
+        }
+        Err((code, stderr)) => {
+            assert_eq!(code, 65, "{path:?} {extra:?}: {stderr}");
+            assert!(
+                stderr.contains(&format!("'{}'", path.display())) && stderr.contains(names),
+                "{path:?} {extra:?}: wants {names:?}: {stderr}"
+            );
+        }
+    }
+    assert!(!w.join("ready").exists(), "{path:?}: not ready");
+    assert_eq!(host_secretfs_mounts(), 0);
+}
+
+#[test]
+fn symlinks_in_any_component_and_kernel_paths_are_refused() {
+    require_root_fuse();
+    let srv = Server::start();
+    let t = srv.add_users(&["alice"]);
+    srv.put(&t[0], "k", b"value");
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    // a/link -> victim, a/flink -> victim/important.conf
+    let (victim, a) = (w.join("victim"), w.join("a"));
+    std::fs::create_dir(&victim).unwrap();
+    std::fs::write(victim.join("important.conf"), b"original").unwrap();
+    std::fs::create_dir(&a).unwrap();
+    std::os::unix::fs::symlink(&victim, a.join("link")).unwrap();
+    std::os::unix::fs::symlink(victim.join("important.conf"), a.join("flink")).unwrap();
+    let link = a.join("link");
+    let link_named = format!("'{}' is a symbolic link", link.display());
+    for (path, extra) in [
+        (link.join("important.conf"), &[][..]),
+        (link.join("important.conf"), &["--private"][..]),
+        (link.join("new/deeper/x.conf"), &[][..]),
+        (link.join("new/x.conf"), &["--private"][..]),
+    ] {
+        check_refused(&srv, w, &t[0], Ns::Own, extra, &path, &link_named);
+    }
+    let flink = a.join("flink");
+    check_refused(
+        &srv,
+        w,
+        &t[0],
+        Ns::Own,
+        &[],
+        &flink,
+        &format!("'{}' is a symbolic link", flink.display()),
+    );
+    // The targets are untouched: nothing created in them, nothing mounted over them (a mount
+    // would have let secretfs start).
+    assert_eq!(listing(&victim), ["important.conf"]);
+    assert_eq!(
+        std::fs::read(victim.join("important.conf")).unwrap(),
+        b"original"
+    );
+    assert_eq!(listing(&a), ["flink", "link"]);
+
+    // Kernel interfaces, by path (paths chosen so that no run creates anything on the host).
+    for (p, under) in [
+        ("/proc/sys/kernel/hostname", "under /proc"),
+        ("/proc/secretfs-test.conf", "under /proc"),
+        ("/sys/kernel/secretfs-test/x", "under /sys"),
+        ("/dev/null", "under /dev"),
+        ("/dev/shm", "under /dev"),
+    ] {
+        check_refused(&srv, w, &t[0], Ns::Own, &[], Path::new(p), under);
+    }
+    // ... and by the filesystem reached: a proc mounted elsewhere.
+    let p = w.join("p");
+    std::fs::create_dir(&p).unwrap();
+    let mut holder = Reaped(
+        Command::new("unshare")
+            .args(["-m", "--propagation", "private", "--", "sh", "-c"])
+            .arg(r#"mount -t proc proc "$1" && echo mounted && exec sleep 600"#)
+            .arg("sh")
+            .arg(&p)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    BufReader::new(holder.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "mounted");
+    check_refused(
+        &srv,
+        w,
+        &t[0],
+        Ns::Of(holder.0.id()),
+        &[],
+        &p.join("sys/kernel/hostname"),
+        &format!("on a proc filesystem (at '{}')", p.display()),
+    );
+    drop(holder);
+
+    // '..' is refused before anything is touched.
+    let dots = a.join("../victim/important.conf");
+    let v = format!("secret:k:{}", dots.display());
+    let Err((code, e)) = SecretFs::start(&srv, w, &t[0], Ns::Own, &["--volume", &v]) else {
+        panic!("'..' accepted");
+    };
+    assert_eq!(code, 65, "{e}");
+    assert!(e.contains("normalized"), "{e}");
+}
+
+#[test]
+fn planted_temporary_names_write_nothing_through_their_symlinks() {
+    require_root_fuse();
+    let srv = Server::start();
+    let t = srv.add_users(&["alice"]);
+    srv.put(&t[0], "k", b"value");
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let victim = w.join("victim");
+    std::fs::write(&victim, b"original").unwrap();
+    // READY_FILE.tmp and MOUNT_ROOT.created.tmp, the names secretfs wrote through before.
+    for n in ["ready.tmp", "root.created.tmp"] {
+        std::os::unix::fs::symlink(&victim, w.join(n)).unwrap();
+    }
+    // A missing directory, so the record of created placeholders is written too.
+    let path = w.join("new/k.txt");
+    let v = format!("secret:k:{}", path.display());
+    let mut fs = SecretFs::start(&srv, w, &t[0], Ns::Own, &["--volume", &v])
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(fs.cat(&path).unwrap(), b"value");
+    assert_eq!(std::fs::read(&victim).unwrap(), b"original");
+    assert!(fs.term().success(), "{}", fs.stderr());
+    assert_eq!(std::fs::read(&victim).unwrap(), b"original");
+    assert!(!w.join("new").exists());
+    for n in ["ready.tmp", "root.created.tmp"] {
+        assert!(std::fs::symlink_metadata(w.join(n)).unwrap().is_symlink());
+    }
+    // No temporary file of secretfs's own is left.
+    assert_eq!(
+        listing(w),
+        [
+            "audit.log",
+            "ready.tmp",
+            "root",
+            "root.created.tmp",
+            "secretfs.stderr",
+            "token",
+            "victim"
+        ]
+    );
+}
+
+fn check_ready(ready: &Path) -> (bool, String) {
+    let o = Command::new(bin("secretfs"))
+        .arg("--check-ready")
+        .arg(ready)
+        .output()
+        .unwrap();
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_stale_ready_file_is_not_ready_until_the_new_mount_is_up() {
+    require_root_fuse();
+    let srv = Server::start();
+    let t = srv.add_users(&["alice"]);
+    srv.put(&t[0], "k", b"value");
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let ready = w.join("ready");
+    std::fs::write(&ready, b"ready\n").unwrap();
+    assert!(check_ready(&ready).0);
+    // A service that refuses connections: secretfs retries, never mounts.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let v = format!("secret:k:{}", w.join("k.txt").display());
+    let url = format!("http://127.0.0.1:{port}");
+    let mut down = spawn_secretfs(w, "down", &url, &t[0], &["--timeout", "3", "--volume", &v]);
+    let stderr = w.join("down.stderr");
+    let t0 = Instant::now();
+    while !std::fs::read_to_string(&stderr)
+        .unwrap()
+        .contains("retrying")
+    {
+        assert!(
+            down.0.try_wait().unwrap().is_none() && t0.elapsed() < Duration::from_secs(10),
+            "secretfs did not retry: {}",
+            std::fs::read_to_string(&stderr).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (ok, e) = check_ready(&ready);
+    assert!(!ok, "a secretfs that has mounted nothing is reported ready");
+    assert!(e.contains("not ready"), "{e}");
+    let st = down.0.wait().unwrap();
+    assert_eq!(
+        st.code(),
+        Some(69),
+        "{}",
+        std::fs::read_to_string(&stderr).unwrap()
+    );
+    assert!(!check_ready(&ready).0);
+
+    // The next start against the real service: ready once mounted.
+    let mut fs = SecretFs::start(&srv, w, &t[0], Ns::Own, &["--volume", &v])
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    assert!(check_ready(&ready).0);
+    assert_eq!(fs.cat(&w.join("k.txt")).unwrap(), b"value");
+    assert!(fs.term().success(), "{}", fs.stderr());
+    assert!(!check_ready(&ready).0);
+}
+
+#[test]
+fn a_token_file_open_to_group_or_others_is_refused() {
+    require_root_fuse();
+    let srv = Server::start();
+    let t = srv.add_users(&["alice"]);
+    srv.put(&t[0], "k", b"value");
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let path = w.join("k.txt");
+    let v = format!("secret:k:{}", path.display());
+    let tok = w.join("token");
+    for mode in [0o644, 0o640, 0o604, 0o620, 0o660] {
+        let Err((code, e)) =
+            SecretFs::start_token_mode(&srv, w, &t[0], mode, Ns::Own, &["--volume", &v])
+        else {
+            panic!("mode {mode:o}: started");
+        };
+        assert_eq!(code, 65, "{mode:o}: {e}");
+        let want = format!(
+            "token file '{}' has mode {mode:04o}: group or others may access it",
+            tok.display()
+        );
+        assert!(e.contains(&want), "{mode:o}: {e}");
+        assert!(e.contains(&format!("chmod 600 '{}'", tok.display())), "{e}");
+        assert!(!e.contains(&t[0]), "no token in the message");
+        assert!(!path.exists(), "nothing created");
+    }
+    for mode in [0o600, 0o400] {
+        let mut fs = SecretFs::start_token_mode(&srv, w, &t[0], mode, Ns::Own, &["--volume", &v])
+            .unwrap_or_else(|e| panic!("mode {mode:o}: {e:?}"));
+        assert_eq!(fs.cat(&path).unwrap(), b"value");
+        let st = fs.term();
+        assert!(st.success(), "mode {mode:o}: {st:?}: {}", fs.stderr());
+    }
+}
+
+/// Starts secretfs in a namespace of its own, stderr to `WORK/NAME.stderr`.
+fn spawn_secretfs(w: &Path, name: &str, url: &str, token: &str, args: &[&str]) -> Reaped {
+    let tok = w.join("token");
+    std::fs::write(&tok, token).unwrap();
+    std::fs::set_permissions(&tok, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    Reaped(
+        Command::new("unshare")
+            .args(["-m", "--propagation", "private", "--"])
+            .arg(bin("secretfs"))
+            .args(["--url", url])
+            .arg("--token-file")
+            .arg(&tok)
+            .arg("--mount-root")
+            .arg(w.join("root"))
+            .arg("--ready-file")
+            .arg(w.join("ready"))
+            .args(args)
+            .env_remove("NEURO_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(w.join(format!("{name}.stderr"))).unwrap())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+fn sigterm(c: &Child) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(c.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+}
+
+#[test]
+fn sigterm_while_starting_or_right_after_ready_is_a_clean_stop() {
+    require_root_fuse();
+    let srv = Server::start();
+    let t = srv.add_users(&["alice"]);
+    srv.put(&t[0], "k", b"value");
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let v = format!("secret:k:{}", w.join("new/k.txt").display());
+    // While it retries an unreachable service.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut fs = spawn_secretfs(w, "down", &url, &t[0], &["--timeout", "20", "--volume", &v]);
+    let log = w.join("down.stderr");
+    let t0 = Instant::now();
+    while !std::fs::read_to_string(&log).unwrap().contains("retrying") {
+        assert!(t0.elapsed() < Duration::from_secs(10), "no retry");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    sigterm(&fs.0);
+    let st = fs.0.wait().unwrap();
+    assert_eq!(
+        st.code(),
+        Some(0),
+        "{st:?}: {}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+    // The moment the ready file appears, a few times over.
+    for i in 0..5 {
+        let name = format!("up{i}");
+        let mut fs = spawn_secretfs(w, &name, &srv.url, &t[0], &["--volume", &v]);
+        let t0 = Instant::now();
+        while !w.join("ready").exists() {
+            assert!(
+                fs.0.try_wait().unwrap().is_none() && t0.elapsed() < Duration::from_secs(20),
+                "not ready"
+            );
+        }
+        sigterm(&fs.0);
+        let st = fs.0.wait().unwrap();
+        let log = std::fs::read_to_string(w.join(format!("{name}.stderr"))).unwrap();
+        assert_eq!(st.code(), Some(0), "run {i}: {st:?}: {log}");
+        assert!(!w.join("ready").exists(), "run {i}");
+        assert!(!w.join("new").exists(), "run {i}: placeholders removed");
+    }
+    assert_eq!(host_secretfs_mounts(), 0);
+}
+
+#[test]
+fn private_nested_paths_beside_an_existing_file_still_work() {
+    require_root_fuse();
+    let srv = Server::start();
+    let t = srv.add_users(&["alice"]);
+    srv.put(&t[0], "k", b"value");
+    srv.put(&t[0], "j", b"other");
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let d = w.join("d");
+    std::fs::create_dir(&d).unwrap();
+    std::fs::write(d.join("exists.txt"), b"underneath").unwrap();
+    // The first path exists; the second makes secretfs overlay d, after the first was seen.
+    let (first, second) = (d.join("exists.txt"), d.join("new/deeper/x.txt"));
+    let (v1, v2) = (
+        format!("secret:k:{}", first.display()),
+        format!("secret:j:{}", second.display()),
+    );
+    let mut fs = SecretFs::start(
+        &srv,
+        w,
+        &t[0],
+        Ns::Own,
+        &["--private", "--volume", &v1, "--volume", &v2],
+    )
+    .unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(fs.cat(&first).unwrap(), b"value");
+    assert_eq!(fs.cat(&second).unwrap(), b"other");
+    assert!(!d.join("new").exists(), "nothing created on the host");
+    assert!(fs.term().success(), "{}", fs.stderr());
+    assert_eq!(std::fs::read(&first).unwrap(), b"underneath");
+    assert_eq!(listing(&d), ["exists.txt"]);
+}
