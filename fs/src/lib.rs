@@ -28,10 +28,12 @@ use crate::files::{Files, Mapping};
 const EXIT_CODES: &str = "Exit codes:
   0   stopped cleanly (SIGTERM or SIGINT): everything unmounted
   2   usage error
-  65  bad input: an invalid --volume, spec file or token file; a token file that group
-      or others may access (chmod 600 it); a mapped path with a symlink in any component,
-      or under /proc, /sys or /dev
-  69  the service is unavailable (after --timeout of retries)
+  65  bad input: an invalid --volume, spec file or token file; a token file that others
+      may read or group or others may write, or that its group may read when that group
+      is not --gid (chmod 600 it); a mapped path with a symlink in any component, or under
+      /proc, /sys or /dev
+  69  the service is unavailable (after --timeout of retries), or its TLS certificate is
+      not accepted (at once)
   72  a mapped secret does not exist
   77  not authenticated, or a mapped secret is forbidden
   1   any other failure (e.g. mounting failed)";
@@ -151,7 +153,7 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
 
 fn read_token(args: &Args) -> anyhow::Result<Token> {
     let raw = match &args.token_file {
-        Some(p) => read_token_file(p)?,
+        Some(p) => read_token_file(p, args.gid)?,
         None => std::env::var("NEURO_TOKEN")
             .map_err(|_| fail(77, "no token: pass --token-file FILE or set NEURO_TOKEN"))?,
     };
@@ -162,16 +164,21 @@ fn read_token(args: &Args) -> anyhow::Result<Token> {
     Ok(Token::new(t.to_owned()))
 }
 
-/// Reads the token file, refusing one that group or others may read or write. Symlinks are
-/// followed (a Kubernetes Secret volume's files are symlinks); the mode is the file's.
-fn read_token_file(p: &Path) -> anyhow::Result<String> {
+/// Reads the token file, refusing one that others may read, or group or others may write.
+/// Its group may read it only when that group is the job's (`--gid`, not 0): the pod of
+/// `neuro job manifest --user` mounts the token root-owned, mode 0440, group `fsGroup`, for
+/// the job's own wrapper, which holds the same token. Symlinks are followed (a Kubernetes
+/// Secret volume's files are symlinks); the mode is the file's.
+fn read_token_file(p: &Path, job_gid: u32) -> anyhow::Result<String> {
     use std::io::Read as _;
-    use std::os::unix::fs::PermissionsExt as _;
+    use std::os::unix::fs::MetadataExt as _;
     let cannot =
         |e: std::io::Error| fail(65, format!("cannot read token file '{}': {e}", p.display()));
     let mut f = std::fs::File::open(p).map_err(cannot)?;
-    let mode = f.metadata().map_err(cannot)?.permissions().mode() & 0o7777;
-    if mode & 0o077 != 0 {
+    let meta = f.metadata().map_err(cannot)?;
+    let mode = meta.mode() & 0o7777;
+    let job_group = job_gid != 0 && meta.gid() == job_gid;
+    if mode & 0o037 != 0 || (mode & 0o040 != 0 && !job_group) {
         return Err(fail(
             65,
             format!(

@@ -32,13 +32,13 @@ const OWN_VARS: [&str; 2] = ["NEURO_TOKEN", "NEURO_TOKEN_FILE"];
 
 const EXIT_CODES: &str = "Exit codes (before the job starts; afterwards the job's own code):
   65  invalid: a bad mapping or variable name, a protected name without --allow-override,
-      a value containing NUL, an invalid URI
+      a value containing NUL, an invalid URI, a --token-file that others may read or
+      group or others may write (its group may read it only when that group is how this
+      process reads it, as with a Kubernetes fsGroup): chmod 600 it
   69  unavailable: the service could not be reached or kept failing (connection refused,
       timeout, 429, 5xx) until --timeout, or its TLS certificate is not accepted (at once)
   72  not found: a mapped secret does not exist
-  77  forbidden: the token may not read a mapped secret, or is not accepted, or
-      --token-file is readable by others (or by its group, unless that group is how
-      this process reads it, as with a Kubernetes fsGroup): chmod 600 it
+  77  forbidden: the token may not read a mapped secret, or is not accepted
   126 the command cannot be executed; 127 the command was not found; 2 usage error
   1   --install could not write its copy; the process could not be made non-dumpable,
       or init mode could not block the signals it forwards
@@ -418,18 +418,18 @@ fn read_token_file(p: &std::path::Path) -> Result<Zeroizing<String>, Failure> {
         nix::unistd::getegid().as_raw() == gid
             || nix::unistd::getgroups().is_ok_and(|gs| gs.iter().any(|g| g.as_raw() == gid))
     };
-    if mode & 0o004 != 0 || (mode & 0o040 != 0 && !group_is_mine) {
-        return Err(Failure {
-            var: None,
-            uri: None,
-            class: Class::Forbidden,
-            detail: format!(
-                "token file '{}' has mode {mode:04o}, readable by group or others; \
+    // Writable by group or others lets someone swap the token; readable, read it.
+    if mode & 0o026 != 0 || (mode & 0o040 != 0 && !group_is_mine) {
+        return Err(invalid(
+            None,
+            None,
+            format!(
+                "token file '{}' has mode {mode:04o}: group or others may access it; \
                  hint: chmod 600 '{}'",
                 p.display(),
                 p.display()
             ),
-        });
+        ));
     }
     let mut raw = Zeroizing::new(Vec::new());
     f.take(MAX_TOKEN_FILE + 1)

@@ -395,9 +395,9 @@ fn inject_root_token_file_readable_by_others_is_refused() {
         let o = with_token_file(srv, file, pre);
         let err = text(&o.stderr);
         if refused {
-            assert_eq!(o.status.code(), Some(77), "{mode:04o} {pre:?}: {err}");
+            assert_eq!(o.status.code(), Some(65), "{mode:04o} {pre:?}: {err}");
             let want = format!(
-                "secret-inject: ERROR: forbidden (token file '{f}' has mode {mode:04o}, readable by group or others; hint: chmod 600 '{f}')\n",
+                "secret-inject: ERROR: invalid (token file '{f}' has mode {mode:04o}: group or others may access it; hint: chmod 600 '{f}')\n",
                 f = file.display()
             );
             assert_eq!(err, want, "{mode:04o} {pre:?}");
@@ -420,6 +420,8 @@ fn inject_root_token_file_readable_by_others_is_refused() {
         (0o604, true),
         (0o440, true),
         (0o666, true),
+        (0o620, true),
+        (0o602, true),
     ] {
         check(&srv, &file, mode, &[], refused);
     }

@@ -297,6 +297,28 @@ fn a_token_file_open_to_group_or_others_is_refused() {
         let st = fs.term();
         assert!(st.success(), "mode {mode:o}: {st:?}: {}", fs.stderr());
     }
+    // The pod of `neuro job manifest --user`: root-owned, 0440, its group the job's (fsGroup,
+    // also --gid). That group holds the token anyway; any other group is refused.
+    std::fs::write(&tok, "").unwrap();
+    std::os::unix::fs::chown(&tok, Some(0), Some(2000)).unwrap();
+    let job = ["--volume", v.as_str(), "--gid", "2000"];
+    let mut fs = SecretFs::start_token_mode(&srv, w, &t[0], 0o440, Ns::Own, &job)
+        .unwrap_or_else(|e| panic!("fsGroup layout: {e:?}"));
+    assert_eq!(fs.cat(&path).unwrap(), b"value");
+    assert!(fs.term().success(), "{}", fs.stderr());
+    for (mode, gid) in [
+        (0o440, "3000"),
+        (0o440, "0"),
+        (0o444, "2000"),
+        (0o460, "2000"),
+    ] {
+        let args = ["--volume", v.as_str(), "--gid", gid];
+        let Err((code, e)) = SecretFs::start_token_mode(&srv, w, &t[0], mode, Ns::Own, &args)
+        else {
+            panic!("mode {mode:o} with --gid {gid}: started");
+        };
+        assert_eq!(code, 65, "{mode:o} --gid {gid}: {e}");
+    }
 }
 
 /// Starts secretfs in a namespace of its own, stderr to `WORK/NAME.stderr`.
