@@ -81,6 +81,9 @@ fn ctx() -> UriContext {
 }
 
 proptest! {
+    // Failures print their minimal input; nothing is written next to the sources.
+    #![proptest_config(ProptestConfig { failure_persistence: None, ..ProptestConfig::default() })]
+
     #[test]
     fn names_follow_their_rules(s in text()) {
         prop_assert_eq!(SecretKey::new(&s).is_ok(), key_rule(&s), "key {:?}", s);

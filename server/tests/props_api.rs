@@ -215,6 +215,9 @@ fn assert_client_error_shape(st: StatusCode, body: &str) -> Result<(), TestCaseE
 }
 
 proptest! {
+    // Failures print their minimal input; nothing is written next to the sources.
+    #![proptest_config(ProptestConfig { failure_persistence: None, ..ProptestConfig::default() })]
+
     #[test]
     fn only_issued_tokens_authenticate(t in token()) {
         let f = fixture();
