@@ -5,6 +5,7 @@ pub mod audit;
 pub mod auth;
 pub mod crypto;
 pub mod error;
+pub mod health;
 pub mod store;
 
 use std::io::Write as _;
