@@ -94,6 +94,9 @@ pub async fn open_service(
             .with_context(|| format!("opening the store in '{}'", data_dir.display()))?,
     );
     let admin_path = data_dir.join("admin.token");
+    if admin_path.exists() {
+        crypto::check_private(&admin_path, "operator token")?;
+    }
     if created || !admin_path.exists() {
         if !created {
             bail!(
