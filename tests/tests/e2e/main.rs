@@ -10,6 +10,7 @@ mod bad_input;
 mod crash;
 mod inject;
 mod jobs;
+mod limits_root;
 mod pod_podman;
 mod podman;
 mod run_root;
