@@ -19,6 +19,23 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
     b
 }
 
+/// Refuses a key or token file that group or others may read or write: whoever could read it
+/// may already have. `what` names the file in the message ("master key", "operator token").
+pub fn check_private(path: &Path, what: &str) -> anyhow::Result<()> {
+    let mode = fs::metadata(path)
+        .with_context(|| format!("reading the mode of {what} '{}'", path.display()))?
+        .permissions()
+        .mode()
+        & 0o777;
+    if mode & 0o077 != 0 {
+        bail!(
+            "{what} '{}' has mode {mode:o}; it must not be readable by group or others (chmod 600)",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 /// The keys derived from the master key. The master key itself is dropped after derivation.
 pub struct Keys {
     aead: XChaCha20Poly1305,
@@ -41,13 +58,7 @@ impl Keys {
     pub fn load_or_create(path: &Path) -> anyhow::Result<(Self, bool)> {
         let (master, created) = match fs::read(path) {
             Ok(bytes) => {
-                let mode = fs::metadata(path)?.permissions().mode() & 0o777;
-                if mode & 0o077 != 0 {
-                    bail!(
-                        "master key '{}' has mode {mode:o}; it must not be readable by group or others (chmod 600)",
-                        path.display()
-                    );
-                }
+                check_private(path, "master key")?;
                 let bytes = Zeroizing::new(bytes);
                 let key: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
                     anyhow::anyhow!("master key '{}' is not 32 bytes long", path.display())
@@ -161,5 +172,31 @@ mod tests {
         );
         fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
         assert!(Keys::load_or_create(&p).is_err());
+    }
+
+    #[test]
+    fn files_open_to_group_or_others_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("admin.token");
+        fs::write(&p, "t\n").unwrap();
+        for (mode, ok) in [
+            (0o600, true),
+            (0o400, true),
+            (0o640, false),
+            (0o604, false),
+            (0o620, false),
+        ] {
+            fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+            let r = check_private(&p, "operator token");
+            assert_eq!(r.is_ok(), ok, "mode {mode:o}: {r:?}");
+            if let Err(e) = r {
+                let msg = e.to_string();
+                assert!(msg.starts_with("operator token '"), "{msg}");
+                assert!(
+                    msg.contains(&format!("has mode {mode:o}")) && msg.contains("chmod 600"),
+                    "{msg}"
+                );
+            }
+        }
     }
 }

@@ -5,6 +5,8 @@ pub mod audit;
 pub mod auth;
 pub mod crypto;
 pub mod error;
+pub mod health;
+pub mod serve;
 pub mod store;
 
 use std::io::Write as _;
@@ -13,6 +15,7 @@ use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
@@ -31,7 +34,17 @@ pub use api::{AppState, Service, app};
                   use.\n\nOn first start it creates DATA_DIR, the master key \
                   (DATA_DIR/master.key) and the operator token (DATA_DIR/admin.token), both \
                   mode 0600.",
-    after_help = "Exit codes: 0 after a clean shutdown (SIGTERM or SIGINT); 1 when it cannot start."
+    after_help = "Connection limits: at most --max-connections (default 4096) client connections \
+                  are open at once, and never more than the open-file limit minus 64 (secretd \
+                  raises its soft limit to the hard one at start and logs the cap). At the cap, \
+                  the connection idle the longest is closed to make room; a new connection is \
+                  closed at once only when every open one has a request in flight. A request \
+                  head must arrive within --header-timeout (default 10s, at most 10s) of the \
+                  connection's start or of the previous response, TLS handshake included; a \
+                  connection silent for --idle-timeout (default 5s) without a request in flight \
+                  is closed. On SIGTERM or SIGINT it stops accepting and gives requests in \
+                  flight 5s to finish.\n\n\
+                  Exit codes: 0 after a clean shutdown (SIGTERM or SIGINT); 1 when it cannot start."
 )]
 pub struct Args {
     /// Where the store, master key, operator token and audit log live
@@ -53,6 +66,32 @@ pub struct Args {
     /// Audit log file (JSON lines) [default: DATA_DIR/audit.log]
     #[arg(long, value_name = "FILE")]
     pub audit_log: Option<PathBuf>,
+    /// Open client connections at most; also capped at the open-file limit minus 64
+    #[arg(long, value_name = "N", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(16..))]
+    pub max_connections: u32,
+    /// Time allowed for a request head (and the TLS handshake), at most 10s
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = header_timeout)]
+    pub header_timeout: Duration,
+    /// A connection silent this long without a request in flight is closed; at most
+    /// --header-timeout
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = positive_duration)]
+    pub idle_timeout: Duration,
+}
+
+fn positive_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("'{s}': {e}"))?;
+    if d < Duration::from_millis(100) {
+        return Err(format!("'{s}' is shorter than 100ms"));
+    }
+    Ok(d)
+}
+
+fn header_timeout(s: &str) -> Result<Duration, String> {
+    let d = positive_duration(s)?;
+    if d > Duration::from_secs(10) {
+        return Err(format!("'{s}' is longer than 10s"));
+    }
+    Ok(d)
 }
 
 fn default_data_dir() -> anyhow::Result<PathBuf> {
@@ -93,6 +132,9 @@ pub async fn open_service(
             .with_context(|| format!("opening the store in '{}'", data_dir.display()))?,
     );
     let admin_path = data_dir.join("admin.token");
+    if admin_path.exists() {
+        crypto::check_private(&admin_path, "operator token")?;
+    }
     if created || !admin_path.exists() {
         if !created {
             bail!(
@@ -126,58 +168,96 @@ async fn shutdown_signal() {
     }
 }
 
+/// Reads the certificate chain and key for HTTPS (HTTP/1.1 only).
+fn tls_acceptor(cert: &Path, key: &Path) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .with_context(|| format!("reading TLS certificate '{}'", cert.display()))?;
+    if certs.is_empty() {
+        bail!("TLS certificate '{}' holds no certificate", cert.display());
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("reading TLS key '{}'", key.display()))?;
+    let mut cfg = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key_der)
+        .with_context(|| {
+            format!(
+                "loading TLS certificate '{}' and key '{}'",
+                cert.display(),
+                key.display()
+            )
+        })?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
+}
+
+/// The listening socket, with a backlog of 1024 (the kernel caps it at net.core.somaxconn):
+/// with the usual 128, a burst of clients overflows the queue while the accept loop catches up,
+/// and each dropped SYN costs its client a 1 s retransmission.
+fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let sock = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    sock.set_reuseaddr(true)?;
+    sock.bind(addr)?;
+    sock.listen(1024)
+}
+
 /// Runs the service until SIGTERM or SIGINT.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if args.idle_timeout > args.header_timeout {
+        bail!(
+            "--idle-timeout ({}) must not be longer than --header-timeout ({})",
+            humantime::format_duration(args.idle_timeout),
+            humantime::format_duration(args.header_timeout)
+        );
+    }
+    let (max_connections, fd_limit) =
+        serve::connection_cap(usize::try_from(args.max_connections).unwrap_or(usize::MAX))
+            .map_err(anyhow::Error::msg)?;
+    let limits = serve::Limits {
+        max_connections,
+        header_timeout: args.header_timeout,
+        idle_timeout: args.idle_timeout,
+        grace: Duration::from_secs(5),
+    };
     let data_dir = match args.data_dir {
         Some(d) => d,
         None => default_data_dir()?,
     };
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),
+        _ => None,
+    };
     let service = open_service(&data_dir, args.cluster.clone(), args.audit_log).await?;
     let router = app(Arc::new(service));
-    let listener = std::net::TcpListener::bind(args.listen)
-        .with_context(|| format!("listening on {}", args.listen))?;
-    listener.set_nonblocking(true)?;
+    let listener = listen(args.listen).with_context(|| format!("listening on {}", args.listen))?;
     let addr = listener.local_addr()?;
-    let scheme = if args.tls_cert.is_some() {
-        "https"
-    } else {
-        "http"
-    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     // The first stdout line is the contract tests and scripts read the address from.
     println!("secretd listening on {scheme}://{addr}");
     std::io::stdout().flush()?;
-    tracing::info!(%addr, cluster = %args.cluster, data_dir = %data_dir.display(), "serving");
+    tracing::info!(
+        %addr,
+        cluster = %args.cluster,
+        data_dir = %data_dir.display(),
+        max_connections,
+        fd_limit,
+        header_timeout = %humantime::format_duration(limits.header_timeout),
+        idle_timeout = %humantime::format_duration(limits.idle_timeout),
+        "serving"
+    );
     eprintln!(
         "Log in as the operator with:\n  neuro login --url {scheme}://{addr} --token \"$(cat {})\"\nthen create users with: neuro admin user add NAME",
         data_dir.join("admin.token").display()
     );
-    if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let cfg = axum_server::tls_rustls::RustlsConfig::from_pem_file(&cert, &key)
-            .await
-            .with_context(|| {
-                format!(
-                    "loading TLS certificate '{}' and key '{}'",
-                    cert.display(),
-                    key.display()
-                )
-            })?;
-        let handle = axum_server::Handle::new();
-        let h = handle.clone();
-        tokio::spawn(async move {
-            shutdown_signal().await;
-            h.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
-        });
-        axum_server::from_tcp_rustls(listener, cfg)
-            .handle(handle)
-            .serve(router.into_make_service())
-            .await?;
-    } else {
-        let listener = tokio::net::TcpListener::from_std(listener)?;
-        axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown_signal())
-            .await?;
-    }
+    serve::serve(listener, router, tls, limits, shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }

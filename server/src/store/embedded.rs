@@ -3,12 +3,21 @@
 //! redb commits with fsync (`Durability::Immediate`), so a write acknowledged to a client has
 //! reached the disk and survives `kill -9`. Reads run inline (MVCC, they never wait for a
 //! writer); writes run on the blocking pool because they fsync.
+//!
+//! After an I/O error (a full disk, say) redb refuses every later operation until the database
+//! is re-opened (`PreviousIo`). So a failed write re-opens it from the file, which holds exactly
+//! the committed transactions, and the next write runs on the fresh one. The failed write is not
+//! retried: whether a commit whose fsync failed reached the disk is unknown, and running it
+//! again could apply it twice. Until a write succeeds again, `health` reports the failure.
 
-use std::path::Path;
-use std::sync::Arc;
+use std::fs::OpenOptions;
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::{Change, Store, StoreError, StoredSecret, Table};
 
@@ -22,6 +31,10 @@ const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
 const CHANGES: TableDefinition<u64, &[u8]> = TableDefinition::new("changes");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const REVISION: &str = "revision";
+/// Written by `health` to find out whether the store can write again.
+const PROBE: &str = "health-probe";
+/// How often `health` may try a write while the store is failing.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
 /// How many change-log entries are kept for watchers that fall behind.
 const CHANGES_KEPT: u64 = 100_000;
 
@@ -34,18 +47,98 @@ fn def(t: Table) -> TableDefinition<'static, &'static str, &'static [u8]> {
     }
 }
 
-fn io<E: std::fmt::Display>(e: E) -> StoreError {
-    StoreError::Io(e.to_string())
+/// Sorts redb's failures: those after which redb wants the database re-opened, and the rest.
+fn io<E: Into<redb::Error>>(e: E) -> StoreError {
+    let e: redb::Error = e.into();
+    match e {
+        redb::Error::Io(_)
+        | redb::Error::PreviousIo
+        | redb::Error::Backend(_)
+        | redb::Error::DatabaseClosed
+        | redb::Error::LockPoisoned(_) => StoreError::Io(e.to_string()),
+        _ => StoreError::Engine(e.to_string()),
+    }
+}
+
+/// Creates the store's file with mode 0600 before redb opens it (redb would create it with
+/// 0666 minus the umask), and narrows an existing file readable by group or others to 0600.
+/// A symbolic link in the file's place is refused, so that the mode change never lands on a
+/// file elsewhere.
+fn private_file(path: &Path) -> Result<(), StoreError> {
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(nix::errno::Errno::ELOOP as i32) {
+                StoreError::File(format!(
+                    "store '{}' is a symbolic link; point --data-dir at the real directory",
+                    path.display()
+                ))
+            } else {
+                StoreError::File(format!("opening store '{}': {e}", path.display()))
+            }
+        })?;
+    let meta = f
+        .metadata()
+        .map_err(|e| StoreError::File(format!("reading store '{}': {e}", path.display())))?;
+    if !meta.is_file() {
+        return Err(StoreError::File(format!(
+            "store '{}' is not a regular file",
+            path.display()
+        )));
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| {
+                StoreError::File(format!(
+                    "store '{}' has mode {mode:o} and cannot be made 0600: {e}",
+                    path.display()
+                ))
+            })?;
+        tracing::warn!(path = %path.display(), old_mode = format!("{mode:o}"), "the store was readable by group or others; its mode is now 600");
+    }
+    Ok(())
 }
 
 /// The redb-backed store.
 #[derive(Debug, Clone)]
 pub struct EmbeddedStore {
-    db: Arc<Database>,
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    path: PathBuf,
+    db: RwLock<Slot>,
+    /// Why the last write failed; `None` once a write succeeds.
+    failure: Mutex<Option<String>>,
+    last_probe: Mutex<Option<Instant>>,
+}
+
+/// The open database, and how many times it was (re-)opened, so that several writers that
+/// failed together re-open it once.
+#[derive(Debug)]
+struct Slot {
+    db: Option<Database>,
+    generation: u64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn not_open(path: &Path) -> StoreError {
+    StoreError::Io(format!("store '{}' is not open", path.display()))
 }
 
 impl EmbeddedStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        private_file(path)?;
         let db = Database::create(path).map_err(io)?;
         // Create every table up front so reads never meet a missing one.
         let tx = db.begin_write().map_err(io)?;
@@ -55,22 +148,49 @@ impl EmbeddedStore {
         tx.open_table(CHANGES).map_err(io)?;
         tx.open_table(META).map_err(io)?;
         tx.commit().map_err(io)?;
-        Ok(Self { db: Arc::new(db) })
+        Ok(Self {
+            inner: Arc::new(Inner {
+                path: path.to_owned(),
+                db: RwLock::new(Slot {
+                    db: Some(db),
+                    generation: 0,
+                }),
+                failure: Mutex::new(None),
+                last_probe: Mutex::new(None),
+            }),
+        })
     }
 
     async fn write<T: Send + 'static>(
         &self,
         f: impl FnOnce(&redb::WriteTransaction) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || {
-            let tx = db.begin_write().map_err(io)?;
-            let out = f(&tx)?;
-            tx.commit().map_err(io)?;
-            Ok(out)
-        })
-        .await
-        .map_err(io)?
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || inner.write(f))
+            .await
+            .map_err(|e| StoreError::Engine(e.to_string()))?
+    }
+
+    /// Runs `f` in a read transaction; when the database turns out to need re-opening, re-opens
+    /// it and runs `f` once more (a read can be repeated).
+    fn read<T>(
+        &self,
+        f: impl Fn(&ReadTransaction) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let inner = &self.inner;
+        let (generation, err) = {
+            let slot = inner.open_slot()?;
+            let db = slot.db.as_ref().ok_or_else(|| not_open(&inner.path))?;
+            match db.begin_read().map_err(io).and_then(|tx| f(&tx)) {
+                Err(e @ StoreError::Io(_)) => (slot.generation, e),
+                other => return other,
+            }
+        };
+        tracing::warn!(error = %err, "a read failed; re-opening the store");
+        inner.reopen(generation)?;
+        let slot = inner.open_slot()?;
+        let db = slot.db.as_ref().ok_or_else(|| not_open(&inner.path))?;
+        f(&db.begin_read().map_err(io)?)
     }
 
     fn scan_table<K, V>(
@@ -91,6 +211,83 @@ impl EmbeddedStore {
             out.push((k.to_owned(), v.value().to_vec()));
         }
         Ok(out)
+    }
+}
+
+impl Inner {
+    fn read_slot(&self) -> RwLockReadGuard<'_, Slot> {
+        self.db
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The slot, re-opening the database first when an earlier re-open failed.
+    fn open_slot(&self) -> Result<RwLockReadGuard<'_, Slot>, StoreError> {
+        let slot = self.read_slot();
+        if slot.db.is_some() {
+            return Ok(slot);
+        }
+        let generation = slot.generation;
+        drop(slot);
+        self.reopen(generation)?;
+        Ok(self.read_slot())
+    }
+
+    /// Closes the database and opens it again from the file, unless someone did since
+    /// `generation` was seen.
+    fn reopen(&self, generation: u64) -> Result<(), StoreError> {
+        let mut slot = self
+            .db
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if slot.generation != generation && slot.db.is_some() {
+            return Ok(());
+        }
+        // Closing first releases redb's file lock, which the new open takes.
+        slot.db = None;
+        slot.generation += 1;
+        match Database::create(&self.path) {
+            Ok(db) => {
+                slot.db = Some(db);
+                tracing::warn!(path = %self.path.display(), "re-opened the store");
+                Ok(())
+            }
+            Err(e) => {
+                let e = io(e);
+                tracing::error!(path = %self.path.display(), error = %e, "cannot re-open the store");
+                *lock(&self.failure) = Some(e.to_string());
+                Err(e)
+            }
+        }
+    }
+
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let (generation, err) = {
+            let slot = self.open_slot()?;
+            let db = slot.db.as_ref().ok_or_else(|| not_open(&self.path))?;
+            let r = db.begin_write().map_err(io).and_then(|tx| {
+                let out = f(&tx)?;
+                tx.commit().map_err(io)?;
+                Ok(out)
+            });
+            match r {
+                Ok(out) => {
+                    *lock(&self.failure) = None;
+                    return Ok(out);
+                }
+                Err(e @ StoreError::Io(_)) => (slot.generation, e),
+                Err(e) => return Err(e),
+            }
+        };
+        tracing::error!(path = %self.path.display(), error = %err, "a write failed; re-opening the store");
+        *lock(&self.failure) = Some(err.to_string());
+        // `health` reports this failure for a while before it tries a write of its own.
+        *lock(&self.last_probe) = Some(Instant::now());
+        let _ = self.reopen(generation);
+        Err(err)
     }
 }
 
@@ -126,7 +323,10 @@ fn decode_secret(key: &str, raw: &[u8]) -> Result<StoredSecret, StoreError> {
     }
     let (v, sealed) = raw.split_at(8);
     Ok(StoredSecret {
-        version: u64::from_le_bytes(v.try_into().map_err(io)?),
+        version: u64::from_le_bytes(v.try_into().map_err(|_| StoreError::Corrupt {
+            table: "secrets",
+            key: key.to_owned(),
+        })?),
         sealed: sealed.to_vec(),
     })
 }
@@ -134,15 +334,17 @@ fn decode_secret(key: &str, raw: &[u8]) -> Result<StoredSecret, StoreError> {
 #[async_trait]
 impl Store for EmbeddedStore {
     async fn get(&self, table: Table, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let tx = self.db.begin_read().map_err(io)?;
-        let t = tx.open_table(def(table)).map_err(io)?;
-        Ok(t.get(key).map_err(io)?.map(|v| v.value().to_vec()))
+        self.read(|tx| {
+            let t = tx.open_table(def(table)).map_err(io)?;
+            Ok(t.get(key).map_err(io)?.map(|v| v.value().to_vec()))
+        })
     }
 
     async fn scan(&self, table: Table, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let tx = self.db.begin_read().map_err(io)?;
-        let t = tx.open_table(def(table)).map_err(io)?;
-        Self::scan_table(&t, prefix)
+        self.read(|tx| {
+            let t = tx.open_table(def(table)).map_err(io)?;
+            Self::scan_table(&t, prefix)
+        })
     }
 
     async fn put(&self, table: Table, key: &str, value: &[u8]) -> Result<(), StoreError> {
@@ -178,27 +380,29 @@ impl Store for EmbeddedStore {
     }
 
     async fn get_secret(&self, key: &str) -> Result<Option<StoredSecret>, StoreError> {
-        let tx = self.db.begin_read().map_err(io)?;
-        let t = tx.open_table(SECRETS).map_err(io)?;
-        let Some(v) = t.get(key).map_err(io)? else {
-            return Ok(None);
-        };
-        decode_secret(key, v.value()).map(Some)
+        self.read(|tx| {
+            let t = tx.open_table(SECRETS).map_err(io)?;
+            let Some(v) = t.get(key).map_err(io)? else {
+                return Ok(None);
+            };
+            decode_secret(key, v.value()).map(Some)
+        })
     }
 
     async fn list_secrets(&self, prefix: &str) -> Result<Vec<(String, u64)>, StoreError> {
-        let tx = self.db.begin_read().map_err(io)?;
-        let t = tx.open_table(SECRETS).map_err(io)?;
-        let mut out = Vec::new();
-        for row in t.range::<&str>(prefix..).map_err(io)? {
-            let (k, v) = row.map_err(io)?;
-            let k = k.value();
-            if !k.starts_with(prefix) {
-                break;
+        self.read(|tx| {
+            let t = tx.open_table(SECRETS).map_err(io)?;
+            let mut out = Vec::new();
+            for row in t.range::<&str>(prefix..).map_err(io)? {
+                let (k, v) = row.map_err(io)?;
+                let k = k.value();
+                if !k.starts_with(prefix) {
+                    break;
+                }
+                out.push((k.to_owned(), decode_secret(k, v.value())?.version));
             }
-            out.push((k.to_owned(), decode_secret(k, v.value())?.version));
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     async fn put_secret(&self, key: &str, sealed: &[u8]) -> Result<u64, StoreError> {
@@ -231,24 +435,25 @@ impl Store for EmbeddedStore {
     }
 
     async fn changes_since(&self, revision: u64, limit: usize) -> Result<Vec<Change>, StoreError> {
-        let tx = self.db.begin_read().map_err(io)?;
-        let t = tx.open_table(CHANGES).map_err(io)?;
-        let mut out = Vec::new();
-        for row in t.range(revision + 1..).map_err(io)?.take(limit) {
-            let (k, v) = row.map_err(io)?;
-            let v = v.value();
-            let corrupt = || StoreError::Corrupt {
-                table: "changes",
-                key: k.value().to_string(),
-            };
-            let (&flag, key) = v.split_first().ok_or_else(corrupt)?;
-            out.push(Change {
-                revision: k.value(),
-                key: String::from_utf8(key.to_vec()).map_err(|_| corrupt())?,
-                deleted: flag == 1,
-            });
-        }
-        Ok(out)
+        self.read(|tx| {
+            let t = tx.open_table(CHANGES).map_err(io)?;
+            let mut out = Vec::new();
+            for row in t.range(revision + 1..).map_err(io)?.take(limit) {
+                let (k, v) = row.map_err(io)?;
+                let v = v.value();
+                let corrupt = || StoreError::Corrupt {
+                    table: "changes",
+                    key: k.value().to_string(),
+                };
+                let (&flag, key) = v.split_first().ok_or_else(corrupt)?;
+                out.push(Change {
+                    revision: k.value(),
+                    key: String::from_utf8(key.to_vec()).map_err(|_| corrupt())?,
+                    deleted: flag == 1,
+                });
+            }
+            Ok(out)
+        })
     }
 
     async fn touch(&self, marker: &str) -> Result<u64, StoreError> {
@@ -257,9 +462,34 @@ impl Store for EmbeddedStore {
     }
 
     async fn revision(&self) -> Result<u64, StoreError> {
-        let tx = self.db.begin_read().map_err(io)?;
-        let t = tx.open_table(META).map_err(io)?;
-        Ok(t.get(REVISION).map_err(io)?.map(|v| v.value()).unwrap_or(0))
+        self.read(|tx| {
+            let t = tx.open_table(META).map_err(io)?;
+            Ok(t.get(REVISION).map_err(io)?.map(|v| v.value()).unwrap_or(0))
+        })
+    }
+
+    async fn health(&self) -> Result<(), String> {
+        let Some(why) = lock(&self.inner.failure).clone() else {
+            return Ok(());
+        };
+        {
+            let mut last = lock(&self.inner.last_probe);
+            if last.is_some_and(|t| t.elapsed() < PROBE_EVERY) {
+                return Err(why);
+            }
+            *last = Some(Instant::now());
+        }
+        // A small real write: succeeds (and clears the failure) once the disk takes writes again.
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.write(move |tx| {
+            let mut meta = tx.open_table(META).map_err(io)?;
+            meta.insert(PROBE, stamp).map_err(io)?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| e.to_string())
     }
 }
 

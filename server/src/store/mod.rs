@@ -11,8 +11,15 @@ use async_trait::async_trait;
 /// Failures of the storage layer. Their text goes to the log, never to a client.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The disk failed under the store (full, I/O error): the database must be re-opened.
     #[error("storage I/O: {0}")]
     Io(String),
+    /// Any other failure of the storage engine.
+    #[error("storage: {0}")]
+    Engine(String),
+    /// The store's file cannot be used as it is.
+    #[error("{0}")]
+    File(String),
     #[error("corrupt record in {table}/{key}")]
     Corrupt { table: &'static str, key: String },
 }
@@ -84,4 +91,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Takes the next revision for a change that is not a secret write (a grant added or
     /// revoked), logged under `marker`, so that watchers wake up and look again.
     async fn touch(&self, marker: &str) -> Result<u64, StoreError>;
+    /// `Err(reason)` while the store cannot write (the last write failed and no write has
+    /// succeeded since); implementations may try a write to find out whether it recovered.
+    /// The reason names the failure, never stored data.
+    async fn health(&self) -> Result<(), String>;
 }

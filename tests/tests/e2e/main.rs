@@ -11,6 +11,7 @@ mod crash;
 mod inject;
 mod inject_hardening;
 mod jobs;
+mod limits_root;
 mod pod_podman;
 mod podman;
 mod run_root;
