@@ -8,6 +8,7 @@ mod harness;
 mod authz;
 mod bad_input;
 mod crash;
+mod hardening;
 mod inject;
 mod jobs;
 mod pod_podman;
