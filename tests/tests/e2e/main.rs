@@ -5,6 +5,7 @@
 
 mod harness;
 
+mod audit_fail_closed;
 mod authz;
 mod bad_input;
 mod crash;
