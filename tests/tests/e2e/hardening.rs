@@ -308,3 +308,137 @@ fn a_job_whose_creator_lost_read_gets_no_more_events() {
     let r = srv.http("GET", "/api/v1/secrets/bob/s", Some(&jt), None);
     assert_eq!(r.status, 403, "{}", r.body);
 }
+
+#[test]
+fn removing_a_user_revokes_its_tokens_jobs_and_grants_for_good() {
+    let srv = Server::start();
+    let t = srv.add_users(&["alice", "bob", "carol"]);
+    let (alice, bob, carol) = (&t[0], &t[1], &t[2]);
+    let op = srv.admin_token();
+    srv.put(alice, "a", b"va");
+    srv.put(bob, "b", b"vb");
+    srv.put(carol, "c", b"vc");
+    srv.share(alice, "secret:a", "bob");
+    srv.share(bob, "secret:b", "alice");
+    let (job_id, jt) = job(&srv, alice, "secret:/bob/b");
+    // The operator sees alice's job token.
+    let r = srv.http("GET", "/api/v1/admin/users/alice/tokens", Some(&op), None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let jobs: Vec<String> = r
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["job_id"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(jobs, [job_id.clone()]);
+    let w = watch_in_thread(&srv, &jt, revision(&srv, &jt), 10);
+    // The choice is the operator's to make.
+    for (q, msg) in [
+        ("", "missing query parameter 'secrets'"),
+        ("?secrets=maybe", "'keep' or 'delete'"),
+    ] {
+        let r = srv.http(
+            "DELETE",
+            &format!("/api/v1/admin/users/alice{q}"),
+            Some(&op),
+            None,
+        );
+        assert_eq!(r.status, 400, "{}", r.body);
+        assert!(r.body.contains(msg), "{}", r.body);
+    }
+    let r = srv.http(
+        "DELETE",
+        "/api/v1/admin/users/alice?secrets=keep",
+        Some(bob),
+        None,
+    );
+    assert_eq!(r.status, 403, "{}", r.body);
+    let r = srv.http(
+        "DELETE",
+        "/api/v1/admin/users/alice?secrets=keep",
+        Some(&op),
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    assert_eq!(
+        (
+            &v["tokens_revoked"],
+            &v["jobs_deleted"],
+            &v["grants_removed"],
+            &v["secrets_kept"]
+        ),
+        (
+            &serde_json::json!(2),
+            &serde_json::json!(1),
+            &serde_json::json!(1),
+            &serde_json::json!(1)
+        ),
+        "{v}"
+    );
+    let (status, body, took) = w.join().unwrap();
+    assert_eq!(status, 401, "{body}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    let dead = |token: &str| {
+        for path in ["/api/v1/secrets/bob/b", "/api/v1/whoami"] {
+            let r = srv.http("GET", path, Some(token), None);
+            assert_eq!(r.status, 401, "{path}: {}", r.body);
+        }
+    };
+    dead(alice);
+    dead(&jt);
+    // Kept: bob still reads alice's secret; the grant alice held on bob's is gone.
+    let r = srv.http("GET", "/api/v1/secrets/alice/a", Some(bob), None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = srv.http(
+        "GET",
+        "/api/v1/users/bob/permissions/shared",
+        Some(bob),
+        None,
+    );
+    assert_eq!(r.json(), serde_json::json!([]), "{}", r.body);
+    let r = srv.http(
+        "DELETE",
+        "/api/v1/admin/users/alice?secrets=keep",
+        Some(&op),
+        None,
+    );
+    assert_eq!(r.status, 404, "{}", r.body);
+    // The name again: a new user, whose new token works; the old ones stay dead.
+    let r = srv.http(
+        "POST",
+        "/api/v1/admin/users",
+        Some(&op),
+        Some(r#"{"name":"alice"}"#),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let new_alice = r.json()["token"].as_str().unwrap().to_owned();
+    let r = srv.http("GET", "/api/v1/secrets/alice/a", Some(&new_alice), None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    dead(alice);
+    dead(&jt);
+    let r = srv.http("GET", "/api/v1/secrets/bob/b", Some(&new_alice), None);
+    assert_eq!(r.status, 403, "{}", r.body);
+
+    // Deleted: carol's secrets go, and so do the grants on them.
+    srv.share(carol, "secret:c", "bob");
+    let r = srv.http(
+        "DELETE",
+        "/api/v1/admin/users/carol?secrets=delete",
+        Some(&op),
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["secrets_deleted"], 1, "{}", r.body);
+    let r = srv.http("GET", "/api/v1/secrets/carol/c", Some(bob), None);
+    assert_eq!(r.status, 403, "{}", r.body);
+    let r = srv.http("GET", "/api/v1/users/bob/permissions", Some(bob), None);
+    assert!(!r.body.contains("carol"), "{}", r.body);
+    srv.assert_audited(r#""action":"user.delete","outcome":"ok","subject":"user:carol""#);
+    srv.assert_audited(&format!(
+        r#""action":"job.delete","outcome":"ok","subject":"job:{job_id}""#
+    ));
+    srv.assert_audited(r#""action":"token.revoke","outcome":"ok","subject":"token:"#);
+    srv.assert_audited(r#""action":"user.create","outcome":"ok","subject":"user:bob""#);
+}
