@@ -332,6 +332,16 @@ fn removing_a_user_revokes_its_tokens_jobs_and_grants_for_good() {
         .filter_map(|t| t["job_id"].as_str().map(str::to_owned))
         .collect();
     assert_eq!(jobs, [job_id.clone()]);
+    let ls = srv
+        .user("operator", &op)
+        .ok(&["admin", "token", "ls", "alice"])
+        .stdout_str();
+    let job_row = ls
+        .lines()
+        .find(|l| l.contains(&job_id))
+        .unwrap_or_else(|| panic!("{ls}"));
+    assert!(job_row.contains("active"), "{ls}");
+    assert!(ls.lines().next().unwrap().contains("JOB"), "{ls}");
     let w = watch_in_thread(&srv, &jt, revision(&srv, &jt), 10);
     // The choice is the operator's to make.
     for (q, msg) in [
