@@ -1077,10 +1077,10 @@ async fn create_job(
             return Err(e);
         }
     };
-    if uris.is_empty() {
-        if let Some(slot) = slots.pop() {
-            slot.record(event(None, "ok"));
-        }
+    if uris.is_empty()
+        && let Some(slot) = slots.pop()
+    {
+        slot.record(event(None, "ok"));
     }
     for (u, slot) in uris.iter().zip(slots) {
         slot.record(event(Some(u.to_string()), "ok"));

@@ -12,7 +12,7 @@
 
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -213,17 +213,15 @@ fn writer(
     mut rx: mpsc::Receiver<AuditEvent>,
     h: &Health,
     rt: &tokio::runtime::Handle,
-    path: &PathBuf,
+    path: &Path,
 ) {
     let mut pending: Vec<u8> = Vec::new();
     let mut dropped: u64 = 0;
     let mut open = true;
     while open || !pending.is_empty() {
         let first = if h.failed.load(Ordering::Acquire) || !open {
-            match rt.block_on(async { tokio::time::timeout(RETRY, rx.recv()).await }) {
-                Ok(ev) => ev,
-                Err(_) => None,
-            }
+            rt.block_on(async { tokio::time::timeout(RETRY, rx.recv()).await })
+                .unwrap_or_default()
         } else {
             rx.blocking_recv()
         };

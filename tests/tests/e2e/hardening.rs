@@ -331,7 +331,7 @@ fn removing_a_user_revokes_its_tokens_jobs_and_grants_for_good() {
         .iter()
         .filter_map(|t| t["job_id"].as_str().map(str::to_owned))
         .collect();
-    assert_eq!(jobs, [job_id.clone()]);
+    assert_eq!(jobs, std::slice::from_ref(&job_id));
     let ls = srv
         .user("operator", &op)
         .ok(&["admin", "token", "ls", "alice"])
