@@ -191,7 +191,8 @@ pub enum AdminUserCmd {
 pub enum AdminTokenCmd {
     /// Issue another token for USER; prints it alone on stdout
     Add { user: String },
-    /// List USER's tokens (ids, never the tokens)
+    /// List USER's tokens and those of the jobs USER created (ids, never the tokens); JOB names
+    /// the job of a job token
     Ls { user: String },
     /// Revoke a token by its id (from `neuro admin token ls`)
     Revoke { id: String },
@@ -623,10 +624,15 @@ async fn admin(client: &Client, cmd: &AdminCmd) -> anyhow::Result<()> {
                         t.id,
                         t.created_at,
                         if t.revoked { "revoked" } else { "active" }.into(),
+                        t.job_id.unwrap_or_else(|| "-".into()),
+                        t.expires_at.unwrap_or_else(|| "-".into()),
                     ]
                 })
                 .collect();
-            print!("{}", table::render(&["ID", "CREATED", "STATE"], &rows));
+            print!(
+                "{}",
+                table::render(&["ID", "CREATED", "STATE", "JOB", "EXPIRES"], &rows)
+            );
         }
         AdminCmd::Token(AdminTokenCmd::Revoke { id }) => {
             client.admin_revoke_token(id).await?;

@@ -168,13 +168,35 @@ pub struct TokenIssued {
     pub token: Token,
 }
 
-/// A token's public facts (never the token).
+/// A token's public facts (never the token): a user's own tokens and those of the jobs it
+/// created.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct TokenInfo {
     pub id: String,
+    /// The user the token speaks for (for a job token: the user who created the job).
     pub user: String,
     pub created_at: String,
     pub revoked: bool,
+    /// Set for a job token: the job it belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
+    /// RFC 3339, UTC; job tokens expire, user tokens do not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+}
+
+/// The answer of `DELETE /api/v1/admin/users/{user}?secrets=keep|delete`: what went with the
+/// user.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UserRemoved {
+    pub user: String,
+    /// User tokens and job tokens revoked.
+    pub tokens_revoked: usize,
+    pub jobs_deleted: usize,
+    /// Grants the user held, and with `secrets=delete` grants others held on its secrets.
+    pub grants_removed: usize,
+    pub secrets_deleted: usize,
+    pub secrets_kept: usize,
 }
 
 /// One change in `GET /api/v1/secrets/watch`.

@@ -13,7 +13,7 @@ use axum::{Json, Router};
 use secrets_core::api::{
     CreateUser, Grant, JobCreated, JobSpec, MissingPermission, PutSecret, ResolveRequest,
     ResolveResponse, ResolveStatus, Resolved, SecretInfo, SecretVersion, SharedGrant, TokenInfo,
-    TokenIssued, WatchEvent, WatchResponse, WhoAmI,
+    TokenIssued, UserRemoved, WatchEvent, WatchResponse, WhoAmI,
 };
 use secrets_core::{
     Action, ClusterName, EnvName, MAX_VALUE_LEN, ResourceUri, SecretBytes, SecretKey, SecretRef,
@@ -22,7 +22,7 @@ use secrets_core::{
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::audit::Audit;
+use crate::audit::{Audit, AuditEvent};
 use crate::auth::{self, JobRecord, Principal, Subject, TokenRecord, now_secs, rfc3339};
 use crate::crypto::{Keys, random_bytes};
 use crate::error::ApiError;
@@ -175,6 +175,7 @@ impl Service {
         Ok(Some((stored.version, SecretBytes::new(plain.to_vec()))))
     }
 
+    /// Records a refused or failed request, as far as the log allows: it is refused anyway.
     fn audit(
         &self,
         p: &Principal,
@@ -182,7 +183,21 @@ impl Service {
         uri: Option<String>,
         outcome: &'static str,
     ) {
-        self.audit.record(&p.actor(), action, uri, outcome);
+        self.audit
+            .record_best_effort(AuditEvent::new(p.actor(), action, uri, outcome));
+    }
+
+    /// Records a read that is about to be answered; when the line cannot be queued the answer
+    /// is a 503 instead (the log fails closed).
+    fn audit_read(
+        &self,
+        p: &Principal,
+        action: &'static str,
+        uri: Option<String>,
+    ) -> Result<(), ApiError> {
+        Ok(self
+            .audit
+            .record(AuditEvent::new(p.actor(), action, uri, "ok"))?)
     }
 
     /// Wakes the watchers of `user`'s secrets after a grant change.
@@ -190,6 +205,30 @@ impl Service {
         let rev = self.store.touch(&format!("{ACL_MARKER}{user}")).await?;
         self.changed.send_replace(rev);
         Ok(())
+    }
+
+    /// A job whose record is gone (deleted, or its user removed) has ended; a user who was
+    /// removed is gone. Both answer 401, as their next request would.
+    async fn still_there(&self, p: &Principal) -> Result<(), ApiError> {
+        match p {
+            Principal::Operator => Ok(()),
+            Principal::User(u) => match self.user_exists(u).await? {
+                true => Ok(()),
+                false => Err(ApiError::Unauthenticated(format!(
+                    "user '{u}' has been removed"
+                ))),
+            },
+            Principal::Job { id, .. } => match self.store.get(Table::Jobs, id).await? {
+                Some(_) => Ok(()),
+                None => Err(ApiError::Unauthenticated("the job has ended".into())),
+            },
+        }
+    }
+
+    /// Wakes every watcher without a new revision, so that each checks its caller again.
+    fn wake_watchers(&self) {
+        let rev = *self.changed.borrow();
+        self.changed.send_replace(rev);
     }
 
     async fn user_exists(&self, user: &UserName) -> Result<bool, ApiError> {
@@ -337,11 +376,26 @@ async fn put_secret(
             action: Action::Write,
         }]));
     }
+    let slot = s.audit.reserve()?;
     let aad = format!("{}/{}", uri.owner, uri.key);
     let sealed = s.keys.seal(&aad, body.value.expose());
-    let version = s.store.put_secret(&aad, &sealed).await?;
+    let event = |outcome| {
+        AuditEvent::new(
+            caller.0.actor(),
+            "secret.write",
+            Some(uri.to_string()),
+            outcome,
+        )
+    };
+    let version = match s.store.put_secret(&aad, &sealed).await {
+        Ok(v) => v,
+        Err(e) => {
+            slot.record(event("error"));
+            return Err(e.into());
+        }
+    };
     s.changed.send_replace(version);
-    s.audit(&caller.0, "secret.write", Some(uri.to_string()), "ok");
+    slot.record(event("ok"));
     Ok((
         StatusCode::CREATED,
         Json(SecretVersion {
@@ -385,7 +439,7 @@ async fn list_secrets(
             }
         }
     }
-    s.audit(&caller.0, "secret.list", None, "ok");
+    s.audit_read(&caller.0, "secret.list", None)?;
     Ok(Json(
         found
             .into_iter()
@@ -421,7 +475,7 @@ async fn get_secret(
         s.audit(&p, "secret.read", Some(uri.to_string()), "not_found");
         return Err(not_found_secret(&uri.key));
     };
-    s.audit(&p, "secret.read", Some(uri.to_string()), "ok");
+    s.audit_read(&p, "secret.read", Some(uri.to_string()))?;
     Ok(value_response(&uri, version, &value))
 }
 
@@ -454,29 +508,46 @@ async fn delete_secret(
             action: Action::Write,
         }]));
     }
-    let removed = s
-        .store
-        .delete_secret(&format!("{}/{}", uri.owner, uri.key))
-        .await?;
-    let Some(rev) = removed else {
-        s.audit(
-            &caller.0,
+    let slot = s.audit.reserve()?;
+    let event = |outcome| {
+        AuditEvent::new(
+            caller.0.actor(),
             "secret.delete",
             Some(uri.to_string()),
-            "not_found",
-        );
+            outcome,
+        )
+    };
+    let removed = match s
+        .store
+        .delete_secret(&format!("{}/{}", uri.owner, uri.key))
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            slot.record(event("error"));
+            return Err(e.into());
+        }
+    };
+    let Some(rev) = removed else {
+        slot.record(event("not_found"));
         return Err(not_found_secret(&uri.key));
     };
     s.changed.send_replace(rev);
-    s.audit(&caller.0, "secret.delete", Some(uri.to_string()), "ok");
+    slot.record(event("ok"));
     Ok(StatusCode::NO_CONTENT)
 }
+
+/// The values of one resolve answer, each asked URI counted (a repeated URI shares its read,
+/// not its place in the answer): past this, the answer is refused with 413.
+pub const MAX_RESOLVE_BYTES: usize = 16 * 1024 * 1024;
+/// Answers larger than this are encoded off the async workers.
+const BLOCKING_ENCODE: usize = 64 * 1024;
 
 async fn resolve(
     State(s): State<AppState>,
     Caller(p): Caller,
     ApiJson(req): ApiJson<ResolveRequest>,
-) -> Result<Json<ResolveResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     let Some(user) = p.user() else {
         return Err(ApiError::forbidden(
             "the operator token manages users and tokens; resolving secrets needs a user or job token",
@@ -490,6 +561,10 @@ async fn resolve(
     }
     let perms = s.perms(user).await?;
     let ctx = s.ctx(user);
+    // One read and one audit line per distinct URI, however often it is asked.
+    let mut seen: HashMap<SecretUri, Option<(u64, SecretBytes)>> = HashMap::new();
+    let mut lines: Vec<(String, &'static str)> = Vec::new();
+    let mut total = 0usize;
     let mut results = Vec::with_capacity(req.uris.len());
     for asked in req.uris {
         let mut r = Resolved {
@@ -509,6 +584,7 @@ async fn resolve(
             }
         };
         r.resolved_uri = Some(uri.to_string());
+        let first = !seen.contains_key(&uri);
         let outcome = if uri.cluster != s.cluster {
             r.error = Some(format!(
                 "'{uri}' names cluster '{}'; this service is cluster '{}'",
@@ -519,27 +595,84 @@ async fn resolve(
             r.status = ResolveStatus::Forbidden;
             r.error = Some(format!("permission denied: missing read on {uri}"));
             "denied"
-        } else if let Some((version, value)) = s.read_value(&uri).await? {
-            r.status = ResolveStatus::Ok;
-            r.version = Some(version);
-            r.value = Some(value);
-            "ok"
         } else {
-            r.status = ResolveStatus::NotFound;
-            r.error = Some(format!("Secret '{}' not found", uri.key));
-            "not_found"
+            if first {
+                let v = s.read_value(&uri).await?;
+                seen.insert(uri.clone(), v);
+            }
+            match seen.get(&uri).cloned().flatten() {
+                Some((version, value)) => {
+                    total += value.len();
+                    if total > MAX_RESOLVE_BYTES {
+                        s.audit(&p, "secret.read", Some(uri.to_string()), "too_large");
+                        return Err(ApiError::PayloadTooLarge(format!(
+                            "the answer would hold more than {MAX_RESOLVE_BYTES} bytes of values \
+                             (reached at '{uri}'); ask for fewer or smaller secrets per resolve"
+                        )));
+                    }
+                    r.status = ResolveStatus::Ok;
+                    r.version = Some(version);
+                    r.value = Some(value);
+                    "ok"
+                }
+                None => {
+                    r.status = ResolveStatus::NotFound;
+                    r.error = Some(format!("Secret '{}' not found", uri.key));
+                    "not_found"
+                }
+            }
         };
-        s.audit(&p, "secret.read", Some(uri.to_string()), outcome);
+        if first {
+            seen.entry(uri.clone()).or_insert(None);
+            lines.push((uri.to_string(), outcome));
+        }
         results.push(r);
     }
-    Ok(Json(ResolveResponse { results }))
+    drop(seen);
+    for (uri, outcome) in lines {
+        s.audit.record(AuditEvent::new(
+            p.actor(),
+            "secret.read",
+            Some(uri),
+            outcome,
+        ))?;
+    }
+    let answer = ResolveResponse { results };
+    let body = if total > BLOCKING_ENCODE {
+        tokio::task::spawn_blocking(move || serde_json::to_vec(&answer))
+            .await
+            .map_err(|e| ApiError::Internal(format!("encoding a resolve answer: {e}")))?
+    } else {
+        serde_json::to_vec(&answer)
+    }
+    .map_err(|e| ApiError::Internal(format!("encoding a resolve answer: {e}")))?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// How many change-log entries one scan of the watch loop reads.
+const WATCH_BATCH: usize = 1000;
+
+/// The query of a request as a map; a parameter given twice is refused rather than half
+/// obeyed.
+fn query_map(q: Vec<(String, String)>) -> Result<HashMap<String, String>, ApiError> {
+    let mut out = HashMap::new();
+    for (k, v) in q {
+        if out.contains_key(&k) {
+            return Err(ApiError::BadRequest(format!(
+                "query parameter '{k}' is given more than once; give it once per request"
+            )));
+        }
+        out.insert(k, v);
+    }
+    Ok(out)
 }
 
 async fn watch(
     State(s): State<AppState>,
     Caller(p): Caller,
-    Query(q): Query<HashMap<String, String>>,
+    Query(q): Query<Vec<(String, String)>>,
 ) -> Result<Json<WatchResponse>, ApiError> {
+    let q = query_map(q)?;
     let Some(user) = p.user().cloned() else {
         return Err(ApiError::forbidden(
             "the operator token manages users and tokens; watching needs a user or job token",
@@ -563,10 +696,19 @@ async fn watch(
             ..Default::default()
         }));
     };
+    if since > current {
+        return Err(ApiError::BadRequest(format!(
+            "query parameter 'since' is {since}, past the newest revision {current}; \
+             watch without 'since' to learn the current revision"
+        )));
+    }
     let deadline = tokio::time::Instant::now() + wait;
     let marker = format!("{ACL_MARKER}{user}");
     loop {
-        let changes = s.store.changes_since(since, 1000).await?;
+        // Deleting a job (or removing its user) wakes every watcher; the job's own watch ends
+        // here with the 401 its next request would get, so its files go at once.
+        s.still_there(&p).await?;
+        let changes = s.store.changes_since(since, WATCH_BATCH).await?;
         let mut out = WatchResponse {
             revision: changes.last().map_or(since.max(current), |c| c.revision),
             ..Default::default()
@@ -585,11 +727,8 @@ async fn watch(
                     continue;
                 };
                 let uri = s.uri(owner, key);
-                let visible = match &p {
-                    Principal::Job { uris, .. } => uris.contains(&uri),
-                    _ => perms.holds_secret(&uri, Action::Read),
-                };
-                if visible {
+                // A job sees what its creator may still read, as for its reads.
+                if s.may_read(&p, Some(&perms), &uri) {
                     out.events.push(WatchEvent {
                         uri: uri.to_string(),
                         version: c.revision,
@@ -602,6 +741,13 @@ async fn watch(
             return Ok(Json(out));
         }
         since = out.revision;
+        if changes.len() == WATCH_BATCH {
+            // More may lie beyond this batch: keep scanning until the deadline.
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(Json(out));
+            }
+            continue;
+        }
         tokio::select! {
             r = rx.changed() => if r.is_err() { return Ok(Json(out)) },
             () = tokio::time::sleep_until(deadline) => return Ok(Json(out)),
@@ -640,9 +786,7 @@ async fn grant(
         .iter()
         .map(|g| parse_target(&s, me, &g.uri).map(|t| (t, g.action)))
         .collect::<Result<Vec<_>, _>>()?;
-    if !s.user_exists(&grantee).await? {
-        return Err(ApiError::NotFound(format!("user '{grantee}' not found")));
-    }
+    // Permission first: whoever may not share these learns nothing about who exists.
     let perms = s.perms(me).await?;
     let missing: Vec<MissingPermission> = targets
         .iter()
@@ -658,13 +802,17 @@ async fn grant(
         }
         return Err(ApiError::missing(missing));
     }
+    if !s.user_exists(&grantee).await? {
+        return Err(ApiError::NotFound(format!("user '{grantee}' not found")));
+    }
     if let Some((t, _)) = targets.iter().find(|(t, _)| t.owner == grantee) {
         return Err(ApiError::BadRequest(format!(
             "user '{grantee}' owns '{t}' and holds manage on it already"
         )));
     }
     let mut out = Vec::new();
-    for (t, action) in targets {
+    let slots = s.audit.reserve_many(targets.len())?;
+    for ((t, action), slot) in targets.into_iter().zip(slots) {
         let rec = GrantRecord {
             grantee: grantee.to_string(),
             uri: t.to_string(),
@@ -672,10 +820,19 @@ async fn grant(
             granted_by: me.to_string(),
             created_at: now_secs(),
         };
-        s.store
+        let event = |outcome| {
+            AuditEvent::new(caller.0.actor(), "grant.add", Some(t.to_string()), outcome)
+                .subject(format!("user:{grantee}"))
+        };
+        if let Err(e) = s
+            .store
             .put(Table::Grants, &grant_key(&grantee, &t), &encode(&rec))
-            .await?;
-        s.audit(&caller.0, "grant.add", Some(t.to_string()), "ok");
+            .await
+        {
+            slot.record(event("error"));
+            return Err(e.into());
+        }
+        slot.record(event("ok"));
         s.acl_changed(&grantee).await?;
         out.push(Grant {
             uri: t.to_string(),
@@ -718,7 +875,9 @@ async fn list_permissions(
         .collect();
     grants.sort_by(|a, b| a.uri.cmp(&b.uri));
     out.extend(grants);
-    s.audit(&p, "grant.list", None, "ok");
+    s.audit.record(
+        AuditEvent::new(p.actor(), "grant.list", None, "ok").subject(format!("user:{user}")),
+    )?;
     Ok(Json(out))
 }
 
@@ -742,7 +901,9 @@ async fn list_shared(
         }
     }
     out.sort_by(|a, b| (&a.uri, &a.user).cmp(&(&b.uri, &b.user)));
-    s.audit(&p, "grant.list", None, "ok");
+    s.audit.record(
+        AuditEvent::new(p.actor(), "grant.list", None, "ok").subject(format!("user:{user}")),
+    )?;
     Ok(Json(out))
 }
 
@@ -750,8 +911,9 @@ async fn revoke(
     State(s): State<AppState>,
     caller: Caller,
     Path(user): Path<String>,
-    Query(q): Query<HashMap<String, String>>,
+    Query(q): Query<Vec<(String, String)>>,
 ) -> Result<StatusCode, ApiError> {
+    let q = query_map(q)?;
     let me = caller.user("revoking needs a user token")?;
     let grantee = parse_user(&user)?;
     let uri = q
@@ -770,22 +932,34 @@ async fn revoke(
             action: Action::Manage,
         }]));
     }
-    if !s
-        .store
-        .delete(Table::Grants, &grant_key(&grantee, &target))
-        .await?
-    {
-        s.audit(
-            &caller.0,
+    let slot = s.audit.reserve()?;
+    let event = |outcome| {
+        AuditEvent::new(
+            caller.0.actor(),
             "grant.revoke",
             Some(target.to_string()),
-            "not_found",
-        );
-        return Err(ApiError::NotFound(format!(
-            "user '{grantee}' holds no grant on '{target}'"
-        )));
+            outcome,
+        )
+        .subject(format!("user:{grantee}"))
+    };
+    match s
+        .store
+        .delete(Table::Grants, &grant_key(&grantee, &target))
+        .await
+    {
+        Ok(true) => {}
+        Ok(false) => {
+            slot.record(event("not_found"));
+            return Err(ApiError::NotFound(format!(
+                "user '{grantee}' holds no grant on '{target}'"
+            )));
+        }
+        Err(e) => {
+            slot.record(event("error"));
+            return Err(e.into());
+        }
     }
-    s.audit(&caller.0, "grant.revoke", Some(target.to_string()), "ok");
+    slot.record(event("ok"));
     s.acl_changed(&grantee).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -870,23 +1044,46 @@ async fn create_job(
     }
     let job_id = format!("job-{}", hex(&random_bytes::<8>()));
     let expires_at = now_secs() + ttl;
-    let (token_id, token) = auth::issue(
-        s.store.as_ref(),
-        &s.keys,
-        Subject::Job { id: job_id.clone() },
-        Some(expires_at),
-    )
-    .await?;
-    let rec = JobRecord {
-        owner: me.to_string(),
-        uris: uris.iter().map(|u| u.to_string()).collect(),
-        token_id,
-        created_at: now_secs(),
-        expires_at,
+    let mut slots = s.audit.reserve_many(uris.len().max(1))?;
+    let event = |uri: Option<String>, outcome| {
+        AuditEvent::new(caller.0.actor(), "job.create", uri, outcome)
+            .subject(format!("job:{job_id}"))
     };
-    s.store.put(Table::Jobs, &job_id, &encode(&rec)).await?;
-    for u in &uris {
-        s.audit(&caller.0, "job.create", Some(u.to_string()), "ok");
+    let stored = async {
+        let (token_id, token) = auth::issue(
+            s.store.as_ref(),
+            &s.keys,
+            Subject::Job { id: job_id.clone() },
+            Some(expires_at),
+        )
+        .await?;
+        let rec = JobRecord {
+            owner: me.to_string(),
+            uris: uris.iter().map(|u| u.to_string()).collect(),
+            token_id,
+            created_at: now_secs(),
+            expires_at,
+        };
+        s.store.put(Table::Jobs, &job_id, &encode(&rec)).await?;
+        Ok::<_, ApiError>(token)
+    }
+    .await;
+    let token = match stored {
+        Ok(t) => t,
+        Err(e) => {
+            if let Some(slot) = slots.pop() {
+                slot.record(event(None, "error"));
+            }
+            return Err(e);
+        }
+    };
+    if uris.is_empty()
+        && let Some(slot) = slots.pop()
+    {
+        slot.record(event(None, "ok"));
+    }
+    for (u, slot) in uris.iter().zip(slots) {
+        slot.record(event(Some(u.to_string()), "ok"));
     }
     Ok((
         StatusCode::CREATED,
@@ -925,13 +1122,25 @@ async fn delete_job(
         Principal::User(u) => u.as_str() == job.owner,
         Principal::Job { id: own, .. } => *own == id,
     };
+    let event = |outcome| {
+        AuditEvent::new(p.actor(), "job.delete", None, outcome).subject(format!("job:{id}"))
+    };
     if !allowed {
-        s.audit(&p, "job.delete", None, "denied");
+        s.audit.record_best_effort(event("denied"));
         return Err(not_found());
     }
-    s.store.delete(Table::Jobs, &id).await?;
-    set_revoked(&s, &job.token_id).await?;
-    s.audit(&p, "job.delete", None, "ok");
+    let slot = s.audit.reserve()?;
+    let done = async {
+        s.store.delete(Table::Jobs, &id).await?;
+        set_revoked(&s, &job.token_id).await
+    }
+    .await;
+    s.wake_watchers();
+    if let Err(e) = done {
+        slot.record(event("error"));
+        return Err(e);
+    }
+    slot.record(event("ok"));
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -941,18 +1150,29 @@ async fn create_user(
     ApiJson(body): ApiJson<CreateUser>,
 ) -> Result<(StatusCode, Json<TokenIssued>), ApiError> {
     caller.operator()?;
+    let slot = s.audit.reserve()?;
     let rec = serde_json::json!({ "created_at": now_secs() });
-    if !s
+    let event = |outcome| {
+        AuditEvent::new(caller.0.actor(), "user.create", None, outcome)
+            .subject(format!("user:{}", body.name))
+    };
+    match s
         .store
         .insert_new(Table::Users, body.name.as_str(), &encode(&rec))
-        .await?
+        .await
     {
-        return Err(ApiError::Conflict(format!(
-            "user '{}' already exists",
-            body.name
-        )));
+        Ok(true) => slot.record(event("ok")),
+        Ok(false) => {
+            return Err(ApiError::Conflict(format!(
+                "user '{}' already exists",
+                body.name
+            )));
+        }
+        Err(e) => {
+            slot.record(event("error"));
+            return Err(e.into());
+        }
     }
-    s.audit(&caller.0, "user.create", None, "ok");
     issue_for(&s, &caller.0, &body.name).await
 }
 
@@ -961,7 +1181,8 @@ async fn issue_for(
     p: &Principal,
     user: &UserName,
 ) -> Result<(StatusCode, Json<TokenIssued>), ApiError> {
-    let (token_id, token) = auth::issue(
+    let slot = s.audit.reserve()?;
+    let issued = auth::issue(
         s.store.as_ref(),
         &s.keys,
         Subject::User {
@@ -969,8 +1190,16 @@ async fn issue_for(
         },
         None,
     )
-    .await?;
-    s.audit(p, "token.issue", None, "ok");
+    .await;
+    let event = |outcome| AuditEvent::new(p.actor(), "token.issue", None, outcome);
+    let (token_id, token) = match issued {
+        Ok(t) => t,
+        Err(e) => {
+            slot.record(event("error").subject(format!("user:{user}")));
+            return Err(e.into());
+        }
+    };
+    slot.record(event("ok").subject(format!("token:{token_id}")));
     Ok((
         StatusCode::CREATED,
         Json(TokenIssued {
@@ -994,6 +1223,43 @@ async fn issue_token(
     issue_for(&s, &caller.0, &user).await
 }
 
+/// The jobs `user` created: `(job id, record)`.
+async fn jobs_of(s: &Service, user: &UserName) -> Result<Vec<(String, JobRecord)>, ApiError> {
+    let mut out = Vec::new();
+    for (id, raw) in s.store.scan(Table::Jobs, "").await? {
+        let job: JobRecord = decode(&id, &raw)?;
+        if job.owner == user.as_str() {
+            out.push((id, job));
+        }
+    }
+    Ok(out)
+}
+
+/// The tokens that speak for `user`: its own, then those of the jobs it created.
+async fn tokens_of(
+    s: &Service,
+    user: &UserName,
+    jobs: &[(String, JobRecord)],
+) -> Result<Vec<(String, TokenRecord)>, ApiError> {
+    let own = Subject::User {
+        name: user.to_string(),
+    };
+    let mut mine = Vec::new();
+    let mut of_jobs = Vec::new();
+    for (id, raw) in s.store.scan(Table::Tokens, "").await? {
+        let rec: TokenRecord = decode(&id, &raw)?;
+        match &rec.subject {
+            subject if *subject == own => mine.push((id, rec)),
+            Subject::Job { id: job } if jobs.iter().any(|(j, _)| j == job) => {
+                of_jobs.push((id, rec));
+            }
+            _ => {}
+        }
+    }
+    mine.extend(of_jobs);
+    Ok(mine)
+}
+
 async fn list_tokens(
     State(s): State<AppState>,
     caller: Caller,
@@ -1004,22 +1270,22 @@ async fn list_tokens(
     if !s.user_exists(&user).await? {
         return Err(ApiError::NotFound(format!("user '{user}' not found")));
     }
-    let mut out = Vec::new();
-    for (id, raw) in s.store.scan(Table::Tokens, "").await? {
-        let rec: TokenRecord = decode(&id, &raw)?;
-        if rec.subject
-            == (Subject::User {
-                name: user.to_string(),
-            })
-        {
-            out.push(TokenInfo {
-                id,
-                user: user.to_string(),
-                created_at: rfc3339(rec.created_at),
-                revoked: rec.revoked,
-            });
-        }
-    }
+    let jobs = jobs_of(&s, &user).await?;
+    let out = tokens_of(&s, &user, &jobs)
+        .await?
+        .into_iter()
+        .map(|(id, rec)| TokenInfo {
+            id,
+            user: user.to_string(),
+            created_at: rfc3339(rec.created_at),
+            revoked: rec.revoked,
+            job_id: match rec.subject {
+                Subject::Job { id } => Some(id),
+                _ => None,
+            },
+            expires_at: rec.expires_at.map(rfc3339),
+        })
+        .collect();
     Ok(Json(out))
 }
 
@@ -1029,11 +1295,149 @@ async fn revoke_token(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     caller.operator()?;
-    if !set_revoked(&s, &id).await? {
-        return Err(ApiError::NotFound(format!("token '{id}' not found")));
+    let slot = s.audit.reserve()?;
+    let event = |outcome| {
+        AuditEvent::new(caller.0.actor(), "token.revoke", None, outcome)
+            .subject(format!("token:{id}"))
+    };
+    match set_revoked(&s, &id).await {
+        Ok(true) => {}
+        Ok(false) => return Err(ApiError::NotFound(format!("token '{id}' not found"))),
+        Err(e) => {
+            slot.record(event("error"));
+            return Err(e);
+        }
     }
-    s.audit(&caller.0, "token.revoke", None, "ok");
+    s.wake_watchers();
+    slot.record(event("ok"));
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Offboarding: removes `user` and revokes every token that speaks for it, its jobs' included,
+/// and the grants it holds. `secrets=delete` also deletes its secrets and every grant on them;
+/// `secrets=keep` keeps both, so whoever was given them keeps reading them, and a user
+/// created later under the same name owns them. Grants the user gave on other owners'
+/// secrets stay, as given with the authority it had then.
+async fn remove_user(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(user): Path<String>,
+    Query(q): Query<Vec<(String, String)>>,
+) -> Result<Json<UserRemoved>, ApiError> {
+    caller.operator()?;
+    let q = query_map(q)?;
+    let user = parse_user(&user)?;
+    let delete_secrets = match q.get("secrets").map(String::as_str) {
+        Some("keep") => false,
+        Some("delete") => true,
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "query parameter 'secrets' must be 'keep' or 'delete', not '{other}'"
+            )));
+        }
+        None => {
+            return Err(ApiError::BadRequest(format!(
+                "missing query parameter 'secrets': say whether to 'keep' or 'delete' the secrets of user '{user}'"
+            )));
+        }
+    };
+    if !s.user_exists(&user).await? {
+        return Err(ApiError::NotFound(format!("user '{user}' not found")));
+    }
+    let jobs = jobs_of(&s, &user).await?;
+    let tokens = tokens_of(&s, &user, &jobs).await?;
+    let secrets = s.store.list_secrets(&format!("{user}/")).await?;
+    let mut grants: Vec<(String, GrantRecord)> = Vec::new();
+    for (k, v) in s.store.scan(Table::Grants, "").await? {
+        let g: GrantRecord = decode(&k, &v)?;
+        let held = g.grantee == user.as_str();
+        let on_its_secrets = delete_secrets && g.resource().is_some_and(|r| r.owner == user);
+        if held || on_its_secrets {
+            grants.push((k, g));
+        }
+    }
+    let secret_lines = if delete_secrets { secrets.len() } else { 0 };
+    let mut slots = s
+        .audit
+        .reserve_many(1 + tokens.len() + jobs.len() + grants.len() + secret_lines)?
+        .into_iter();
+    let mut line = |ev: AuditEvent| {
+        if let Some(slot) = slots.next() {
+            slot.record(ev);
+        }
+    };
+    let actor = caller.0.actor();
+    let ev = |action, uri: Option<String>, subject: String| {
+        AuditEvent::new(actor.clone(), action, uri, "ok").subject(subject)
+    };
+    let mut done = UserRemoved {
+        user: user.to_string(),
+        ..Default::default()
+    };
+    // The user record first: from here on no token is issued for the name, and its watches end.
+    let removed = s.store.delete(Table::Users, user.as_str()).await;
+    if let Err(e) = removed {
+        line(
+            AuditEvent::new(actor.clone(), "user.delete", None, "error")
+                .subject(format!("user:{user}")),
+        );
+        return Err(e.into());
+    }
+    line(ev("user.delete", None, format!("user:{user}")));
+    let result = async {
+        for (id, rec) in &tokens {
+            if !rec.revoked {
+                set_revoked(&s, id).await?;
+                done.tokens_revoked += 1;
+                line(ev("token.revoke", None, format!("token:{id}")));
+            }
+        }
+        for (id, _) in &jobs {
+            s.store.delete(Table::Jobs, id).await?;
+            done.jobs_deleted += 1;
+            line(ev("job.delete", None, format!("job:{id}")));
+        }
+        let mut touched = BTreeSet::new();
+        for (k, g) in &grants {
+            if s.store.delete(Table::Grants, k).await? {
+                done.grants_removed += 1;
+                line(ev(
+                    "grant.revoke",
+                    Some(g.uri.clone()),
+                    format!("user:{}", g.grantee),
+                ));
+                touched.insert(g.grantee.clone());
+            }
+        }
+        if delete_secrets {
+            for (k, _) in &secrets {
+                if let Some(rev) = s.store.delete_secret(k).await? {
+                    done.secrets_deleted += 1;
+                    s.changed.send_replace(rev);
+                    let uri = format!("secret://{}/{k}", s.cluster);
+                    line(ev("secret.delete", Some(uri), format!("user:{user}")));
+                }
+            }
+        } else {
+            done.secrets_kept = secrets.len();
+        }
+        for grantee in touched {
+            if let Ok(g) = UserName::new(&grantee) {
+                s.acl_changed(&g).await?;
+            }
+        }
+        Ok::<_, ApiError>(())
+    }
+    .await;
+    s.wake_watchers();
+    if let Err(e) = result {
+        line(
+            AuditEvent::new(actor.clone(), "user.delete", None, "error")
+                .subject(format!("user:{user}")),
+        );
+        return Err(e);
+    }
+    Ok(Json(done))
 }
 
 async fn no_route(method: Method, uri: Uri) -> Response {
@@ -1065,6 +1469,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/jobs", post(create_job))
         .route("/api/v1/jobs/{id}", delete(delete_job))
         .route("/api/v1/admin/users", post(create_user))
+        .route("/api/v1/admin/users/{user}", delete(remove_user))
         .route(
             "/api/v1/admin/users/{user}/tokens",
             post(issue_token).get(list_tokens),

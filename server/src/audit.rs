@@ -1,17 +1,35 @@
-//! The audit log: one JSON line per request that touches a secret or a grant.
+//! The audit log: one JSON line per request that touches a secret, a grant, a job, a user or a
+//! token.
 //!
-//! Events carry who, what, which URI and the outcome; the type has no field that could hold a
-//! value or a token. Lines are written by one background task so request handlers never wait
-//! on the log file.
+//! Events carry who, what, which URI or subject and the outcome; the type has no field that
+//! could hold a value or a token. Lines are written by one background thread so request
+//! handlers never wait on the log file, through a bounded queue. The log fails closed: when
+//! the writer has failed, has been stuck in one write for `STALL`, or the queue is full,
+//! `record` and `reserve` refuse, and the handlers answer 503 instead of serving or changing
+//! anything. A request answered before the writer noticed a failure (at most `QUEUE` events,
+//! or `STALL` of a stuck write) has its line queued; that line is lost only if the log never
+//! becomes writable again before the process ends.
 
 use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::sync::mpsc;
 
 /// How long the writer lets events gather before writing them out.
-const BATCH_WAIT: std::time::Duration = std::time::Duration::from_millis(2);
+const BATCH_WAIT: Duration = Duration::from_millis(2);
+/// Events waiting for the writer; more than one resolve's worth (`api::MAX_RESOLVE`).
+pub const QUEUE: usize = 8192;
+/// A write that has not returned after this long counts as a failed log.
+pub const STALL: Duration = Duration::from_secs(2);
+/// Bytes kept for a retry after a failed write; lines beyond are dropped (and counted).
+const MAX_PENDING: usize = 4 * 1024 * 1024;
+/// How often a failed writer tries again.
+const RETRY: Duration = Duration::from_millis(500);
 
 /// One audit line.
 #[derive(Debug, Clone, Serialize)]
@@ -19,68 +37,266 @@ pub struct AuditEvent {
     pub time: String,
     /// `user:NAME`, `job:ID` or `operator`.
     pub actor: String,
-    /// e.g. `secret.read`, `grant.add`.
+    /// e.g. `secret.read`, `grant.add`, `user.delete`.
     pub action: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub uri: Option<String>,
-    /// `ok`, `denied`, `not_found`, `invalid` or `error`.
+    /// `ok`, `denied`, `not_found`, `invalid`, `too_large` or `error`.
     pub outcome: &'static str,
+    /// What the action was done to, beside a URI: `user:NAME`, `token:ID`, `job:ID`. Last, so
+    /// that lines without it read as before.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+}
+
+impl AuditEvent {
+    pub fn new(
+        actor: String,
+        action: &'static str,
+        uri: Option<String>,
+        outcome: &'static str,
+    ) -> Self {
+        Self {
+            time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            actor,
+            action,
+            uri,
+            outcome,
+            subject: None,
+        }
+    }
+
+    pub fn subject(mut self, subject: impl Into<String>) -> Self {
+        self.subject = Some(subject.into());
+        self
+    }
+}
+
+/// Why an event cannot be recorded now.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the audit log '{}' cannot be written ({why}); secret reads and changes are refused until it can",
+    path.display()
+)]
+pub struct AuditUnavailable {
+    path: Arc<Path>,
+    why: &'static str,
+}
+
+/// What the writer tells the handlers.
+#[derive(Debug)]
+struct Health {
+    start: Instant,
+    /// The last write failed, and no retry has succeeded since.
+    failed: AtomicBool,
+    /// Milliseconds since `start` (plus one) when the current write began; 0 when idle.
+    busy_since: AtomicU64,
+    /// A stall was reported to the service log and has not ended.
+    stall_logged: AtomicBool,
+}
+
+impl Health {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX - 1) + 1
+    }
+}
+
+/// A place in the queue, taken before a change so that its line cannot be refused after it.
+#[derive(Debug)]
+pub struct Slot(mpsc::OwnedPermit<AuditEvent>);
+
+impl Slot {
+    pub fn record(self, ev: AuditEvent) {
+        self.0.send(ev);
+    }
 }
 
 /// A cheap handle to the audit writer.
 #[derive(Debug, Clone)]
 pub struct Audit {
-    tx: mpsc::UnboundedSender<AuditEvent>,
+    tx: mpsc::Sender<AuditEvent>,
+    health: Arc<Health>,
+    path: Arc<Path>,
 }
 
 impl Audit {
-    /// Opens `path` for appending and starts the writer task.
+    /// Opens `path` for appending (created mode 0600) and starts the writer.
     pub fn open(path: &Path) -> std::io::Result<Self> {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(path)?;
-        let (tx, mut rx) = mpsc::unbounded_channel::<AuditEvent>();
-        tokio::task::spawn_blocking(move || {
-            let mut out = std::io::BufWriter::new(file);
-            while let Some(ev) = rx.blocking_recv() {
-                let mut write = |ev: &AuditEvent| {
-                    serde_json::to_writer(&mut out, ev)
-                        .map_err(std::io::Error::other)
-                        .and_then(|()| out.write_all(b"\n"))
-                };
-                let mut res = write(&ev);
-                // Under load, let events gather for a moment so that one wake-up and one write
-                // serve many requests instead of one each.
-                std::thread::sleep(BATCH_WAIT);
-                while let Ok(ev) = rx.try_recv() {
-                    res = res.and(write(&ev));
-                }
-                if let Err(e) = res.and_then(|()| out.flush()) {
-                    tracing::error!(error = %e, "cannot write the audit log");
-                }
-            }
+        let (tx, rx) = mpsc::channel::<AuditEvent>(QUEUE);
+        let health = Arc::new(Health {
+            start: Instant::now(),
+            failed: AtomicBool::new(false),
+            busy_since: AtomicU64::new(0),
+            stall_logged: AtomicBool::new(false),
         });
-        Ok(Self { tx })
+        let h = health.clone();
+        let rt = tokio::runtime::Handle::current();
+        let shown = path.to_owned();
+        tokio::task::spawn_blocking(move || writer(file, rx, &h, &rt, &shown));
+        Ok(Self {
+            tx,
+            health,
+            path: Arc::from(path),
+        })
     }
 
-    pub fn record(
-        &self,
-        actor: &str,
-        action: &'static str,
-        uri: Option<String>,
-        outcome: &'static str,
-    ) {
-        let ev = AuditEvent {
-            time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-            actor: actor.to_owned(),
-            action,
-            uri,
-            outcome,
-        };
-        // The writer only stops at shutdown; a lost line then is logged by tracing instead.
-        if self.tx.send(ev).is_err() {
-            tracing::warn!(actor, action, "audit writer stopped");
+    fn unavailable(&self, why: &'static str) -> AuditUnavailable {
+        AuditUnavailable {
+            path: self.path.clone(),
+            why,
         }
     }
+
+    /// Whether a line may be queued now.
+    pub fn check(&self) -> Result<(), AuditUnavailable> {
+        let h = &self.health;
+        if h.failed.load(Ordering::Acquire) {
+            return Err(self.unavailable("writing it failed"));
+        }
+        let busy = h.busy_since.load(Ordering::Acquire);
+        if busy != 0 && h.now_ms().saturating_sub(busy) > STALL.as_millis() as u64 {
+            if !h.stall_logged.swap(true, Ordering::AcqRel) {
+                tracing::error!(
+                    path = %self.path.display(),
+                    "a write to the audit log has been stuck for more than {} s; refusing secret reads and changes until it returns",
+                    STALL.as_secs()
+                );
+            }
+            return Err(self.unavailable("a write is stuck"));
+        }
+        Ok(())
+    }
+
+    /// Takes a place for one line, or refuses.
+    pub fn reserve(&self) -> Result<Slot, AuditUnavailable> {
+        self.check()?;
+        self.tx
+            .clone()
+            .try_reserve_owned()
+            .map(Slot)
+            .map_err(|_| self.queue_full())
+    }
+
+    /// Takes places for `n` lines, or refuses (and holds none).
+    pub fn reserve_many(&self, n: usize) -> Result<Vec<Slot>, AuditUnavailable> {
+        (0..n).map(|_| self.reserve()).collect()
+    }
+
+    fn queue_full(&self) -> AuditUnavailable {
+        tracing::error!(path = %self.path.display(), "the audit queue is full; refusing");
+        self.unavailable("its queue is full")
+    }
+
+    /// Queues a line, or refuses: a read must not be answered when this fails.
+    pub fn record(&self, ev: AuditEvent) -> Result<(), AuditUnavailable> {
+        self.check()?;
+        self.tx.try_send(ev).map_err(|_| self.queue_full())
+    }
+
+    /// Queues a line when it can; for requests that are refused anyway.
+    pub fn record_best_effort(&self, ev: AuditEvent) {
+        if let Err(e) = self.record(ev) {
+            tracing::warn!(error = %e, "audit line dropped");
+        }
+    }
+}
+
+/// The writer: batches queued events into `pending` and writes it out; after a failure it
+/// keeps the unwritten bytes (up to `MAX_PENDING`) and tries again every `RETRY`.
+fn writer(
+    mut file: std::fs::File,
+    mut rx: mpsc::Receiver<AuditEvent>,
+    h: &Health,
+    rt: &tokio::runtime::Handle,
+    path: &Path,
+) {
+    let mut pending: Vec<u8> = Vec::new();
+    let mut dropped: u64 = 0;
+    let mut open = true;
+    while open || !pending.is_empty() {
+        let first = if h.failed.load(Ordering::Acquire) || !open {
+            rt.block_on(async { tokio::time::timeout(RETRY, rx.recv()).await })
+                .unwrap_or_default()
+        } else {
+            rx.blocking_recv()
+        };
+        let mut add = |ev: AuditEvent| {
+            if pending.len() >= MAX_PENDING {
+                dropped += 1;
+                return;
+            }
+            if serde_json::to_writer(&mut pending, &ev).is_ok() {
+                pending.push(b'\n');
+            }
+        };
+        match first {
+            Some(ev) => {
+                add(ev);
+                // Under load, let events gather for a moment so that one wake-up and one
+                // write serve many requests instead of one each.
+                std::thread::sleep(BATCH_WAIT);
+                while let Ok(ev) = rx.try_recv() {
+                    add(ev);
+                }
+            }
+            None if rx.is_closed() && rx.is_empty() => {
+                open = false;
+                if h.failed.load(Ordering::Acquire) {
+                    // Shutting down with a failed log: one last try, then give up.
+                    let _ = write_pending(&mut file, &mut pending, h);
+                    if !pending.is_empty() {
+                        tracing::error!(path = %path.display(), bytes = pending.len(), "audit lines lost at shutdown");
+                    }
+                    return;
+                }
+            }
+            None => {}
+        }
+        if pending.is_empty() {
+            continue;
+        }
+        match write_pending(&mut file, &mut pending, h) {
+            Ok(()) => {
+                if h.failed.swap(false, Ordering::AcqRel) {
+                    tracing::warn!(path = %path.display(), dropped, "the audit log is writable again; serving secret reads and changes");
+                    dropped = 0;
+                }
+            }
+            Err(e) => {
+                if !h.failed.swap(true, Ordering::AcqRel) {
+                    tracing::error!(path = %path.display(), error = %e, "cannot write the audit log; refusing secret reads and changes until it can");
+                }
+            }
+        }
+    }
+}
+
+/// Writes as much of `pending` as the file takes, removing what was written.
+fn write_pending(
+    file: &mut std::fs::File,
+    pending: &mut Vec<u8>,
+    h: &Health,
+) -> std::io::Result<()> {
+    h.busy_since.store(h.now_ms(), Ordering::Release);
+    let mut done = 0;
+    let res = loop {
+        if done == pending.len() {
+            break file.flush();
+        }
+        match file.write(&pending[done..]) {
+            Ok(0) => break Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => break Err(e),
+        }
+    };
+    pending.drain(..done);
+    h.busy_since.store(0, Ordering::Release);
+    h.stall_logged.store(false, Ordering::Release);
+    res
 }

@@ -219,9 +219,18 @@ impl Authenticator {
 async fn principal_of(store: &dyn Store, subject: Subject) -> Result<Principal, ApiError> {
     match subject {
         Subject::Operator => Ok(Principal::Operator),
-        Subject::User { name } => Ok(Principal::User(
-            UserName::new(&name).map_err(|e| ApiError::Internal(e.to_string()))?,
-        )),
+        Subject::User { name } => {
+            // Revocation at removal is what keeps a token dead; this covers a token issued
+            // while its user was being removed.
+            if store.get(Table::Users, &name).await?.is_none() {
+                return Err(ApiError::Unauthenticated(format!(
+                    "user '{name}' has been removed"
+                )));
+            }
+            Ok(Principal::User(
+                UserName::new(&name).map_err(|e| ApiError::Internal(e.to_string()))?,
+            ))
+        }
         Subject::Job { id: job_id } => {
             let raw = store
                 .get(Table::Jobs, &job_id)

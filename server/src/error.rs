@@ -5,6 +5,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use secrets_core::api::{ErrorBody, MissingPermission};
 
+use crate::audit::AuditUnavailable;
 use crate::store::StoreError;
 
 /// Every failure a handler can answer with.
@@ -29,6 +30,9 @@ pub enum ApiError {
     PayloadTooLarge(String),
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// The service cannot do this safely now (the audit log cannot be written); retry later.
+    #[error("{0}")]
+    Unavailable(String),
     /// Details go to the log only; the client gets a generic message.
     #[error("internal error: {0}")]
     Internal(String),
@@ -64,6 +68,7 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -72,6 +77,12 @@ impl ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         ApiError::Internal(e.to_string())
+    }
+}
+
+impl From<AuditUnavailable> for ApiError {
+    fn from(e: AuditUnavailable) -> Self {
+        ApiError::Unavailable(e.to_string())
     }
 }
 

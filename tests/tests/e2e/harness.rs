@@ -158,6 +158,22 @@ impl Server {
         }
     }
 
+    /// The process id of the running secretd.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("secretd is running").id()
+    }
+
+    /// A line of /proc/PID/status of secretd, e.g. `VmHWM`, in kB.
+    pub fn status_kb(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("/proc/PID/status of secretd");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{field}:")))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {field} in /proc/PID/status"))
+    }
+
     pub fn admin_token(&self) -> String {
         std::fs::read_to_string(self.data_dir().join("admin.token"))
             .expect("admin.token")

@@ -5,9 +5,11 @@
 
 mod harness;
 
+mod audit_fail_closed;
 mod authz;
 mod bad_input;
 mod crash;
+mod hardening;
 mod inject;
 mod inject_hardening;
 mod jobs;

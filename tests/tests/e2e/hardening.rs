@@ -1,0 +1,454 @@
+//! The service's limits and failure modes: resolve amplification, the watch loop's edges,
+//! ambiguous queries, user enumeration through grants, and the audit log's file mode.
+
+use std::time::{Duration, Instant};
+
+use crate::harness::{Server, b64};
+
+/// The newest revision, as a watch without `since` tells it.
+fn revision(srv: &Server, token: &str) -> u64 {
+    let r = srv.http("GET", "/api/v1/secrets/watch", Some(token), None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.json()["revision"].as_u64().unwrap()
+}
+
+#[test]
+fn resolve_of_one_big_secret_many_times_is_refused_small_and_fast() {
+    let srv = Server::start();
+    let t = srv.add_users(&["alice"]);
+    let alice = &t[0];
+    srv.put(alice, "big", &vec![b'x'; 1024 * 1024]);
+    srv.put(alice, "small", b"v1");
+    let before = srv.status_kb("VmHWM");
+    let uris: Vec<&str> = vec!["secret:big"; 1000];
+    let body = serde_json::json!({ "uris": uris }).to_string();
+    let t0 = Instant::now();
+    let r = srv.http("POST", "/api/v1/secrets/resolve", Some(alice), Some(&body));
+    let took = t0.elapsed();
+    let after = srv.status_kb("VmHWM");
+    eprintln!(
+        "1000 x 1 MiB resolve: HTTP {} in {took:?}, VmHWM {before} kB -> {after} kB",
+        r.status
+    );
+    assert_eq!(r.status, 413, "{}", &r.body[..r.body.len().min(300)]);
+    assert!(r.body.contains("16777216 bytes"), "{}", r.body);
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    assert!(after < 150 * 1024, "secretd's peak RSS reached {after} kB");
+    // A normal resolve, a repeat included, still answers one result per asked URI, in order.
+    let r = srv.http(
+        "POST",
+        "/api/v1/secrets/resolve",
+        Some(alice),
+        Some(r#"{"uris":["secret:small","secret:nope","secret:small"]}"#),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let res = r.json()["results"].as_array().unwrap().clone();
+    let got: Vec<(&str, &str, Option<&str>)> = res
+        .iter()
+        .map(|x| {
+            (
+                x["uri"].as_str().unwrap(),
+                x["status"].as_str().unwrap(),
+                x["value"].as_str(),
+            )
+        })
+        .collect();
+    let v = b64("v1");
+    assert_eq!(
+        got,
+        [
+            ("secret:small", "ok", Some(v.as_str())),
+            ("secret:nope", "not_found", None),
+            ("secret:small", "ok", Some(v.as_str())),
+        ]
+    );
+    // Sixteen distinct 1 MiB values fit; a seventeenth does not.
+    for i in 0..17 {
+        srv.put(alice, &format!("big{i}"), &vec![b'y'; 1024 * 1024]);
+    }
+    let asked = |n: usize| {
+        let uris: Vec<String> = (0..n).map(|i| format!("secret:big{i}")).collect();
+        serde_json::json!({ "uris": uris }).to_string()
+    };
+    let r = srv.http(
+        "POST",
+        "/api/v1/secrets/resolve",
+        Some(alice),
+        Some(&asked(16)),
+    );
+    assert_eq!(r.status, 200);
+    let r = srv.http(
+        "POST",
+        "/api/v1/secrets/resolve",
+        Some(alice),
+        Some(&asked(17)),
+    );
+    assert_eq!(r.status, 413);
+    // Each distinct URI is read and audited once.
+    srv.assert_audited(r#""uri":"secret://neuro-compute/alice/small","outcome":"ok""#);
+    let lines = srv
+        .audit_log()
+        .lines()
+        .filter(|l| l.contains(r#""secret.read","uri":"secret://neuro-compute/alice/small""#))
+        .count();
+    assert_eq!(lines, 1, "{}", srv.audit_log());
+}
+
+#[test]
+fn watch_scans_past_more_than_one_batch_of_invisible_changes() {
+    let srv = Server::start();
+    let t = srv.add_users(&["alice", "bob"]);
+    let (alice, bob) = (&t[0], &t[1]);
+    let since = revision(&srv, alice);
+    // More than one batch (1000) of changes alice may not see.
+    for i in 0..1100 {
+        srv.put(bob, &format!("k{}", i % 7), b"v");
+    }
+    srv.put(alice, "mine", b"v");
+    let t0 = Instant::now();
+    let r = srv.http(
+        "GET",
+        &format!("/api/v1/secrets/watch?since={since}&timeout_s=5"),
+        Some(alice),
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let events = r.json()["events"].as_array().unwrap().clone();
+    assert_eq!(events.len(), 1, "{}", r.body);
+    assert_eq!(events[0]["uri"], "secret://neuro-compute/alice/mine");
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+}
+
+#[test]
+fn ambiguous_or_impossible_queries_are_refused() {
+    let srv = Server::start();
+    let t = srv.add_users(&["alice", "bob"]);
+    let (alice, bob) = (&t[0], &t[1]);
+    srv.put(alice, "a", b"v");
+    srv.put(alice, "b", b"v");
+    srv.share(alice, "secret:a", "bob");
+    srv.share(alice, "secret:b", "bob");
+    let check = |path: &str, status: u16, msg: &str| {
+        let r = srv.http("GET", path, Some(alice), None);
+        assert_eq!(r.status, status, "{path}: {}", r.body);
+        assert!(r.body.contains(msg), "{path}: {}", r.body);
+    };
+    check(
+        "/api/v1/secrets/watch?since=18446744073709551615&timeout_s=1",
+        400,
+        "past the newest revision",
+    );
+    let now = revision(&srv, alice);
+    check(
+        &format!("/api/v1/secrets/watch?since={}&timeout_s=1", now + 1),
+        400,
+        "past the newest revision",
+    );
+    check(
+        &format!("/api/v1/secrets/watch?since={now}&since=0&timeout_s=1"),
+        400,
+        "'since' is given more than once",
+    );
+    check(
+        &format!("/api/v1/secrets/watch?since={now}&timeout_s=1"),
+        200,
+        "",
+    );
+    let r = srv.http(
+        "DELETE",
+        "/api/v1/users/bob/permissions?uri=secret:a&uri=secret:b",
+        Some(alice),
+        None,
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.body.contains("'uri' is given more than once"),
+        "{}",
+        r.body
+    );
+    // Neither grant was revoked.
+    for key in ["a", "b"] {
+        let r = srv.http(
+            "GET",
+            &format!("/api/v1/secrets/alice/{key}"),
+            Some(bob),
+            None,
+        );
+        assert_eq!(r.status, 200, "{key}: {}", r.body);
+    }
+}
+
+#[test]
+fn a_grant_without_permission_does_not_tell_whether_the_user_exists() {
+    let srv = Server::start();
+    let t = srv.add_users(&["alice", "bob"]);
+    let (alice, bob) = (&t[0], &t[1]);
+    srv.put(alice, "s", b"v");
+    let grant = |token: &str, user: &str| {
+        srv.http(
+            "POST",
+            &format!("/api/v1/users/{user}/permissions"),
+            Some(token),
+            Some(r#"[{"uri":"secret:/alice/s","action":"read"}]"#),
+        )
+    };
+    // bob may not share alice's secret: the same 403 for a user that exists and one that does
+    // not.
+    for user in ["alice", "carol", "nobody-here"] {
+        let r = grant(bob, user);
+        assert_eq!(r.status, 403, "{user}: {}", r.body);
+        assert!(
+            r.body
+                .contains("missing manage on secret://neuro-compute/alice/s")
+        );
+    }
+    // alice may: she learns that the user does not exist.
+    let r = grant(alice, "nobody-here");
+    assert_eq!(r.status, 404, "{}", r.body);
+}
+
+#[test]
+fn audit_log_is_created_0600() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let srv = Server::start();
+    let mode = std::fs::metadata(srv.data_dir().join("audit.log"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "audit.log mode {:o}", mode & 0o777);
+}
+
+/// Creates a job of `token`'s user reading `uri`; returns `(job id, job token)`.
+fn job(srv: &Server, token: &str, uri: &str) -> (String, String) {
+    let r = srv.http(
+        "POST",
+        "/api/v1/jobs",
+        Some(token),
+        Some(&format!(r#"{{"secret_env":{{"S":"{uri}"}}}}"#)),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let j = r.json();
+    (
+        j["job_id"].as_str().unwrap().to_owned(),
+        j["token"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// A long poll in a thread, as secretfs holds one; joined with its status and how long it took.
+fn watch_in_thread(
+    srv: &Server,
+    token: &str,
+    since: u64,
+    timeout_s: u64,
+) -> std::thread::JoinHandle<(u16, String, Duration)> {
+    let addr = srv.addr.clone();
+    let token = token.to_owned();
+    std::thread::spawn(move || {
+        let t0 = Instant::now();
+        let r = crate::harness::http(
+            &addr,
+            "GET",
+            &format!("/api/v1/secrets/watch?since={since}&timeout_s={timeout_s}"),
+            Some(&token),
+            None,
+        )
+        .unwrap();
+        (r.status, r.body, t0.elapsed())
+    })
+}
+
+#[test]
+fn deleting_a_job_ends_its_watch_at_once() {
+    let srv = Server::start();
+    let t = srv.add_users(&["alice"]);
+    let alice = &t[0];
+    srv.put(alice, "s", b"v");
+    let (id, jt) = job(&srv, alice, "secret:s");
+    let since = revision(&srv, &jt);
+    let w = watch_in_thread(&srv, &jt, since, 10);
+    std::thread::sleep(Duration::from_millis(300));
+    let t0 = Instant::now();
+    let r = srv.http("DELETE", &format!("/api/v1/jobs/{id}"), Some(alice), None);
+    assert_eq!(r.status, 204, "{}", r.body);
+    let (status, body, _) = w.join().unwrap();
+    let after = t0.elapsed();
+    eprintln!("job deleted -> its watch answered HTTP {status} after {after:?}");
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("the job has ended"), "{body}");
+    assert!(after < Duration::from_secs(1), "{after:?}");
+    srv.assert_audited(&format!(
+        r#""action":"job.delete","outcome":"ok","subject":"job:{id}""#
+    ));
+}
+
+#[test]
+fn a_job_whose_creator_lost_read_gets_no_more_events() {
+    let srv = Server::start();
+    let t = srv.add_users(&["alice", "bob"]);
+    let (alice, bob) = (&t[0], &t[1]);
+    srv.put(bob, "s", b"v1");
+    srv.share(bob, "secret:s", "alice");
+    let (_, jt) = job(&srv, alice, "secret:/bob/s");
+    let r = srv.http(
+        "DELETE",
+        "/api/v1/users/alice/permissions?uri=secret:/bob/s",
+        Some(bob),
+        None,
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    let since = revision(&srv, &jt);
+    let w = watch_in_thread(&srv, &jt, since, 2);
+    std::thread::sleep(Duration::from_millis(300));
+    srv.put(bob, "s", b"v2");
+    let (status, body, _) = w.join().unwrap();
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["events"], serde_json::json!([]), "{body}");
+    // Reads agree.
+    let r = srv.http("GET", "/api/v1/secrets/bob/s", Some(&jt), None);
+    assert_eq!(r.status, 403, "{}", r.body);
+}
+
+#[test]
+fn removing_a_user_revokes_its_tokens_jobs_and_grants_for_good() {
+    let srv = Server::start();
+    let t = srv.add_users(&["alice", "bob", "carol"]);
+    let (alice, bob, carol) = (&t[0], &t[1], &t[2]);
+    let op = srv.admin_token();
+    srv.put(alice, "a", b"va");
+    srv.put(bob, "b", b"vb");
+    srv.put(carol, "c", b"vc");
+    srv.share(alice, "secret:a", "bob");
+    srv.share(bob, "secret:b", "alice");
+    let (job_id, jt) = job(&srv, alice, "secret:/bob/b");
+    // The operator sees alice's job token.
+    let r = srv.http("GET", "/api/v1/admin/users/alice/tokens", Some(&op), None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let jobs: Vec<String> = r
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["job_id"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(jobs, std::slice::from_ref(&job_id));
+    let ls = srv
+        .user("operator", &op)
+        .ok(&["admin", "token", "ls", "alice"])
+        .stdout_str();
+    let job_row = ls
+        .lines()
+        .find(|l| l.contains(&job_id))
+        .unwrap_or_else(|| panic!("{ls}"));
+    assert!(job_row.contains("active"), "{ls}");
+    assert!(ls.lines().next().unwrap().contains("JOB"), "{ls}");
+    let w = watch_in_thread(&srv, &jt, revision(&srv, &jt), 10);
+    // The choice is the operator's to make.
+    for (q, msg) in [
+        ("", "missing query parameter 'secrets'"),
+        ("?secrets=maybe", "'keep' or 'delete'"),
+    ] {
+        let r = srv.http(
+            "DELETE",
+            &format!("/api/v1/admin/users/alice{q}"),
+            Some(&op),
+            None,
+        );
+        assert_eq!(r.status, 400, "{}", r.body);
+        assert!(r.body.contains(msg), "{}", r.body);
+    }
+    let r = srv.http(
+        "DELETE",
+        "/api/v1/admin/users/alice?secrets=keep",
+        Some(bob),
+        None,
+    );
+    assert_eq!(r.status, 403, "{}", r.body);
+    let r = srv.http(
+        "DELETE",
+        "/api/v1/admin/users/alice?secrets=keep",
+        Some(&op),
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    assert_eq!(
+        (
+            &v["tokens_revoked"],
+            &v["jobs_deleted"],
+            &v["grants_removed"],
+            &v["secrets_kept"]
+        ),
+        (
+            &serde_json::json!(2),
+            &serde_json::json!(1),
+            &serde_json::json!(1),
+            &serde_json::json!(1)
+        ),
+        "{v}"
+    );
+    let (status, body, took) = w.join().unwrap();
+    assert_eq!(status, 401, "{body}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    let dead = |token: &str| {
+        for path in ["/api/v1/secrets/bob/b", "/api/v1/whoami"] {
+            let r = srv.http("GET", path, Some(token), None);
+            assert_eq!(r.status, 401, "{path}: {}", r.body);
+        }
+    };
+    dead(alice);
+    dead(&jt);
+    // Kept: bob still reads alice's secret; the grant alice held on bob's is gone.
+    let r = srv.http("GET", "/api/v1/secrets/alice/a", Some(bob), None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = srv.http(
+        "GET",
+        "/api/v1/users/bob/permissions/shared",
+        Some(bob),
+        None,
+    );
+    assert_eq!(r.json(), serde_json::json!([]), "{}", r.body);
+    let r = srv.http(
+        "DELETE",
+        "/api/v1/admin/users/alice?secrets=keep",
+        Some(&op),
+        None,
+    );
+    assert_eq!(r.status, 404, "{}", r.body);
+    // The name again: a new user, whose new token works; the old ones stay dead.
+    let r = srv.http(
+        "POST",
+        "/api/v1/admin/users",
+        Some(&op),
+        Some(r#"{"name":"alice"}"#),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let new_alice = r.json()["token"].as_str().unwrap().to_owned();
+    let r = srv.http("GET", "/api/v1/secrets/alice/a", Some(&new_alice), None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    dead(alice);
+    dead(&jt);
+    let r = srv.http("GET", "/api/v1/secrets/bob/b", Some(&new_alice), None);
+    assert_eq!(r.status, 403, "{}", r.body);
+
+    // Deleted: carol's secrets go, and so do the grants on them.
+    srv.share(carol, "secret:c", "bob");
+    let r = srv.http(
+        "DELETE",
+        "/api/v1/admin/users/carol?secrets=delete",
+        Some(&op),
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["secrets_deleted"], 1, "{}", r.body);
+    let r = srv.http("GET", "/api/v1/secrets/carol/c", Some(bob), None);
+    assert_eq!(r.status, 403, "{}", r.body);
+    let r = srv.http("GET", "/api/v1/users/bob/permissions", Some(bob), None);
+    assert!(!r.body.contains("carol"), "{}", r.body);
+    srv.assert_audited(r#""action":"user.delete","outcome":"ok","subject":"user:carol""#);
+    srv.assert_audited(&format!(
+        r#""action":"job.delete","outcome":"ok","subject":"job:{job_id}""#
+    ));
+    srv.assert_audited(r#""action":"token.revoke","outcome":"ok","subject":"token:"#);
+    srv.assert_audited(r#""action":"user.create","outcome":"ok","subject":"user:bob""#);
+}
