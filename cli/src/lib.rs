@@ -185,6 +185,29 @@ pub enum AdminCmd {
 pub enum AdminUserCmd {
     /// Create a user; prints its token alone on stdout (shown once)
     Add { name: String },
+    /// Remove a user (offboarding): revoke every token of NAME, job tokens included, delete
+    /// its jobs and the grants it holds, and keep or delete its secrets
+    #[command(
+        long_about = "Remove a user (offboarding). Every token of NAME is revoked, the \
+        tokens of the jobs NAME created included (running jobs lose their secrets at once), \
+        its jobs are deleted, and the grants it holds are removed. Grants it gave on other \
+        owners' secrets stay.\n\n--secrets keep leaves its secrets, and the grants others \
+        hold on them, in place: a user created later with the same name owns them again. \
+        --secrets delete removes its secrets and every grant on them."
+    )]
+    Rm {
+        name: String,
+        /// What becomes of NAME's secrets
+        #[arg(long, value_enum, value_name = "keep|delete")]
+        secrets: KeepOrDelete,
+    },
+}
+
+/// `neuro admin user rm --secrets`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KeepOrDelete {
+    Keep,
+    Delete,
 }
 
 #[derive(Debug, Subcommand)]
@@ -610,6 +633,21 @@ async fn admin(client: &Client, cmd: &AdminCmd) -> anyhow::Result<()> {
         AdminCmd::User(AdminUserCmd::Add { name }) => {
             let issued = client.admin_create_user(&UserName::new(name)?).await?;
             println!("{}", issued.token.expose());
+        }
+        AdminCmd::User(AdminUserCmd::Rm { name, secrets }) => {
+            let r = client
+                .admin_remove_user(&UserName::new(name)?, *secrets == KeepOrDelete::Delete)
+                .await?;
+            println!(
+                "removed user '{}': {} token(s) revoked, {} job(s) deleted, {} grant(s) removed, \
+                 {} secret(s) deleted, {} secret(s) kept",
+                r.user,
+                r.tokens_revoked,
+                r.jobs_deleted,
+                r.grants_removed,
+                r.secrets_deleted,
+                r.secrets_kept
+            );
         }
         AdminCmd::Token(AdminTokenCmd::Add { user }) => {
             let issued = client.admin_issue_token(&UserName::new(user)?).await?;

@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use crate::api::{
     CreateUser, ErrorBody, Grant, JobCreated, JobSpec, MissingPermission, PutSecret,
     ResolveRequest, ResolveResponse, SecretInfo, SecretValue, SecretVersion, SharedGrant,
-    TokenInfo, TokenIssued, WatchResponse, WhoAmI,
+    TokenInfo, TokenIssued, UserRemoved, WatchResponse, WhoAmI,
 };
 use crate::names::{SecretKey, UserName};
 use crate::secret::{SecretBytes, Token};
@@ -333,6 +333,23 @@ impl Client {
 
     pub async fn admin_list_tokens(&self, user: &UserName) -> Result<Vec<TokenInfo>, ClientError> {
         self.get(&format!("/admin/users/{user}/tokens")).await
+    }
+
+    /// Removes a user: revokes its tokens (job tokens included), deletes its jobs and the
+    /// grants it holds, and keeps or deletes its secrets.
+    pub async fn admin_remove_user(
+        &self,
+        user: &UserName,
+        delete_secrets: bool,
+    ) -> Result<UserRemoved, ClientError> {
+        let secrets = if delete_secrets { "delete" } else { "keep" };
+        self.call::<(), _>(
+            Method::DELETE,
+            &format!("/admin/users/{user}"),
+            &[("secrets", secrets)],
+            None,
+        )
+        .await
     }
 
     pub async fn admin_revoke_token(&self, token_id: &str) -> Result<(), ClientError> {

@@ -328,10 +328,6 @@ fn not_found_secret(key: &SecretKey) -> ApiError {
     ApiError::NotFound(format!("Secret '{key}' not found"))
 }
 
-async fn ping() -> &'static str {
-    "Pong"
-}
-
 async fn whoami(State(s): State<AppState>, Caller(p): Caller) -> Json<WhoAmI> {
     let (kind, user, job_id) = match &p {
         Principal::Operator => ("operator", None, None),
@@ -1452,7 +1448,7 @@ async fn wrong_method(method: Method, uri: Uri) -> Response {
 /// The whole HTTP API, ready to serve or to drive in tests without a socket.
 pub fn app(state: AppState) -> Router {
     Router::new()
-        .route("/api/v1/ping", get(ping))
+        .route("/api/v1/ping", get(crate::health::ping))
         .route("/api/v1/whoami", get(whoami))
         .route("/api/v1/secrets", post(put_secret).get(list_secrets))
         .route("/api/v1/secrets/resolve", post(resolve))

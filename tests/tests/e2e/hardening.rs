@@ -432,15 +432,23 @@ fn removing_a_user_revokes_its_tokens_jobs_and_grants_for_good() {
     assert_eq!(r.status, 403, "{}", r.body);
 
     // Deleted: carol's secrets go, and so do the grants on them.
+    // Through the CLI, which makes the operator choose.
     srv.share(carol, "secret:c", "bob");
-    let r = srv.http(
-        "DELETE",
-        "/api/v1/admin/users/carol?secrets=delete",
-        Some(&op),
-        None,
+    let operator = srv.user("operator", &op);
+    let o = operator.run(&["admin", "user", "rm", "carol"]);
+    assert_eq!(o.code, 2, "{}", o.stderr);
+    assert!(o.stderr.contains("--secrets"), "{}", o.stderr);
+    let o = operator.ok(&["admin", "user", "rm", "carol", "--secrets", "delete"]);
+    assert_eq!(
+        o.stdout_str(),
+        "removed user 'carol': 1 token(s) revoked, 0 job(s) deleted, 1 grant(s) removed, \
+         1 secret(s) deleted, 0 secret(s) kept\n"
     );
-    assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(r.json()["secrets_deleted"], 1, "{}", r.body);
+    operator.fails(
+        &["admin", "user", "rm", "carol", "--secrets", "keep"],
+        72,
+        "user 'carol' not found",
+    );
     let r = srv.http("GET", "/api/v1/secrets/carol/c", Some(bob), None);
     assert_eq!(r.status, 403, "{}", r.body);
     let r = srv.http("GET", "/api/v1/users/bob/permissions", Some(bob), None);

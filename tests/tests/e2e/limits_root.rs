@@ -667,10 +667,27 @@ fn writes_recover_after_the_disk_was_full_root() {
     }
     let failed = failed.expect("no write failed on the full disk");
     assert_eq!(failed.status, 500, "{}", failed.body);
+    // Unhealthy while the store cannot write: ping says so instead of Pong.
+    let p = http(&srv.addr, "GET", "/api/v1/ping", None, None).unwrap();
+    assert_eq!(p.status, 503, "{}", p.body);
+    assert!(p.body.contains("the store cannot write"), "{}", p.body);
     assert!(
         in_ns(r#"rm "$0/filler""#).success(),
         "cannot free the space"
     );
+    // Healthy again without a write from a client (its own probe, at most once a second).
+    let t0 = std::time::Instant::now();
+    while http(&srv.addr, "GET", "/api/v1/ping", None, None)
+        .unwrap()
+        .status
+        != 200
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "ping stays unhealthy"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // No restart: the next write goes through.
     let r = put("after", b"after the fault");
     assert_eq!(r.status, 201, "{}\n{}", r.body, srv.stderr());
