@@ -35,9 +35,9 @@ pub const MAX_BODY: usize = 2 * 1024 * 1024;
 pub const MAX_RESOLVE: usize = 1000;
 /// Change-log keys for grant changes: `~acl/USER` (a secret's `OWNER/KEY` never starts with `~`).
 const ACL_MARKER: &str = "~acl/";
-const MAX_WATCH_S: u64 = 60;
+pub const MAX_WATCH_S: u64 = 60;
 const DEFAULT_JOB_TTL_S: u64 = 24 * 3600;
-const MAX_JOB_TTL_S: u64 = 7 * 24 * 3600;
+pub const MAX_JOB_TTL_S: u64 = 7 * 24 * 3600;
 
 /// Everything a handler needs.
 #[derive(Debug)]

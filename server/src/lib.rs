@@ -44,6 +44,13 @@ pub use api::{AppState, Service, app};
                   connection silent for --idle-timeout (default 5s) without a request in flight \
                   is closed. On SIGTERM or SIGINT it stops accepting and gives requests in \
                   flight 5s to finish.\n\n\
+                  Request limits: a request body of at most 2 MiB (413); a secret value of 1 \
+                  byte to 1 MiB (400); a resolve of at most 1000 URIs (400), each distinct URI \
+                  read once, and at most 16 MiB (16777216 bytes) of values in one answer \
+                  (413); a watch waits at most 60 s; a job token lives at most 7 days.\n\n\
+                  Audit: the log fails closed. While audit lines cannot be written (an error, \
+                  or a write stuck for more than 2 s, or 8192 lines waiting), secret reads and \
+                  changes answer 503 and the service log says why.\n\n\
                   Exit codes: 0 after a clean shutdown (SIGTERM or SIGINT); 1 when it cannot start."
 )]
 pub struct Args {
@@ -260,4 +267,31 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     serve::serve(listener, router, tls, limits, shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    /// `--help` states every limit with the number the code enforces.
+    #[test]
+    fn help_names_the_limits_the_code_enforces() {
+        let help = super::Args::command().render_long_help().to_string();
+        let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+        for needle in [
+            format!("body of at most {} MiB", crate::api::MAX_BODY >> 20),
+            format!("resolve of at most {} URIs", crate::api::MAX_RESOLVE),
+            format!("({} bytes) of values", crate::api::MAX_RESOLVE_BYTES),
+            format!("{} lines waiting", crate::audit::QUEUE),
+            format!("more than {} s", crate::audit::STALL.as_secs()),
+            format!(
+                "value of 1 byte to {} MiB",
+                secrets_core::MAX_VALUE_LEN >> 20
+            ),
+            format!("watch waits at most {} s", crate::api::MAX_WATCH_S),
+            format!("lives at most {} days", crate::api::MAX_JOB_TTL_S / 86400),
+        ] {
+            assert!(help.contains(&needle), "--help lacks '{needle}':\n{help}");
+        }
+    }
 }

@@ -95,7 +95,7 @@ fn reads_and_writes_stop_while_the_audit_log_is_stuck_or_failing() {
     let fifo = dir.path().join("audit.fifo");
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
     let mut reader = Reader::start(&fifo);
-    let srv = Server::start_with(&[
+    let mut srv = Server::start_with(&[
         "--cluster",
         "neuro-compute",
         "--audit-log",
@@ -146,5 +146,14 @@ fn reads_and_writes_stop_while_the_audit_log_is_stuck_or_failing() {
     assert!(
         !srv.stderr().contains(alice.as_str()),
         "token in secretd's log"
+    );
+
+    // Stuck again, then SIGTERM: a writer blocked for good does not keep secretd alive.
+    reader.run.store(false, Ordering::SeqCst);
+    read_until(&srv, alice, 503, Duration::from_secs(10));
+    let st = srv.stop_within(Duration::from_secs(15));
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "secretd did not stop cleanly within 15 s: {st:?}"
     );
 }

@@ -200,6 +200,23 @@ impl Server {
         c.wait().expect("wait secretd")
     }
 
+    /// SIGTERM, then waits at most `within`; `None` (after a SIGKILL) when it did not exit.
+    pub fn stop_within(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take().expect("secretd is running");
+        let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+        let t0 = std::time::Instant::now();
+        while t0.elapsed() < within {
+            if let Some(st) = c.try_wait().expect("wait secretd") {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        None
+    }
+
     /// Starts again on the same data directory and port.
     pub fn restart(&mut self) {
         self.kill9();
