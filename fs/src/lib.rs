@@ -505,6 +505,12 @@ async fn refresh(
                 backoff = Duration::from_millis(200);
             }
             Err(ClientError::Status { status: 404, .. }) => watch_supported = false,
+            // `since` is ahead of the service (its store was restored from a backup): start
+            // over from its current revision rather than asking again, and look at everything.
+            Err(ClientError::Status { status: 400, .. }) => {
+                since = None;
+                need_full = true;
+            }
             Err(ClientError::Status {
                 status: 401 | 403,
                 message,

@@ -613,3 +613,54 @@ fn kill_9_leaves_a_stale_mount_the_next_start_clears() {
     holder.kill().unwrap();
     holder.wait().unwrap();
 }
+
+#[test]
+fn a_store_restored_from_a_backup_keeps_rotation_going_without_polling() {
+    require_root_fuse();
+    let mut srv = Server::start();
+    let t = srv.add_users(&["alice"]);
+    let alice = t[0].clone();
+    srv.put(&alice, "k", b"v1");
+    let backup = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        srv.data_dir().join("secrets.redb"),
+        backup.path().join("secrets.redb"),
+    )
+    .unwrap();
+    // The live store moves on: its revision is well ahead of the backup's.
+    for i in 0..20 {
+        srv.put(&alice, "other", format!("o{i}").as_bytes());
+    }
+    let work = tempfile::tempdir().unwrap();
+    let k = work.path().join("s/k");
+    let vol = format!("secret:k:{}", k.display());
+    let fs = SecretFs::start(&srv, work.path(), &alice, Ns::Own, &["--volume", &vol])
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(fs.cat(&k).unwrap(), b"v1");
+
+    // Restore the backup: secretfs's watch position is now ahead of the service.
+    srv.kill9();
+    std::fs::copy(
+        backup.path().join("secrets.redb"),
+        srv.data_dir().join("secrets.redb"),
+    )
+    .unwrap();
+    srv.restart();
+    srv.put(&alice, "k", b"v2");
+    wait_for("rotation after the restore", Duration::from_secs(8), || {
+        fs.cat(&k).unwrap() == b"v2"
+    });
+    // Settled: secretfs long-polls the feed again instead of resolving over and over.
+    std::thread::sleep(Duration::from_secs(1));
+    let reads = || srv.audit_log().matches(r#""action":"secret.read""#).count();
+    let before = reads();
+    std::thread::sleep(Duration::from_secs(3));
+    let polled = reads() - before;
+    assert!(polled <= 1, "{polled} reads in 3 s while nothing changed");
+    srv.put(&alice, "k", b"v3");
+    let took = wait_for("rotation", Duration::from_secs(1), || {
+        fs.cat(&k).unwrap() == b"v3"
+    });
+    eprintln!("rotation after the restore seen after {took:?}");
+    assert_eq!(fs.status()["stale_since"], serde_json::Value::Null);
+}
