@@ -189,8 +189,22 @@ fn read_token_file(p: &Path, job_gid: u32) -> anyhow::Result<String> {
             ),
         ));
     }
+    // A token is about 90 bytes; a file that never ends (a link to /dev/zero) is refused.
+    const MAX_TOKEN_FILE: u64 = 64 * 1024;
     let mut raw = String::new();
-    f.read_to_string(&mut raw).map_err(cannot)?;
+    (&mut f)
+        .take(MAX_TOKEN_FILE + 1)
+        .read_to_string(&mut raw)
+        .map_err(cannot)?;
+    if raw.len() as u64 > MAX_TOKEN_FILE {
+        return Err(fail(
+            65,
+            format!(
+                "cannot read token file '{}': larger than {MAX_TOKEN_FILE} bytes",
+                p.display()
+            ),
+        ));
+    }
     Ok(raw)
 }
 

@@ -306,6 +306,14 @@ fn a_token_file_open_to_group_or_others_is_refused() {
         .unwrap_or_else(|e| panic!("fsGroup layout: {e:?}"));
     assert_eq!(fs.cat(&path).unwrap(), b"value");
     assert!(fs.term().success(), "{}", fs.stderr());
+    // A token file is small: a huge one is refused without being read whole.
+    let huge = "a".repeat(100 * 1024);
+    let args = ["--volume", v.as_str()];
+    let Err((code, e)) = SecretFs::start_token_mode(&srv, w, &huge, 0o600, Ns::Own, &args) else {
+        panic!("started with a 100 KiB token file");
+    };
+    assert_eq!(code, 65, "{e}");
+    assert!(e.contains("larger than 65536 bytes"), "{e}");
     for (mode, gid) in [
         (0o440, "3000"),
         (0o440, "0"),
