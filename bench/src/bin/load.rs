@@ -105,7 +105,7 @@ async fn main() {
             let http = Client::builder().pool_max_idle_per_host(1).build().expect("client");
             let me = c % USERS;
             let (user, token) = tokens[me].clone();
-            let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (c as u64 + 1) * 0x1000_0001);
+            let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ ((c as u64 + 1) * 0x1000_0001));
             // key -> last acknowledged value
             let mut acked: HashMap<String, Vec<u8>> = HashMap::new();
             let mut local = Stats::default();
