@@ -151,44 +151,36 @@ fn certificate_errors_fail_fast_with_the_reason() {
 
     // secret-inject and secretfs retry an unavailable service until their deadline; a
     // certificate they cannot accept is not worth waiting for.
-    let t = Instant::now();
-    let out = std::process::Command::new(crate::harness::bin("secret-inject"))
-        .args([
-            "--url",
-            &url,
-            "--ca-file",
-            cert.to_str().unwrap(),
-            "--timeout",
-            "30",
-        ])
-        .args(["--env", "A=secret:k", "--", "true"])
-        .env("NEURO_TOKEN", &admin)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(69), "{err}");
-    assert!(err.contains("CaUsedAsEndEntity"), "{err}");
-    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
-
-    let t = Instant::now();
-    let out = std::process::Command::new(crate::harness::bin("secretfs"))
-        .args([
-            "--url",
-            &url,
-            "--ca-file",
-            cert.to_str().unwrap(),
-            "--timeout",
-            "30",
-        ])
-        .args(["--volume", "secret:k:/tmp/never-mounted/k", "--mount-root"])
-        .arg(dir.path().join("mnt"))
-        .env("NEURO_TOKEN", &admin)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(69), "{err}");
-    assert!(err.contains("CaUsedAsEndEntity"), "{err}");
-    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    let mnt = dir.path().join("mnt");
+    for (name, args) in [
+        ("secret-inject", vec!["--env", "A=secret:k", "--", "true"]),
+        (
+            "secretfs",
+            vec![
+                "--volume",
+                "secret:k:/tmp/never-mounted/k",
+                "--mount-root",
+                mnt.to_str().unwrap(),
+            ],
+        ),
+    ] {
+        let t = Instant::now();
+        let out = std::process::Command::new(crate::harness::bin(name))
+            .args(["--url", &url, "--ca-file", cert.to_str().unwrap()])
+            .args(["--timeout", "30"])
+            .args(&args)
+            .env("NEURO_TOKEN", &admin)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(69), "{name}: {err}");
+        assert!(err.contains("CaUsedAsEndEntity"), "{name}: {err}");
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "{name}: {:?}",
+            t.elapsed()
+        );
+    }
 
     // Without a CA file: not trusted, with the hint to pass one.
     let o = n.run(&["login", "--url", &url, "--token", &admin]);
