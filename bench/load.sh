@@ -21,5 +21,5 @@ status=0
 rss=$(tr '\n' ' ' < "$work/rss")
 echo "secretd RSS (KiB, one sample a second): $rss"
 awk 'NR==1{first=$1} {if($1>max)max=$1} END{printf "RSS first %d KiB, peak %d KiB, last %d KiB\n", first, max, $1}' "$work/rss"
-echo "secretd: $(grep -c . "$work/data/audit.log") audit lines"
+echo "secretd: $(grep -c . "$work/data/audit.log") audit lines; store file $(du -k "$work/data/secrets.redb" | cut -f1) KiB"
 exit $status
