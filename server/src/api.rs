@@ -218,10 +218,17 @@ impl Service {
                     "user '{u}' has been removed"
                 ))),
             },
-            Principal::Job { id, .. } => match self.store.get(Table::Jobs, id).await? {
-                Some(_) => Ok(()),
-                None => Err(ApiError::Unauthenticated("the job has ended".into())),
-            },
+            Principal::Job { id, owner, .. } => {
+                if self.store.get(Table::Jobs, id).await?.is_none() {
+                    return Err(ApiError::Unauthenticated("the job has ended".into()));
+                }
+                if !self.user_exists(owner).await? {
+                    return Err(ApiError::Unauthenticated(format!(
+                        "user '{owner}' has been removed"
+                    )));
+                }
+                Ok(())
+            }
         }
     }
 
@@ -1046,11 +1053,16 @@ async fn create_job(
             .subject(format!("job:{job_id}"))
     };
     let stored = async {
+        // The job's token dies with its creator, even if the creator is being removed now.
+        let incarnation = auth::user_incarnation(s.store.as_ref(), me.as_str())
+            .await?
+            .ok_or_else(|| ApiError::Unauthenticated(format!("user '{me}' has been removed")))?;
         let (token_id, token) = auth::issue(
             s.store.as_ref(),
             &s.keys,
             Subject::Job { id: job_id.clone() },
             Some(expires_at),
+            Some(incarnation),
         )
         .await?;
         let rec = JobRecord {
@@ -1147,7 +1159,7 @@ async fn create_user(
 ) -> Result<(StatusCode, Json<TokenIssued>), ApiError> {
     caller.operator()?;
     let slot = s.audit.reserve()?;
-    let rec = serde_json::json!({ "created_at": now_secs() });
+    let rec = auth::UserRecord::new();
     let event = |outcome| {
         AuditEvent::new(caller.0.actor(), "user.create", None, outcome)
             .subject(format!("user:{}", body.name))
@@ -1178,14 +1190,22 @@ async fn issue_for(
     user: &UserName,
 ) -> Result<(StatusCode, Json<TokenIssued>), ApiError> {
     let slot = s.audit.reserve()?;
-    let issued = auth::issue(
-        s.store.as_ref(),
-        &s.keys,
-        Subject::User {
-            name: user.to_string(),
-        },
-        None,
-    )
+    let issued = async {
+        let incarnation = auth::user_incarnation(s.store.as_ref(), user.as_str())
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("user '{user}' not found")))?;
+        auth::issue(
+            s.store.as_ref(),
+            &s.keys,
+            Subject::User {
+                name: user.to_string(),
+            },
+            None,
+            Some(incarnation),
+        )
+        .await
+        .map_err(ApiError::from)
+    }
     .await;
     let event = |outcome| AuditEvent::new(p.actor(), "token.issue", None, outcome);
     let (token_id, token) = match issued {

@@ -49,6 +49,59 @@ pub struct TokenRecord {
     pub expires_at: Option<u64>,
     #[serde(default)]
     pub revoked: bool,
+    /// The incarnation of the user the token speaks for (a user token's user, a job token's
+    /// creator) when it was issued: a token outlives neither its user's removal nor a later
+    /// user of the same name, even one issued while the user was being removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incarnation: Option<String>,
+}
+
+/// A stored user.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserRecord {
+    pub created_at: u64,
+    /// Random, new each time the name is created (empty in records made before it existed).
+    #[serde(default)]
+    pub incarnation: String,
+}
+
+impl UserRecord {
+    pub fn new() -> Self {
+        Self {
+            created_at: now_secs(),
+            incarnation: hex(&random_bytes::<8>()),
+        }
+    }
+}
+
+impl Default for UserRecord {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The current incarnation of user `name`; `None` when there is no such user.
+pub async fn user_incarnation(store: &dyn Store, name: &str) -> Result<Option<String>, ApiError> {
+    let Some(raw) = store.get(Table::Users, name).await? else {
+        return Ok(None);
+    };
+    serde_json::from_slice::<UserRecord>(&raw)
+        .map(|r| Some(r.incarnation))
+        .map_err(|e| ApiError::Internal(format!("user record {name}: {e}")))
+}
+
+/// Refuses a token whose user is gone, or is another user of the same name.
+async fn check_user(
+    store: &dyn Store,
+    name: &str,
+    issued_for: Option<&str>,
+) -> Result<(), ApiError> {
+    match user_incarnation(store, name).await? {
+        Some(now) if issued_for.is_none_or(|i| i == now) => Ok(()),
+        _ => Err(ApiError::Unauthenticated(format!(
+            "user '{name}' has been removed"
+        ))),
+    }
 }
 
 /// A job: the URIs its token may read, on behalf of the user who created it.
@@ -99,6 +152,7 @@ pub async fn issue(
     keys: &Keys,
     subject: Subject,
     expires_at: Option<u64>,
+    incarnation: Option<String>,
 ) -> Result<(String, Token), StoreError> {
     loop {
         let id = hex(&random_bytes::<8>());
@@ -109,6 +163,7 @@ pub async fn issue(
             created_at: now_secs(),
             expires_at,
             revoked: false,
+            incarnation: incarnation.clone(),
         };
         let bytes = serde_json::to_vec(&rec).map_err(|e| StoreError::Io(e.to_string()))?;
         if store.insert_new(Table::Tokens, &id, &bytes).await? {
@@ -198,7 +253,7 @@ impl Authenticator {
             return Err(ApiError::Unauthenticated("token has been revoked".into()));
         }
         check_expiry(rec.expires_at)?;
-        let principal = principal_of(store, rec.subject).await?;
+        let principal = principal_of(store, rec.subject, rec.incarnation.as_deref()).await?;
         let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
         if cache.len() >= CACHE_MAX {
             cache.clear();
@@ -216,17 +271,17 @@ impl Authenticator {
     }
 }
 
-async fn principal_of(store: &dyn Store, subject: Subject) -> Result<Principal, ApiError> {
+async fn principal_of(
+    store: &dyn Store,
+    subject: Subject,
+    incarnation: Option<&str>,
+) -> Result<Principal, ApiError> {
     match subject {
         Subject::Operator => Ok(Principal::Operator),
         Subject::User { name } => {
-            // Revocation at removal is what keeps a token dead; this covers a token issued
-            // while its user was being removed.
-            if store.get(Table::Users, &name).await?.is_none() {
-                return Err(ApiError::Unauthenticated(format!(
-                    "user '{name}' has been removed"
-                )));
-            }
+            // Revocation at removal is what keeps a token dead; this also covers a token
+            // issued while its user was being removed, and a later user of the same name.
+            check_user(store, &name, incarnation).await?;
             Ok(Principal::User(
                 UserName::new(&name).map_err(|e| ApiError::Internal(e.to_string()))?,
             ))
@@ -238,6 +293,9 @@ async fn principal_of(store: &dyn Store, subject: Subject) -> Result<Principal, 
                 .ok_or_else(|| ApiError::Unauthenticated("the job has ended".into()))?;
             let job: JobRecord = serde_json::from_slice(&raw)
                 .map_err(|e| ApiError::Internal(format!("job record {job_id}: {e}")))?;
+            // A job created while its user was being removed outlives the removal's list of
+            // jobs, not the user.
+            check_user(store, &job.owner, incarnation).await?;
             let owner = UserName::new(&job.owner).map_err(|e| ApiError::Internal(e.to_string()))?;
             Ok(Principal::Job {
                 id: job_id,

@@ -149,7 +149,8 @@ pub async fn open_service(
                 admin_path.display()
             );
         }
-        let (_, token) = auth::issue(store.as_ref(), &keys, auth::Subject::Operator, None).await?;
+        let (_, token) =
+            auth::issue(store.as_ref(), &keys, auth::Subject::Operator, None, None).await?;
         write_private(&admin_path, &format!("{}\n", token.expose()))?;
         tracing::info!(path = %admin_path.display(), "created the operator token");
     }

@@ -460,3 +460,87 @@ fn removing_a_user_revokes_its_tokens_jobs_and_grants_for_good() {
     srv.assert_audited(r#""action":"token.revoke","outcome":"ok","subject":"token:"#);
     srv.assert_audited(r#""action":"user.create","outcome":"ok","subject":"user:bob""#);
 }
+
+/// Jobs created while their user is being removed (the removal lists the user's jobs once)
+/// must die with the user, and stay dead when the name is created again.
+#[test]
+fn jobs_created_during_a_user_removal_die_with_the_user() {
+    let srv = Server::start();
+    let t = srv.add_users(&["alice"]);
+    let alice = t[0].clone();
+    let op = srv.admin_token();
+    srv.put(&alice, "a", b"va");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let creators: Vec<_> = (0..4)
+        .map(|_| {
+            let (addr, alice, stop) = (srv.addr.clone(), alice.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut tokens = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let r = crate::harness::http(
+                        &addr,
+                        "POST",
+                        "/api/v1/jobs",
+                        Some(&alice),
+                        Some((
+                            "application/json",
+                            br#"{"secret_env":{"S":"secret:a"}}"#.as_slice(),
+                        )),
+                    )
+                    .unwrap();
+                    if r.status == 201 {
+                        tokens.push(r.json()["token"].as_str().unwrap().to_owned());
+                    }
+                }
+                tokens
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let r = srv.http(
+        "DELETE",
+        "/api/v1/admin/users/alice?secrets=keep",
+        Some(&op),
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    // Let requests that were already past authentication finish.
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let tokens: Vec<String> = creators
+        .into_iter()
+        .flat_map(|c| c.join().unwrap())
+        .collect();
+    assert!(tokens.len() > 5, "only {} jobs were created", tokens.len());
+    let resolve = |tok: &str| {
+        srv.http(
+            "POST",
+            "/api/v1/secrets/resolve",
+            Some(tok),
+            Some(r#"{"uris":["secret:/alice/a"]}"#),
+        )
+    };
+    // A verified token is trusted for at most a second without a store read.
+    std::thread::sleep(Duration::from_millis(1100));
+    let alive = |tokens: &[String]| -> Vec<String> {
+        tokens
+            .iter()
+            .filter(|t| resolve(t).status != 401)
+            .cloned()
+            .collect()
+    };
+    assert_eq!(
+        alive(&tokens),
+        Vec::<String>::new(),
+        "job tokens outlived their user"
+    );
+    let r = srv.http(
+        "POST",
+        "/api/v1/admin/users",
+        Some(&op),
+        Some(r#"{"name":"alice"}"#),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(alive(&tokens), Vec::<String>::new(), "revived by the name");
+    assert_eq!(resolve(&alice).status, 401, "the old user token");
+}
