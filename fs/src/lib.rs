@@ -30,7 +30,7 @@ const EXIT_CODES: &str = "Exit codes:
   2   usage error
   65  bad input: an invalid --volume, spec file or token file; a token file that others
       may read or group or others may write, or that its group may read when that group
-      is not --gid (chmod 600 it); a mapped path with a symlink in any component, or under
+      is not the job's --gid (chmod 600 it); a mapped path with a symlink in any component, or under
       /proc, /sys or /dev
   69  the service is unavailable (after --timeout of retries), or its TLS certificate is
       not accepted (at once)
@@ -165,7 +165,7 @@ fn read_token(args: &Args) -> anyhow::Result<Token> {
 }
 
 /// Reads the token file, refusing one that others may read, or group or others may write.
-/// Its group may read it only when that group is the job's (`--gid`, not 0): the pod of
+/// Its group may read it only when that group is the job's (`--gid`, 0 included): the pod of
 /// `neuro job manifest --user` mounts the token root-owned, mode 0440, group `fsGroup`, for
 /// the job's own wrapper, which holds the same token. Symlinks are followed (a Kubernetes
 /// Secret volume's files are symlinks); the mode is the file's.
@@ -177,7 +177,7 @@ fn read_token_file(p: &Path, job_gid: u32) -> anyhow::Result<String> {
     let mut f = std::fs::File::open(p).map_err(cannot)?;
     let meta = f.metadata().map_err(cannot)?;
     let mode = meta.mode() & 0o7777;
-    let job_group = job_gid != 0 && meta.gid() == job_gid;
+    let job_group = meta.gid() == job_gid;
     if mode & 0o037 != 0 || (mode & 0o040 != 0 && !job_group) {
         return Err(fail(
             65,

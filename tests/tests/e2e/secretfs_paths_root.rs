@@ -274,9 +274,11 @@ fn a_token_file_open_to_group_or_others_is_refused() {
     let path = w.join("k.txt");
     let v = format!("secret:k:{}", path.display());
     let tok = w.join("token");
+    // The file's group (root's) is not the job's (--gid 3000).
+    let not_the_job_group = ["--volume", v.as_str(), "--gid", "3000"];
     for mode in [0o644, 0o640, 0o604, 0o620, 0o660] {
         let Err((code, e)) =
-            SecretFs::start_token_mode(&srv, w, &t[0], mode, Ns::Own, &["--volume", &v])
+            SecretFs::start_token_mode(&srv, w, &t[0], mode, Ns::Own, &not_the_job_group)
         else {
             panic!("mode {mode:o}: started");
         };
@@ -306,6 +308,14 @@ fn a_token_file_open_to_group_or_others_is_refused() {
         .unwrap_or_else(|e| panic!("fsGroup layout: {e:?}"));
     assert_eq!(fs.cat(&path).unwrap(), b"value");
     assert!(fs.term().success(), "{}", fs.stderr());
+    // The same with `--user UID:0`: the job's group, and fsGroup, is root's.
+    std::os::unix::fs::chown(&tok, Some(0), Some(0)).unwrap();
+    let job = ["--volume", v.as_str(), "--uid", "1000", "--gid", "0"];
+    let mut fs = SecretFs::start_token_mode(&srv, w, &t[0], 0o440, Ns::Own, &job)
+        .unwrap_or_else(|e| panic!("fsGroup 0 layout: {e:?}"));
+    assert!(fs.term().success(), "{}", fs.stderr());
+    std::fs::write(&tok, "").unwrap();
+    std::os::unix::fs::chown(&tok, Some(0), Some(2000)).unwrap();
     // A token file is small: a huge one is refused without being read whole.
     let huge = "a".repeat(100 * 1024);
     let args = ["--volume", v.as_str()];
@@ -320,6 +330,7 @@ fn a_token_file_open_to_group_or_others_is_refused() {
         (0o444, "2000"),
         (0o460, "2000"),
     ] {
+        // (the file's group is 2000 here)
         let args = ["--volume", v.as_str(), "--gid", gid];
         let Err((code, e)) = SecretFs::start_token_mode(&srv, w, &t[0], mode, Ns::Own, &args)
         else {
