@@ -247,7 +247,7 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
             return match c {
                 ClientError::BadUrl(_) | ClientError::CaFile { .. } => 65,
                 ClientError::Unavailable { .. }
-                | ClientError::Tls { .. }
+                | ClientError::Incompatible { .. }
                 | ClientError::Protocol { .. } => 69,
                 ClientError::Status { status, .. } => match status {
                     401 | 403 => 77,

@@ -24,10 +24,11 @@ pub enum ClientError {
     CaFile { path: PathBuf, detail: String },
     #[error("service unavailable at {url}: {detail}")]
     Unavailable { url: String, detail: String },
-    /// The TLS handshake failed for a reason that trying again cannot mend (the certificate is
-    /// not trusted, names another host, has expired, is a CA certificate...).
-    #[error("service unavailable at {url}: TLS handshake failed: {detail}")]
-    Tls { url: String, detail: String },
+    /// The service cannot be talked to as configured, and trying again cannot mend it: the
+    /// TLS handshake failed (the certificate is not trusted, names another host, has expired,
+    /// is a CA certificate...), or the URL's scheme is not what the service speaks.
+    #[error("service unavailable at {url}: {detail}")]
+    Incompatible { url: String, detail: String },
     #[error("{message}")]
     Status {
         status: u16,
@@ -127,11 +128,12 @@ impl Client {
         })
     }
 
-    /// A failed request: a TLS failure fails fast, anything else may pass.
+    /// A failed request: a TLS failure or the wrong protocol fails fast, anything else may
+    /// pass.
     fn send_error(&self, e: &reqwest::Error) -> ClientError {
         let url = self.base.clone();
-        match tls_failure(e) {
-            Some(detail) => ClientError::Tls { url, detail },
+        match incompatible(e) {
+            Some(detail) => ClientError::Incompatible { url, detail },
             None => ClientError::Unavailable {
                 url,
                 detail: describe(e),
@@ -365,24 +367,37 @@ impl Client {
 
 /// A short cause for a transport error, without the URL's query (which never holds a secret,
 /// but keep messages short) and without the request body.
-/// The TLS reason behind a failed request, with a hint for the common mistakes, when the
-/// failure is one that a retry cannot mend. A handshake cut short by the network (an I/O error)
-/// is not one of them.
-fn tls_failure(e: &reqwest::Error) -> Option<String> {
+/// Why a failed request cannot succeed by trying again, when that is so: a TLS failure (with
+/// a hint for the common mistakes) or a service that speaks another protocol than the URL
+/// says. A handshake cut short by the network (an I/O error) is not one of them.
+fn incompatible(e: &reqwest::Error) -> Option<String> {
     use std::error::Error as _;
     let mut cause = e.source();
     while let Some(c) = cause {
         if let Some(t) = c.downcast_ref::<rustls::Error>() {
-            return match t {
-                rustls::Error::InvalidCertificate(ce) => Some(certificate_hint(ce)),
+            let why = match t {
+                rustls::Error::InvalidCertificate(ce) => certificate_hint(ce),
+                // Not TLS at all: a plain HTTP service behind an https:// URL.
+                rustls::Error::InvalidMessage(_) => format!(
+                    "{t}\nhint: the service does not speak TLS on this port; is the URL http://?"
+                ),
                 rustls::Error::NoCertificatesPresented
                 | rustls::Error::PeerIncompatible(_)
                 | rustls::Error::PeerMisbehaved(_)
                 | rustls::Error::AlertReceived(_)
                 | rustls::Error::InappropriateHandshakeMessage { .. }
-                | rustls::Error::InappropriateMessage { .. } => Some(t.to_string()),
-                _ => None,
+                | rustls::Error::InappropriateMessage { .. } => t.to_string(),
+                _ => return None,
             };
+            return Some(format!("TLS handshake failed: {why}"));
+        }
+        // An answer that is not HTTP, e.g. a TLS service behind an http:// URL.
+        if let Some(h) = c.downcast_ref::<hyper::Error>()
+            && h.is_parse()
+        {
+            return Some(format!(
+                "the answer is not HTTP ({h})\nhint: is the URL https://?"
+            ));
         }
         // rustls's error reaches us inside (nested) `io::Error`s, whose `source()` skips the
         // error they wrap: step into it instead.

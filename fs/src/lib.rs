@@ -32,8 +32,8 @@ const EXIT_CODES: &str = "Exit codes:
       may read or group or others may write, or that its group may read when that group
       is not the job's --gid (chmod 600 it); a mapped path with a symlink in any component, or under
       /proc, /sys or /dev
-  69  the service is unavailable (after --timeout of retries), or its TLS certificate is
-      not accepted (at once)
+  69  the service is unavailable (after --timeout of retries); at once when its TLS
+      certificate is not accepted or the URL's scheme (http/https) is not what it speaks
   72  a mapped secret does not exist
   77  not authenticated, or a mapped secret is forbidden
   1   any other failure (e.g. mounting failed)";
@@ -274,7 +274,7 @@ async fn resolve_initial(
             ) => {
                 return Err(fail(77, format!("not authenticated: {e}")));
             }
-            Err(e @ ClientError::Tls { .. }) => return Err(fail(69, e.to_string())),
+            Err(e @ ClientError::Incompatible { .. }) => return Err(fail(69, e.to_string())),
             Err(e) if e.is_transient() => return Err(fail(69, e.to_string())),
             Err(e) => return Err(fail(65, e.to_string())),
         }

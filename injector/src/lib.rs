@@ -36,7 +36,8 @@ const EXIT_CODES: &str = "Exit codes (before the job starts; afterwards the job'
       group or others may write (its group may read it only when that group is how this
       process reads it, as with a Kubernetes fsGroup): chmod 600 it
   69  unavailable: the service could not be reached or kept failing (connection refused,
-      timeout, 429, 5xx) until --timeout, or its TLS certificate is not accepted (at once)
+      timeout, 429, 5xx) until --timeout; at once when its TLS certificate is not
+      accepted or the URL's scheme (http/https) is not what it speaks
   72  not found: a mapped secret does not exist
   77  forbidden: the token may not read a mapped secret, or is not accepted
   126 the command cannot be executed; 127 the command was not found; 2 usage error
@@ -295,7 +296,7 @@ pub async fn resolve(
             }
             Err(e) => {
                 let class = match (&e, e.status()) {
-                    (ClientError::Tls { .. }, _) => Class::Unavailable,
+                    (ClientError::Incompatible { .. }, _) => Class::Unavailable,
                     (_, Some(401 | 403)) => Class::Forbidden,
                     (_, Some(404)) => Class::NotFound,
                     _ => Class::Invalid,

@@ -187,3 +187,41 @@ fn certificate_errors_fail_fast_with_the_reason() {
     assert_eq!(o.code, 69, "{}", o.stderr);
     assert!(o.stderr.contains("TLS handshake failed"), "{}", o.stderr);
 }
+
+#[test]
+fn the_wrong_scheme_fails_fast_with_a_hint() {
+    use std::time::{Duration, Instant};
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
+    let (tls, _) = tls_server(&cert, &key);
+    let plain = Server::start();
+    for (url, hint) in [
+        (
+            tls.url.replace("https://", "http://"),
+            "is the URL https://?",
+        ),
+        (
+            plain.url.replace("http://", "https://"),
+            "is the URL http://?",
+        ),
+    ] {
+        let t = Instant::now();
+        let out = std::process::Command::new(crate::harness::bin("secret-inject"))
+            .args(["--url", &url, "--ca-file", cert.to_str().unwrap()])
+            .args(["--timeout", "30", "--env", "A=secret:k", "--", "true"])
+            .env("NEURO_TOKEN", tls.admin_token())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(69), "{url}: {err}");
+        assert!(err.contains(hint), "{url}: {err}");
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "{url}: {:?}",
+            t.elapsed()
+        );
+    }
+}
