@@ -22,6 +22,7 @@ use secrets_core::{
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::admit::Authenticated;
 use crate::audit::{Audit, AuditEvent};
 use crate::auth::{self, JobRecord, Principal, Subject, TokenRecord, now_secs, rfc3339};
 use crate::crypto::{Keys, random_bytes};
@@ -31,6 +32,8 @@ use crate::store::{Store, Table};
 /// Request bodies larger than this are refused with 413: a 1 MiB value is about 1.4 MiB of
 /// base64 and JSON.
 pub const MAX_BODY: usize = 2 * 1024 * 1024;
+/// How long a request body may take to arrive, whatever its pace.
+pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// How many URIs one resolve may ask for.
 pub const MAX_RESOLVE: usize = 1000;
 /// Change-log keys for grant changes: `~acl/USER` (a secret's `OWNER/KEY` never starts with `~`).
@@ -49,6 +52,8 @@ pub struct Service {
     pub auth: auth::Authenticator,
     /// The newest revision this process wrote; watchers wait on it.
     pub changed: tokio::sync::watch::Sender<u64>,
+    /// Requests in flight per token and per user (`admit`).
+    pub inflight: crate::admit::InFlight,
 }
 
 pub type AppState = Arc<Service>;
@@ -251,20 +256,15 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let header = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .ok_or_else(|| ApiError::Unauthenticated("missing bearer token".into()))?;
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .ok_or_else(|| {
-                ApiError::Unauthenticated("expected an 'Authorization: Bearer TOKEN' header".into())
-            })?;
+        // Authenticated once already by `admit::admit` (the router's outer layer).
+        if let Some(Authenticated(outcome)) = parts.extensions.remove::<Authenticated>() {
+            return outcome.map(Caller);
+        }
+        let token = crate::admit::bearer(parts)
+            .ok_or_else(|| ApiError::Unauthenticated("missing bearer token".into()))??;
         state
             .auth
-            .authenticate(state.store.as_ref(), &state.keys, token.trim())
+            .authenticate(state.store.as_ref(), &state.keys, token)
             .await
             .map(Caller)
     }
@@ -302,7 +302,14 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        match Json::<T>::from_request(req, state).await {
+        let read = tokio::time::timeout(BODY_TIMEOUT, Json::<T>::from_request(req, state));
+        let Ok(read) = read.await else {
+            return Err(ApiError::RequestTimeout(format!(
+                "the request body did not arrive within {} s",
+                BODY_TIMEOUT.as_secs()
+            )));
+        };
+        match read {
             Ok(Json(v)) => Ok(ApiJson(v)),
             Err(rej) => Err(match rej {
                 JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType(
@@ -1212,7 +1219,7 @@ async fn issue_for(
         Ok(t) => t,
         Err(e) => {
             slot.record(event("error").subject(format!("user:{user}")));
-            return Err(e.into());
+            return Err(e);
         }
     };
     slot.record(event("ok").subject(format!("token:{token_id}")));
@@ -1494,5 +1501,32 @@ pub fn app(state: AppState) -> Router {
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::admit::admit,
+        ))
         .with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A body that starts and never ends (a client trickling, or gone silent) is cut off at
+    /// `BODY_TIMEOUT` with 408, whatever its pace.
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_never_ends_times_out() {
+        let never = futures_util::stream::pending::<Result<axum::body::Bytes, std::io::Error>>();
+        let req = Request::builder()
+            .method("POST")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(axum::body::Body::from_stream(never))
+            .unwrap();
+        let t0 = tokio::time::Instant::now();
+        let err = ApiJson::<serde_json::Value>::from_request(req, &())
+            .await
+            .unwrap_err();
+        assert_eq!(err.status(), StatusCode::REQUEST_TIMEOUT, "{err}");
+        assert_eq!(t0.elapsed(), BODY_TIMEOUT);
+    }
 }

@@ -9,7 +9,7 @@ use crate::audit::AuditUnavailable;
 use crate::store::StoreError;
 
 /// Every failure a handler can answer with.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ApiError {
     #[error("{0}")]
     BadRequest(String),
@@ -33,6 +33,12 @@ pub enum ApiError {
     /// The service cannot do this safely now (the audit log cannot be written); retry later.
     #[error("{0}")]
     Unavailable(String),
+    /// The request body did not arrive in time.
+    #[error("{0}")]
+    RequestTimeout(String),
+    /// One token (or one user) has too many requests in flight; retry later.
+    #[error("{0}")]
+    TooManyRequests(String),
     /// Details go to the log only; the client gets a generic message.
     #[error("internal error: {0}")]
     Internal(String),
@@ -69,6 +75,8 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -1,5 +1,6 @@
 //! `secretd`, the secrets service: HTTP API, storage backends, permissions and audit log.
 
+pub mod admit;
 pub mod api;
 pub mod audit;
 pub mod auth;
@@ -43,7 +44,10 @@ pub use api::{AppState, Service, app};
                   connection's start or of the previous response, TLS handshake included; a \
                   connection silent for --idle-timeout (default 5s) without a request in flight \
                   is closed. On SIGTERM or SIGINT it stops accepting and gives requests in \
-                  flight 5s to finish.\n\n\
+                  flight 5s to finish. One token may have at most 64 requests in flight (a \
+                  body being read, a watch waiting), one user with its jobs at most a quarter \
+                  of the connection cap and at most 1024 (429 beyond); a request body must \
+                  arrive within 30 s (408).\n\n\
                   Request limits: a request body of at most 2 MiB (413); a secret value of 1 \
                   byte to 1 MiB (400); a resolve of at most 1000 URIs (400), each distinct URI \
                   read once, and at most 16 MiB (16777216 bytes) of values in one answer \
@@ -164,6 +168,7 @@ pub async fn open_service(
         audit,
         auth: auth::Authenticator::default(),
         changed: tokio::sync::watch::channel(0).0,
+        inflight: admit::InFlight::default(),
     })
 }
 
@@ -243,7 +248,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         (Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),
         _ => None,
     };
-    let service = open_service(&data_dir, args.cluster.clone(), args.audit_log).await?;
+    let mut service = open_service(&data_dir, args.cluster.clone(), args.audit_log).await?;
+    service.inflight = admit::InFlight::sized_for(max_connections);
+    let (per_token, per_user) = service.inflight.limits();
     let router = app(Arc::new(service));
     let listener = listen(args.listen).with_context(|| format!("listening on {}", args.listen))?;
     let addr = listener.local_addr()?;
@@ -259,6 +266,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         fd_limit,
         header_timeout = %humantime::format_duration(limits.header_timeout),
         idle_timeout = %humantime::format_duration(limits.idle_timeout),
+        per_token,
+        per_user,
         "serving"
     );
     eprintln!(
@@ -290,6 +299,9 @@ mod tests {
                 secrets_core::MAX_VALUE_LEN >> 20
             ),
             format!("watch waits at most {} s", crate::api::MAX_WATCH_S),
+            format!("at most {} requests in flight", crate::admit::PER_TOKEN),
+            format!("and at most {} (429", crate::admit::PER_USER),
+            format!("within {} s (408)", crate::api::BODY_TIMEOUT.as_secs()),
             format!("lives at most {} days", crate::api::MAX_JOB_TTL_S / 86400),
         ] {
             assert!(help.contains(&needle), "--help lacks '{needle}':\n{help}");

@@ -706,3 +706,73 @@ fn writes_recover_after_the_disk_was_full_root() {
     }
     srv.assert_logged("re-opened the store");
 }
+
+/// A client with a valid token sends request heads and then trickles their bodies, a byte a
+/// second (never silent long enough for the idle timeout): it may hold only its token's share
+/// of the connections busy; everyone else, and ping, keep being served.
+#[test]
+fn a_token_trickling_bodies_cannot_hold_every_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // A cap of 64: a user may hold 16 requests in flight, one token 16.
+    let srv = Secretd::start(
+        &[],
+        &data,
+        &["--max-connections", "64"],
+        dir.path().join("stderr"),
+    );
+    srv.assert_logged("per_token=16 per_user=16");
+    let admin = std::fs::read_to_string(data.join("admin.token")).unwrap();
+    let r = http(
+        &srv.addr,
+        "POST",
+        "/api/v1/admin/users",
+        Some(admin.trim()),
+        Some(r#"{"name":"mallory"}"#),
+    )
+    .unwrap();
+    assert_eq!(r.status, 201, "{}", r.body);
+    let token = r.json()["token"].as_str().unwrap().to_owned();
+    let head = format!(
+        "POST /api/v1/secrets HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: 1000000\r\n\r\n{{"
+    );
+    let mut conns: Vec<TcpStream> = (0..80)
+        .map(|_| {
+            let mut s = TcpStream::connect(&srv.addr).unwrap();
+            s.write_all(head.as_bytes()).unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    // Those over the token's share are told so at once (or, once answered and idle, closed
+    // to make room for the next): at most the share is held.
+    let (mut refused, mut held) = (0, 0);
+    for s in &mut conns {
+        s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        let mut b = [0u8; 64];
+        match s.read(&mut b) {
+            Ok(n) if String::from_utf8_lossy(&b[..n]).starts_with("HTTP/1.1 429") => refused += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => held += 1,
+            _ => {}
+        }
+    }
+    assert!(held <= 16, "{held} of 80 held ({refused} refused with 429)");
+    assert!(refused > 0, "none refused with 429");
+    // Trickle for longer than the idle timeout while others ping.
+    let t0 = Instant::now();
+    let mut worst = Duration::ZERO;
+    while t0.elapsed() < Duration::from_secs(7) {
+        for s in &mut conns {
+            let _ = s.write_all(b" ");
+        }
+        for _ in 0..5 {
+            let (st, took) = ping(&srv.addr);
+            assert_eq!(st, 200);
+            worst = worst.max(took);
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    eprintln!("{refused} of 80 refused with 429, {held} held; worst ping {worst:?}");
+    assert!(worst < Duration::from_secs(2), "{worst:?}");
+}
