@@ -252,7 +252,7 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
                 ClientError::Status { status, .. } => match status {
                     401 | 403 => 77,
                     404 => 72,
-                    500.. => 69,
+                    408 | 429 | 500.. => 69,
                     _ => 65,
                 },
             };

@@ -40,11 +40,12 @@ pub enum ClientError {
 }
 
 impl ClientError {
-    /// Whether trying again later may succeed: connection errors, 429 and 5xx.
+    /// Whether trying again later may succeed: connection errors, 408 (the request was not
+    /// sent in time), 429 (too many requests in flight) and 5xx.
     pub fn is_transient(&self) -> bool {
         match self {
             ClientError::Unavailable { .. } => true,
-            ClientError::Status { status, .. } => *status == 429 || *status >= 500,
+            ClientError::Status { status, .. } => matches!(*status, 408 | 429 | 500..),
             _ => false,
         }
     }

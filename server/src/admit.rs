@@ -65,9 +65,10 @@ impl InFlight {
         (self.per_token, self.per_user)
     }
 
-    /// Takes a place for `p` under both limits, or says which one is full.
-    pub fn admit(&self, p: &Principal) -> Result<Admitted, ApiError> {
-        let token = format!("token {}", p.actor());
+    /// Takes a place for `p`, speaking through token `token_id`, under both limits, or says
+    /// which one is full.
+    pub fn admit(&self, token_id: &str, p: &Principal) -> Result<Admitted, ApiError> {
+        let token = format!("token {token_id}");
         let user = match p.user() {
             Some(u) => format!("user {u}"),
             None => "user (operator)".to_owned(),
@@ -118,8 +119,8 @@ impl Drop for Admitted {
 
 /// The bearer token of a request: `None` without an Authorization header, `Err` when it is
 /// not `Bearer TOKEN`.
-pub fn bearer(req: &axum::http::request::Parts) -> Option<Result<&str, ApiError>> {
-    let h = req.headers.get(header::AUTHORIZATION)?;
+pub fn bearer(headers: &axum::http::HeaderMap) -> Option<Result<&str, ApiError>> {
+    let h = headers.get(header::AUTHORIZATION)?;
     Some(
         h.to_str()
             .ok()
@@ -131,27 +132,138 @@ pub fn bearer(req: &axum::http::request::Parts) -> Option<Result<&str, ApiError>
     )
 }
 
-/// The middleware: authenticates, admits, and keeps the places until the response is ready.
+/// The id part of a well-formed token (`nst.ID.SECRET`).
+fn token_id(token: &str) -> &str {
+    token.split('.').nth(1).unwrap_or("")
+}
+
+/// The middleware: authenticates, admits, and keeps the places until the answer has been
+/// sent (or the connection dropped): a client that reads its answer slowly still has its
+/// request in flight.
 pub async fn admit(State(s): State<AppState>, req: Request, next: Next) -> Response {
     let (mut parts, body) = req.into_parts();
-    let outcome = match bearer(&parts) {
-        None => None,
-        Some(Err(e)) => Some(Err(e)),
-        Some(Ok(token)) => Some(s.auth.authenticate(s.store.as_ref(), &s.keys, token).await),
-    };
+    let presented =
+        bearer(&parts.headers).map(|b| b.map(|t| zeroize::Zeroizing::new(t.to_owned())));
     let mut place = None;
-    if let Some(outcome) = outcome {
-        if let Ok(p) = &outcome {
-            match s.inflight.admit(p) {
-                Ok(a) => place = Some(a),
-                Err(e) => return e.into_response(),
-            }
+    match presented {
+        None => {}
+        Some(Err(e)) => {
+            parts.extensions.insert(Authenticated(Err(e)));
         }
-        parts.extensions.insert(Authenticated(outcome));
+        Some(Ok(token)) => {
+            let outcome = s.auth.authenticate(s.store.as_ref(), &s.keys, &token).await;
+            if let Ok(p) = &outcome {
+                match s.inflight.admit(token_id(&token), p) {
+                    Ok(a) => place = Some(a),
+                    Err(e) => return e.into_response(),
+                }
+            }
+            parts.extensions.insert(Authenticated(outcome));
+        }
     }
     let resp = next.run(Request::from_parts(parts, body)).await;
-    drop(place);
-    resp
+    match place {
+        Some(place) => hold(resp, place),
+        None => resp,
+    }
+}
+
+/// `resp` with `guard` kept alive until its body has been sent or dropped.
+pub fn hold<G: Send + 'static>(resp: Response, guard: G) -> Response {
+    let (parts, body) = resp.into_parts();
+    Response::from_parts(
+        parts,
+        axum::body::Body::new(Held {
+            inner: body,
+            rest: axum::body::Bytes::new(),
+            _guard: guard,
+        }),
+    )
+}
+
+/// A response body that holds something (a place in flight, a share of the answer budget)
+/// for as long as it lives. It hands hyper its data in pieces of at most `PIECE`: hyper asks
+/// for the next piece only once its write buffer has room, so the body (and what it holds)
+/// lives until the answer is nearly all on the wire, not just until hyper has taken it.
+struct Held<G> {
+    inner: axum::body::Body,
+    rest: axum::body::Bytes,
+    _guard: G,
+}
+
+const PIECE: usize = 64 * 1024;
+
+impl<G: Send + 'static> http_body::Body for Held<G> {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        // `Held` is Unpin: `Body` is, and the guard is never pinned.
+        let this = self.get_mut();
+        if this.rest.is_empty() {
+            match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+                std::task::Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => this.rest = data,
+                    Err(frame) => return std::task::Poll::Ready(Some(Ok(frame))),
+                },
+                other => return other,
+            }
+        }
+        let n = this.rest.len().min(PIECE);
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(this.rest.split_to(n)))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.rest.is_empty() && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        let mut h = self.inner.size_hint();
+        let rest = self.rest.len() as u64;
+        h.set_lower(h.lower() + rest);
+        if let Some(u) = h.upper() {
+            h.set_upper(u + rest);
+        }
+        h
+    }
+}
+
+impl<G> Unpin for Held<G> {}
+
+/// How many bytes of answers (values, base64 and JSON) may wait to be sent at once, in all:
+/// a client that reads slowly keeps its answer in memory, and many of them must not exhaust
+/// it. Beyond, reads answer 503 until some have gone out.
+pub const ANSWER_BUDGET: usize = 256 * 1024 * 1024;
+
+/// The answer budget, counted in KiB.
+#[derive(Debug, Clone)]
+pub struct AnswerBudget(Arc<tokio::sync::Semaphore>);
+
+impl Default for AnswerBudget {
+    fn default() -> Self {
+        Self(Arc::new(tokio::sync::Semaphore::new(ANSWER_BUDGET / 1024)))
+    }
+}
+
+impl AnswerBudget {
+    /// A share for an answer of about `bytes`, held until the answer is sent (`hold`).
+    pub fn take(&self, bytes: usize) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        let kib = u32::try_from(bytes.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
+        self.0.clone().try_acquire_many_owned(kib).map_err(|_| {
+            ApiError::Unavailable(format!(
+                "the service is sending {} MiB of answers already; retry shortly",
+                ANSWER_BUDGET >> 20
+            ))
+        })
+    }
+
+    /// KiB free, for tests.
+    pub fn available_kib(&self) -> usize {
+        self.0.available_permits()
+    }
 }
 
 #[cfg(test)]
@@ -179,28 +291,61 @@ mod tests {
         // A cap of 40 connections: 10 per user, 10 per token.
         let f = InFlight::sized_for(40);
         assert_eq!(f.limits(), (10, 10));
-        let held: Vec<Admitted> = (0..10).map(|_| f.admit(&user("alice")).unwrap()).collect();
-        let e = f.admit(&user("alice")).unwrap_err();
+        let held: Vec<Admitted> = (0..10)
+            .map(|_| f.admit("t1", &user("alice")).unwrap())
+            .collect();
+        let e = f.admit("t1", &user("alice")).unwrap_err();
         assert_eq!(e.status(), axum::http::StatusCode::TOO_MANY_REQUESTS);
         assert!(e.to_string().contains("this token has 10"), "{e}");
         // alice's jobs count towards alice; bob is not affected.
-        let e = f.admit(&job("alice", "job-1")).unwrap_err();
+        let e = f.admit("t3", &job("alice", "job-1")).unwrap_err();
         assert!(
             e.to_string().contains("this user and its jobs have 10"),
             "{e}"
         );
-        let bob = f.admit(&user("bob")).unwrap();
+        let bob = f.admit("t2", &user("bob")).unwrap();
         drop(held);
         assert_eq!(f.count("user alice"), 0);
         let jobs: Vec<Admitted> = (0..10)
-            .map(|i| f.admit(&job("alice", &format!("job-{i}"))).unwrap())
+            .map(|i| {
+                f.admit(&format!("j{i}"), &job("alice", &format!("job-{i}")))
+                    .unwrap()
+            })
             .collect();
-        assert!(f.admit(&user("alice")).is_err());
+        // Another token of alice's is refused too: the user's limit.
+        assert!(f.admit("t4", &user("alice")).is_err());
         drop(jobs);
         drop(bob);
-        assert!(f.admit(&user("alice")).is_ok());
+        assert!(f.admit("t1", &user("alice")).is_ok());
         assert_eq!(f.count("user alice"), 0, "released on drop");
         assert_eq!(f.count("user bob"), 0);
+    }
+
+    #[test]
+    fn each_token_has_its_own_share() {
+        let f = InFlight::sized_for(4096);
+        let held: Vec<Admitted> = (0..PER_TOKEN)
+            .map(|_| f.admit("t1", &user("alice")).unwrap())
+            .collect();
+        assert!(f.admit("t1", &user("alice")).is_err());
+        assert!(
+            f.admit("t2", &user("alice")).is_ok(),
+            "another token of alice's"
+        );
+        drop(held);
+    }
+
+    #[test]
+    fn the_answer_budget_is_shared_and_given_back() {
+        let b = AnswerBudget::default();
+        let all = b.available_kib();
+        assert_eq!(all, ANSWER_BUDGET / 1024);
+        let big = b.take(ANSWER_BUDGET - 1024).unwrap();
+        let e = b.take(2048).unwrap_err();
+        assert_eq!(e.status(), axum::http::StatusCode::SERVICE_UNAVAILABLE);
+        let small = b.take(10).unwrap();
+        drop((big, small));
+        assert_eq!(b.available_kib(), all);
     }
 
     #[test]

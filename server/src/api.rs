@@ -54,6 +54,8 @@ pub struct Service {
     pub changed: tokio::sync::watch::Sender<u64>,
     /// Requests in flight per token and per user (`admit`).
     pub inflight: crate::admit::InFlight,
+    /// Bytes of answers waiting to be sent (`admit::ANSWER_BUDGET`).
+    pub answers: crate::admit::AnswerBudget,
 }
 
 pub type AppState = Arc<Service>;
@@ -260,7 +262,7 @@ impl FromRequestParts<AppState> for Caller {
         if let Some(Authenticated(outcome)) = parts.extensions.remove::<Authenticated>() {
             return outcome.map(Caller);
         }
-        let token = crate::admit::bearer(parts)
+        let token = crate::admit::bearer(&parts.headers)
             .ok_or_else(|| ApiError::Unauthenticated("missing bearer token".into()))??;
         state
             .auth
@@ -298,37 +300,55 @@ impl Caller {
 #[derive(Debug)]
 pub struct ApiJson<T>(pub T);
 
-impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+impl<T: DeserializeOwned + Send> FromRequest<AppState> for ApiJson<T> {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let read = tokio::time::timeout(BODY_TIMEOUT, Json::<T>::from_request(req, state));
-        let Ok(read) = read.await else {
-            return Err(ApiError::RequestTimeout(format!(
-                "the request body did not arrive within {} s",
-                BODY_TIMEOUT.as_secs()
-            )));
-        };
-        match read {
-            Ok(Json(v)) => Ok(ApiJson(v)),
-            Err(rej) => Err(match rej {
-                JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType(
-                    "expected a 'Content-Type: application/json' request body".into(),
-                ),
-                JsonRejection::JsonSyntaxError(e) => {
-                    ApiError::BadRequest(format!("malformed JSON: {}", e.body_text()))
-                }
-                JsonRejection::JsonDataError(e) => {
-                    ApiError::BadRequest(format!("invalid request: {}", e.body_text()))
-                }
-                other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                    ApiError::PayloadTooLarge(format!(
-                        "request body is larger than {MAX_BODY} bytes"
-                    ))
-                }
-                other => ApiError::BadRequest(other.body_text()),
-            }),
+    /// Reads the body, then authenticates the caller again: a body may take up to
+    /// `BODY_TIMEOUT` to arrive, and a user removed or a token revoked meanwhile must not
+    /// get its request through (the first check was at the request's head).
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let presented = crate::admit::bearer(req.headers())
+            .map(|b| b.map(|t| zeroize::Zeroizing::new(t.to_owned())));
+        let v = read_json::<T, _>(req, state).await?;
+        if let Some(Ok(token)) = presented {
+            state
+                .auth
+                .authenticate(state.store.as_ref(), &state.keys, &token)
+                .await?;
         }
+        Ok(ApiJson(v))
+    }
+}
+
+/// A JSON body within `BODY_TIMEOUT`, its rejections in the API's error shape.
+pub async fn read_json<T: DeserializeOwned, S: Send + Sync>(
+    req: Request,
+    state: &S,
+) -> Result<T, ApiError> {
+    let read = tokio::time::timeout(BODY_TIMEOUT, Json::<T>::from_request(req, state));
+    let Ok(read) = read.await else {
+        return Err(ApiError::RequestTimeout(format!(
+            "the request body did not arrive within {} s",
+            BODY_TIMEOUT.as_secs()
+        )));
+    };
+    match read {
+        Ok(Json(v)) => Ok(v),
+        Err(rej) => Err(match rej {
+            JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType(
+                "expected a 'Content-Type: application/json' request body".into(),
+            ),
+            JsonRejection::JsonSyntaxError(e) => {
+                ApiError::BadRequest(format!("malformed JSON: {}", e.body_text()))
+            }
+            JsonRejection::JsonDataError(e) => {
+                ApiError::BadRequest(format!("invalid request: {}", e.body_text()))
+            }
+            other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                ApiError::PayloadTooLarge(format!("request body is larger than {MAX_BODY} bytes"))
+            }
+            other => ApiError::BadRequest(other.body_text()),
+        }),
     }
 }
 
@@ -485,8 +505,12 @@ async fn get_secret(
         s.audit(&p, "secret.read", Some(uri.to_string()), "not_found");
         return Err(not_found_secret(&uri.key));
     };
+    let share = s.answers.take(value.len() * 4 / 3 + 256)?;
     s.audit_read(&p, "secret.read", Some(uri.to_string()))?;
-    Ok(value_response(&uri, version, &value))
+    Ok(crate::admit::hold(
+        value_response(&uri, version, &value),
+        share,
+    ))
 }
 
 /// The `SecretValue` body, written by hand: the hot path of every read. Names, URIs and base64
@@ -647,6 +671,9 @@ async fn resolve(
             outcome,
         ))?;
     }
+    // The values, their base64 and the JSON around them stay in memory until a slow client
+    // has read them all.
+    let share = s.answers.take(total * 7 / 3 + 256 * results.len())?;
     let answer = ResolveResponse { results };
     let body = if total > BLOCKING_ENCODE {
         tokio::task::spawn_blocking(move || serde_json::to_vec(&answer))
@@ -656,7 +683,10 @@ async fn resolve(
         serde_json::to_vec(&answer)
     }
     .map_err(|e| ApiError::Internal(format!("encoding a resolve answer: {e}")))?;
-    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+    Ok(crate::admit::hold(
+        ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        share,
+    ))
 }
 
 /// How many change-log entries one scan of the watch loop reads.
@@ -1523,7 +1553,7 @@ mod tests {
             .body(axum::body::Body::from_stream(never))
             .unwrap();
         let t0 = tokio::time::Instant::now();
-        let err = ApiJson::<serde_json::Value>::from_request(req, &())
+        let err = read_json::<serde_json::Value, _>(req, &())
             .await
             .unwrap_err();
         assert_eq!(err.status(), StatusCode::REQUEST_TIMEOUT, "{err}");

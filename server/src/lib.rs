@@ -47,7 +47,9 @@ pub use api::{AppState, Service, app};
                   flight 5s to finish. One token may have at most 64 requests in flight (a \
                   body being read, a watch waiting), one user with its jobs at most a quarter \
                   of the connection cap and at most 1024 (429 beyond); a request body must \
-                  arrive within 30 s (408).\n\n\
+                  arrive within 30 s (408). A request counts as in flight until its answer \
+                  has been sent; answers waiting for slow readers may hold 256 MiB in all (503 \
+                  beyond).\n\n\
                   Request limits: a request body of at most 2 MiB (413); a secret value of 1 \
                   byte to 1 MiB (400); a resolve of at most 1000 URIs (400), each distinct URI \
                   read once, and at most 16 MiB (16777216 bytes) of values in one answer \
@@ -169,6 +171,7 @@ pub async fn open_service(
         auth: auth::Authenticator::default(),
         changed: tokio::sync::watch::channel(0).0,
         inflight: admit::InFlight::default(),
+        answers: admit::AnswerBudget::default(),
     })
 }
 
@@ -302,6 +305,7 @@ mod tests {
             format!("at most {} requests in flight", crate::admit::PER_TOKEN),
             format!("and at most {} (429", crate::admit::PER_USER),
             format!("within {} s (408)", crate::api::BODY_TIMEOUT.as_secs()),
+            format!("may hold {} MiB in all", crate::admit::ANSWER_BUDGET >> 20),
             format!("lives at most {} days", crate::api::MAX_JOB_TTL_S / 86400),
         ] {
             assert!(help.contains(&needle), "--help lacks '{needle}':\n{help}");

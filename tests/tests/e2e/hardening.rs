@@ -544,3 +544,134 @@ fn jobs_created_during_a_user_removal_die_with_the_user() {
     assert_eq!(alive(&tokens), Vec::<String>::new(), "revived by the name");
     assert_eq!(resolve(&alice).status, 401, "the old user token");
 }
+
+/// Sends `head` and all of `body` but its last byte; returns the stream, to finish later.
+fn half_sent(addr: &str, head: &str, body: &str) -> std::net::TcpStream {
+    use std::io::Write as _;
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(format!("{head}Content-Length: {}\r\n\r\n", body.len()).as_bytes())
+        .unwrap();
+    s.write_all(&body.as_bytes()[..body.len() - 1]).unwrap();
+    s
+}
+
+/// Sends the last byte of the body and reads the status code of the answer.
+fn finish(mut s: std::net::TcpStream, body: &str) -> u16 {
+    use std::io::{Read as _, Write as _};
+    s.write_all(&body.as_bytes()[body.len() - 1..]).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut b = [0u8; 12];
+    s.read_exact(&mut b).unwrap();
+    String::from_utf8_lossy(&b[9..12]).parse().unwrap()
+}
+
+/// A request whose body is still arriving when its user is removed (and the name created
+/// again) must not go through: the caller is checked again once the body is in.
+#[test]
+fn a_request_whose_body_outlives_its_user_is_refused() {
+    let srv = Server::start();
+    let t = srv.add_users(&["alice"]);
+    let old = t[0].clone();
+    srv.put(&old, "a", b"va");
+    let head = |path: &str| {
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {old}\r\n\
+             Content-Type: application/json\r\nConnection: close\r\n"
+        )
+    };
+    let put_body = format!(r#"{{"key":"planted","value":"{}"}}"#, b64("old alice's"));
+    let job_body = r#"{"secret_env":{"X":"secret:newsecret"}}"#;
+    let put = half_sent(&srv.addr, &head("/api/v1/secrets"), &put_body);
+    let job = half_sent(&srv.addr, &head("/api/v1/jobs"), job_body);
+    std::thread::sleep(Duration::from_millis(300));
+    let operator = srv.user("operator", &srv.admin_token());
+    operator.ok(&["admin", "user", "rm", "alice", "--secrets", "delete"]);
+    let new = operator
+        .ok(&["admin", "user", "add", "alice"])
+        .stdout_str()
+        .trim()
+        .to_owned();
+    srv.put(&new, "newsecret", b"new alice's");
+    assert_eq!(finish(put, &put_body), 401);
+    assert_eq!(finish(job, job_body), 401);
+    let r = srv.http("GET", "/api/v1/secrets", Some(&new), None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(!r.body.contains("planted"), "{}", r.body);
+}
+
+/// A connection with a small receive buffer: the answer to a big request waits in the
+/// service until the client reads it.
+fn slow_reader(addr: &str) -> std::net::TcpStream {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn, connect, setsockopt};
+    use nix::sys::socket::{socket, sockopt};
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::empty(),
+        None,
+    )
+    .unwrap();
+    setsockopt(&fd, sockopt::RcvBuf, &4096).unwrap();
+    let sa: std::net::SocketAddrV4 = addr.parse().unwrap();
+    connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::from(sa)).unwrap();
+    std::net::TcpStream::from(fd)
+}
+
+/// Answers a client has not read yet count as in flight: one token cannot pile up big
+/// answers in the service's memory by reading them slowly.
+#[test]
+fn answers_read_slowly_stay_in_flight() {
+    use std::io::{Read as _, Write as _};
+    // A cap of 24 connections: one token may have 6 requests in flight.
+    let srv = Server::start_with(&["--cluster", "neuro-compute", "--max-connections", "24"]);
+    let t = srv.add_users(&["alice"]);
+    let alice = t[0].clone();
+    let uris: Vec<String> = (0..8)
+        .map(|i| {
+            srv.put(
+                &alice,
+                &format!("big{i}"),
+                &vec![b'a' + i as u8; 1024 * 1024],
+            );
+            format!("\"secret:big{i}\"")
+        })
+        .collect();
+    let body = format!(r#"{{"uris":[{}]}}"#, uris.join(","));
+    let request = format!(
+        "POST /api/v1/secrets/resolve HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {alice}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut conns: Vec<std::net::TcpStream> = (0..10)
+        .map(|_| {
+            let mut s = slow_reader(&srv.addr);
+            s.write_all(request.as_bytes()).unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+    let mut statuses = Vec::new();
+    for s in &mut conns {
+        // A debug build takes a while to encode six 11 MB answers on two cores.
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let mut b = [0u8; 12];
+        s.read_exact(&mut b).unwrap();
+        statuses.push(String::from_utf8_lossy(&b[9..12]).into_owned());
+    }
+    let answered = statuses.iter().filter(|s| *s == "200").count();
+    assert!(answered <= 6, "{statuses:?}");
+    assert!(statuses.iter().any(|s| s == "429"), "{statuses:?}");
+    // While those answers wait, the token's other requests wait too.
+    let r = srv.http("GET", "/api/v1/whoami", Some(&alice), None);
+    assert_eq!(r.status, 429, "{}", r.body);
+    let rss = srv.status_kb("VmRSS");
+    eprintln!("statuses {statuses:?}; secretd VmRSS {rss} kB with the answers pending");
+    assert!(rss < 400 * 1024, "VmRSS {rss} kB");
+    // Gone: the places are free again.
+    drop(conns);
+    let t0 = std::time::Instant::now();
+    while srv.http("GET", "/api/v1/whoami", Some(&alice), None).status != 200 {
+        assert!(t0.elapsed() < Duration::from_secs(5), "places not released");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
