@@ -1,7 +1,7 @@
 //! Admission: every request with a bearer token is authenticated once, here, and counted
 //! against two limits while it is in flight (its body being read, a watch waiting, the
-//! handler running): `PER_TOKEN` requests per token and `PER_USER` per user, a user's jobs
-//! included. A client with a valid token can thus hold only so many of the service's
+//! handler running, its answer being sent): `PER_TOKEN` requests per token and `PER_USER` per
+//! user, a user's jobs included. A client with a valid token can thus hold only so many of the service's
 //! connections busy (a slow body, thousands of long polls), and the connection cap's eviction of
 //! idle connections keeps room for everyone else.
 
