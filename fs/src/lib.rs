@@ -20,23 +20,43 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use clap::Parser;
 use secrets_core::api::{JobSpec, ResolveStatus};
-use secrets_core::client::{Client, ClientConfig, ClientError};
-use secrets_core::{SecretBytes, Token, VolumeMapping};
+use secrets_core::client::{Client, ClientError};
+use secrets_core::{ConnArgs, ExitClass, GroupMayRead, SecretBytes, Token, VolumeMapping};
 
 use crate::files::{Files, Mapping};
 
-const EXIT_CODES: &str = "Exit codes:
-  0   stopped cleanly (SIGTERM or SIGINT): everything unmounted
-  2   usage error
-  65  bad input: an invalid --volume, spec file or token file; a token file that others
-      may read or group or others may write, or that its group may read when that group
-      is not the job's --gid (chmod 600 it); a mapped path with a symlink in any component, or under
-      /proc, /sys or /dev
-  69  the service is unavailable (after --timeout of retries); at once when its TLS
-      certificate is not accepted or the URL's scheme (http/https) is not what it speaks
-  72  a mapped secret does not exist
-  77  not authenticated, or a mapped secret is forbidden
-  1   any other failure (e.g. mounting failed)";
+/// The `Exit codes:` section of `--help`.
+fn exit_codes() -> String {
+    ExitClass::help(&[
+        (
+            ExitClass::Ok,
+            "stopped cleanly (SIGTERM or SIGINT): everything unmounted",
+        ),
+        (
+            ExitClass::Other,
+            "e.g. mounting failed; with --check-ready: not ready",
+        ),
+        (ExitClass::Usage, ""),
+        (
+            ExitClass::Invalid,
+            "an invalid --volume, spec file or token file; a token file that\n\
+             others may read or group or others may write, or that its group may read when\n\
+             that group is not the job's --gid (chmod 600 it); a mapped path with a symlink\n\
+             in any component, or under /proc, /sys or /dev",
+        ),
+        (
+            ExitClass::Unavailable,
+            "after --timeout of retries; at once when its TLS\n\
+             certificate is not accepted or the URL's scheme (http/https) is not what it speaks",
+        ),
+        (ExitClass::NotFound, "a mapped secret does not exist"),
+        (
+            ExitClass::Forbidden,
+            "no token, the token is refused, or a\n\
+             mapped secret is forbidden",
+        ),
+    ])
+}
 
 /// Command line of `secretfs`.
 #[derive(Debug, Parser)]
@@ -52,20 +72,11 @@ const EXIT_CODES: &str = "Exit codes:
         keep being served and the status area (MOUNT_ROOT/.status) says since when they are \
         stale. SIGTERM unmounts everything and exits 0. Needs root (or CAP_SYS_ADMIN) and \
         /dev/fuse.",
-    after_help = EXIT_CODES
+    after_help = exit_codes()
 )]
 pub struct Args {
-    /// Service URL [env: NEURO_URL]
-    #[arg(
-        long,
-        env = "NEURO_URL",
-        value_name = "URL",
-        required_unless_present = "check_ready"
-    )]
-    pub url: Option<String>,
-    /// File holding the job token (else NEURO_TOKEN)
-    #[arg(long, value_name = "FILE")]
-    pub token_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub conn: ConnArgs,
     /// A job spec (JSON of POST /api/v1/jobs); its secret_volumes are served
     #[arg(long, value_name = "FILE")]
     pub spec: Option<PathBuf>,
@@ -90,9 +101,6 @@ pub struct Args {
     /// Audit log of opens (JSON lines); default: standard error
     #[arg(long, value_name = "FILE")]
     pub audit_log: Option<PathBuf>,
-    /// PEM CA certificate(s) for an https URL
-    #[arg(long, value_name = "FILE")]
-    pub ca_file: Option<PathBuf>,
     /// How opens and reads are served: strict (audited opens, per-handle snapshots), audited
     /// (audited opens, page cache, one round trip per open) or kernel (no round trips)
     #[arg(long, value_enum, default_value = "strict")]
@@ -107,9 +115,6 @@ pub struct Args {
     /// pod's subPath mounts (see container/README.md)
     #[arg(long, conflicts_with = "private")]
     pub root_only: bool,
-    /// How long to retry an unavailable service at start, in seconds
-    #[arg(long, default_value_t = 30)]
-    pub timeout: u64,
     /// Exit 0 if FILE (the --ready-file of a running secretfs) exists, else 1, and do nothing
     /// else: the startup probe of images that have no shell
     #[arg(long, value_name = "FILE", exclusive = true)]
@@ -123,102 +128,73 @@ fn parse_mode(s: &str) -> Result<u16, String> {
         .ok_or_else(|| format!("invalid mode '{s}': expected octal permission bits such as 0400"))
 }
 
-/// A failure with its exit code.
+/// A failure with its exit class.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
 pub struct Failure {
-    pub code: u8,
+    pub class: ExitClass,
     pub message: String,
 }
 
-fn fail(code: u8, message: impl Into<String>) -> anyhow::Error {
+fn fail(class: ExitClass, message: impl Into<String>) -> anyhow::Error {
     Failure {
-        code,
+        class,
         message: message.into(),
     }
     .into()
 }
 
-pub fn exit_code(e: &anyhow::Error) -> u8 {
+/// The class of a failure: the first [`Failure`] or bad-input path error in its chain, else
+/// [`ExitClass::Other`].
+pub fn exit_class(e: &anyhow::Error) -> ExitClass {
     e.chain()
         .find_map(|c| {
-            c.downcast_ref::<Failure>().map(|f| f.code).or_else(|| {
+            c.downcast_ref::<Failure>().map(|f| f.class).or_else(|| {
                 c.downcast_ref::<paths::PathError>()
                     .filter(|p| p.is_bad_input())
-                    .map(|_| 65)
+                    .map(|_| ExitClass::Invalid)
             })
         })
-        .unwrap_or(1)
+        .unwrap_or(ExitClass::Other)
 }
 
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    exit_class(e).code()
+}
+
+/// The token: the file's group may read it only when that group is the job's (`--gid`, 0
+/// included).
 fn read_token(args: &Args) -> anyhow::Result<Token> {
-    let raw = match &args.token_file {
-        Some(p) => read_token_file(p, args.gid)?,
-        None => std::env::var("NEURO_TOKEN")
-            .map_err(|_| fail(77, "no token: pass --token-file FILE or set NEURO_TOKEN"))?,
-    };
-    let t = raw.trim();
-    if t.is_empty() {
-        return Err(fail(77, "the token is empty"));
-    }
-    Ok(Token::new(t.to_owned()))
-}
-
-/// Reads the token file, refusing one that others may read, or group or others may write.
-/// Its group may read it only when that group is the job's (`--gid`, 0 included): the pod of
-/// `neuro job manifest --user` mounts the token root-owned, mode 0440, group `fsGroup`, for
-/// the job's own wrapper, which holds the same token. Symlinks are followed (a Kubernetes
-/// Secret volume's files are symlinks); the mode is the file's.
-fn read_token_file(p: &Path, job_gid: u32) -> anyhow::Result<String> {
-    use std::io::Read as _;
-    use std::os::unix::fs::MetadataExt as _;
-    let cannot =
-        |e: std::io::Error| fail(65, format!("cannot read token file '{}': {e}", p.display()));
-    let mut f = std::fs::File::open(p).map_err(cannot)?;
-    let meta = f.metadata().map_err(cannot)?;
-    let mode = meta.mode() & 0o7777;
-    let job_group = meta.gid() == job_gid;
-    if mode & 0o037 != 0 || (mode & 0o040 != 0 && !job_group) {
-        return Err(fail(
-            65,
-            format!(
-                "token file '{}' has mode {mode:04o}: group or others may access it\n\
-                 hint: chmod 600 '{}'",
-                p.display(),
-                p.display()
-            ),
-        ));
-    }
-    // A token is about 90 bytes; a file that never ends (a link to /dev/zero) is refused.
-    const MAX_TOKEN_FILE: u64 = 64 * 1024;
-    let mut raw = String::new();
-    (&mut f)
-        .take(MAX_TOKEN_FILE + 1)
-        .read_to_string(&mut raw)
-        .map_err(cannot)?;
-    if raw.len() as u64 > MAX_TOKEN_FILE {
-        return Err(fail(
-            65,
-            format!(
-                "cannot read token file '{}': larger than {MAX_TOKEN_FILE} bytes",
-                p.display()
-            ),
-        ));
-    }
-    Ok(raw)
+    args.conn
+        .token(GroupMayRead::Gid(args.gid))
+        .map_err(|e| fail(e.class(), e.to_string()))
 }
 
 /// The mappings of `--spec` and `--volume`, in that order; two secrets at one path is an error.
 fn mappings(args: &Args) -> anyhow::Result<Vec<Mapping>> {
     let mut out: Vec<Mapping> = Vec::new();
     if let Some(p) = &args.spec {
-        let raw = std::fs::read(p)
-            .map_err(|e| fail(65, format!("cannot read spec '{}': {e}", p.display())))?;
-        let spec: JobSpec = serde_json::from_slice(&raw)
-            .map_err(|e| fail(65, format!("invalid spec '{}': {e}", p.display())))?;
+        let raw = std::fs::read(p).map_err(|e| {
+            fail(
+                ExitClass::Invalid,
+                format!("cannot read spec '{}': {e}", p.display()),
+            )
+        })?;
+        let spec: JobSpec = serde_json::from_slice(&raw).map_err(|e| {
+            fail(
+                ExitClass::Invalid,
+                format!("invalid spec '{}': {e}", p.display()),
+            )
+        })?;
         for v in spec.secret_volumes {
-            let m = VolumeMapping::parse(&format!("{}:{}", v.src_secret_uri, v.dst_path))
-                .map_err(|e| fail(65, format!("invalid spec '{}': {e}", p.display())))?;
+            let m = VolumeMapping::parse(&format!("{}:{}", v.src_secret_uri, v.dst_path)).map_err(
+                |e| {
+                    fail(
+                        ExitClass::Invalid,
+                        format!("invalid spec '{}': {e}", p.display()),
+                    )
+                },
+            )?;
             out.push(Mapping {
                 path: m.path,
                 uri: m.secret.to_string(),
@@ -226,7 +202,7 @@ fn mappings(args: &Args) -> anyhow::Result<Vec<Mapping>> {
         }
     }
     for v in &args.volumes {
-        let m = VolumeMapping::parse(v).map_err(|e| fail(65, e.to_string()))?;
+        let m = VolumeMapping::parse(v).map_err(|e| fail(ExitClass::Invalid, e.to_string()))?;
         out.push(Mapping {
             path: m.path,
             uri: m.secret.to_string(),
@@ -234,7 +210,7 @@ fn mappings(args: &Args) -> anyhow::Result<Vec<Mapping>> {
     }
     if out.is_empty() {
         return Err(fail(
-            65,
+            ExitClass::Invalid,
             "nothing to serve: give --volume secret:KEY:/PATH or --spec FILE",
         ));
     }
@@ -242,7 +218,7 @@ fn mappings(args: &Args) -> anyhow::Result<Vec<Mapping>> {
     for m in &out {
         if !seen.insert(&m.path) {
             return Err(fail(
-                65,
+                ExitClass::Invalid,
                 format!("two secrets are mapped to '{}'", m.path.display()),
             ));
         }
@@ -267,20 +243,20 @@ async fn resolve_initial(
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(2));
             }
-            Err(
-                e @ ClientError::Status {
-                    status: 401 | 403, ..
-                },
-            ) => {
-                return Err(fail(77, format!("not authenticated: {e}")));
+            Err(e) => {
+                let class = ExitClass::from(&e);
+                return Err(fail(
+                    class,
+                    match class {
+                        ExitClass::Forbidden => format!("not authenticated: {e}"),
+                        _ => e.to_string(),
+                    },
+                ));
             }
-            Err(e @ ClientError::Incompatible { .. }) => return Err(fail(69, e.to_string())),
-            Err(e) if e.is_transient() => return Err(fail(69, e.to_string())),
-            Err(e) => return Err(fail(65, e.to_string())),
         }
     };
     let mut errors = Vec::new();
-    let mut code = 0;
+    let mut class = ExitClass::Ok;
     let mut values = Vec::new();
     for (m, r) in maps.iter().zip(resp.results) {
         let uri = r.resolved_uri.clone().unwrap_or_else(|| m.uri.clone());
@@ -290,17 +266,23 @@ async fn resolve_initial(
                     values.push((v, ver));
                     continue;
                 }
-                _ => (69, "the service sent no value".to_owned()),
+                _ => (
+                    ExitClass::Unavailable,
+                    "the service sent no value".to_owned(),
+                ),
             },
-            ResolveStatus::NotFound => (72, "not found".to_owned()),
-            ResolveStatus::Forbidden => (77, "forbidden".to_owned()),
-            ResolveStatus::Invalid => (65, format!("invalid: {}", r.error.unwrap_or_default())),
+            ResolveStatus::NotFound => (ExitClass::NotFound, "not found".to_owned()),
+            ResolveStatus::Forbidden => (ExitClass::Forbidden, "forbidden".to_owned()),
+            ResolveStatus::Invalid => (
+                ExitClass::Invalid,
+                format!("invalid: {}", r.error.unwrap_or_default()),
+            ),
         };
-        code = code.max(c);
+        class = class.combine(c);
         errors.push(format!("{}: {uri}: {what}", m.path.display()));
     }
     if !errors.is_empty() {
-        return Err(fail(code, errors.join("\nERROR: ")));
+        return Err(fail(class, errors.join("\nERROR: ")));
     }
     Ok(values)
 }
@@ -577,6 +559,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             ExitCode::FAILURE
         });
     }
+    if args.conn.url().is_none() {
+        return Err(fail(ExitClass::Usage, "--url or NEURO_URL is required"));
+    }
     let mut stop = Shutdown::catch()?;
     let hardening = harden::apply().context("hardening the process")?;
     // A ready file left by an earlier run must not report this one ready before it has
@@ -598,12 +583,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let maps = mappings(&args)?;
     let token = read_token(&args)?;
-    let url = args.url.clone().context("--url or NEURO_URL is required")?;
-    let mut cfg = ClientConfig::new(url, Some(token));
-    cfg.ca_file = args.ca_file.clone();
-    cfg.timeout = Duration::from_secs(40);
-    let client = Client::new(&cfg).map_err(|e| fail(65, e.to_string()))?;
-    let deadline = Instant::now() + Duration::from_secs(args.timeout);
+    let cfg = args.conn.client_config(token, Duration::from_secs(40));
+    let client = Client::new(&cfg).map_err(|e| fail(ExitClass::from(&e), e.to_string()))?;
+    let deadline = Instant::now() + args.conn.timeout;
     // Learn the revision before resolving, so no change between the two is missed.
     let since = client.watch(None, 0).await.ok().map(|w| w.revision);
     let initial = tokio::select! {
@@ -639,4 +621,46 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     task.abort();
     mounted.teardown();
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[track_caller]
+    fn check(args: &[&str], timeout: Result<Duration, ()>) {
+        let mut v = vec!["secretfs", "--url", "http://127.0.0.1:1"];
+        v.extend(args);
+        match (Args::try_parse_from(&v), timeout) {
+            (Ok(a), Ok(t)) => assert_eq!(a.conn.timeout, t, "{args:?}"),
+            (Err(e), Err(())) => assert_eq!(e.exit_code(), 2, "{args:?}: {e}"),
+            (got, want) => panic!("{args:?}: got {got:?}, want {want:?}"),
+        }
+    }
+
+    /// `--timeout` is ConnArgs's: whole seconds as before, now fractions too, and never
+    /// more than an hour (it took any u64 before).
+    #[test]
+    fn timeout_forms() {
+        check(&[], Ok(Duration::from_secs(30)));
+        check(&["--timeout", "3"], Ok(Duration::from_secs(3)));
+        check(&["--timeout", "0.5"], Ok(Duration::from_millis(500)));
+        check(&["--timeout", "100000"], Err(()));
+        check(&["--timeout", "inf"], Err(()));
+    }
+
+    #[test]
+    fn check_ready_needs_no_url() {
+        let a = Args::try_parse_from(["secretfs", "--check-ready", "/r"]).unwrap();
+        assert!(a.conn.url.is_none());
+        assert!(Args::try_parse_from(["secretfs", "--check-ready", "/r", "--uid", "1"]).is_err());
+    }
+
+    #[test]
+    fn failures_carry_their_class() {
+        assert_eq!(exit_code(&fail(ExitClass::NotFound, "x")), 72);
+        let wrapped = fail(ExitClass::Forbidden, "x").context("starting");
+        assert_eq!(exit_class(&wrapped), ExitClass::Forbidden);
+        assert_eq!(exit_code(&anyhow::anyhow!("mount failed")), 1);
+    }
 }

@@ -39,11 +39,7 @@ pub fn supervise(mut cmd: std::process::Command, _old: SigSet) -> u8 {
         Ok(c) => c,
         Err(e) => {
             eprintln!("secret-inject: ERROR: cannot execute the command: {e}");
-            return if e.kind() == std::io::ErrorKind::NotFound {
-                127
-            } else {
-                126
-            };
+            return crate::exec_failure(&e).code();
         }
     };
     // The child has its environment; this process needs the values no longer.

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use secrets_core::api::{JobSpec, ResolveStatus};
-use secrets_core::client::{Client, ClientConfig, ClientError};
-use secrets_core::{EnvMapping, EnvName, SecretRef, Token};
+use secrets_core::client::{Client, ClientError};
+use secrets_core::{ConnArgs, EnvMapping, EnvName, ExitClass, GroupMayRead, SecretRef, Token};
 use zeroize::Zeroizing;
 
 /// The kernel's limit on one argv or environment string, terminating NUL included.
@@ -30,21 +30,44 @@ const MAX_ARG_STRLEN: usize = 32 * 4096;
 /// The variables that carry the wrapper's own credentials; never passed to the job.
 const OWN_VARS: [&str; 2] = ["NEURO_TOKEN", "NEURO_TOKEN_FILE"];
 
-const EXIT_CODES: &str = "Exit codes (before the job starts; afterwards the job's own code):
-  65  invalid: a bad mapping or variable name, a protected name without --allow-override,
-      a value containing NUL, an invalid URI, a --token-file that others may read or
-      group or others may write (its group may read it only when that group is how this
-      process reads it, as with a Kubernetes fsGroup): chmod 600 it
-  69  unavailable: the service could not be reached or kept failing (connection refused,
-      timeout, 429, 5xx) until --timeout; at once when its TLS certificate is not
-      accepted or the URL's scheme (http/https) is not what it speaks
-  72  not found: a mapped secret does not exist
-  77  forbidden: the token may not read a mapped secret, or is not accepted
-  126 the command cannot be executed; 127 the command was not found; 2 usage error
-  1   --install could not write its copy; the process could not be made non-dumpable,
-      or init mode could not block the signals it forwards
-When several classes fail at once, the code is the first of: invalid, forbidden, not found,
-unavailable. In init mode the exit code is the job's, or 128+N when signal N killed it.";
+/// The `Exit codes:` section of `--help`.
+fn exit_codes() -> String {
+    let mut h = ExitClass::help(&[
+        (
+            ExitClass::Other,
+            "--install could not write its copy; the process could not be\n\
+             made non-dumpable, or init mode could not block the signals it forwards",
+        ),
+        (ExitClass::Usage, ""),
+        (
+            ExitClass::Invalid,
+            "a bad mapping or variable name, a protected name without\n\
+             --allow-override, a value containing NUL, an invalid URI, a --token-file that\n\
+             others may read or group or others may write (its group may read it only when\n\
+             that group is how this process reads it, as with a Kubernetes fsGroup): chmod\n\
+             600 it",
+        ),
+        (
+            ExitClass::Unavailable,
+            "it could not be reached or kept failing (connection\n\
+             refused, timeout, 429, 5xx) until --timeout; at once when its TLS certificate is\n\
+             not accepted or the URL's scheme (http/https) is not what it speaks",
+        ),
+        (ExitClass::NotFound, "a mapped secret does not exist"),
+        (
+            ExitClass::Forbidden,
+            "no token, the token is not accepted, or it may\n\
+             not read a mapped secret",
+        ),
+        (ExitClass::CannotExecute, ""),
+        (ExitClass::CommandNotFound, ""),
+    ]);
+    h.push_str(
+        "\nThese are before the job starts; afterwards the code is the job's own (in init mode,\n\
+         128+N when signal N killed it).",
+    );
+    h
+}
 
 /// Command line of `secret-inject`.
 #[derive(Debug, Parser)]
@@ -58,21 +81,11 @@ unavailable. In init mode the exit code is the job's, or 128+N when signal N kil
         failing mapping. As PID 1, or with --init, it stays as a minimal init: it forwards \
         SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2 and SIGWINCH to the job once, reaps \
         zombies, and exits with the job's code.",
-    after_help = EXIT_CODES
+    after_help = exit_codes()
 )]
 pub struct Args {
-    /// Service URL [env: NEURO_URL]
-    #[arg(
-        long,
-        env = "NEURO_URL",
-        value_name = "URL",
-        required_unless_present = "install"
-    )]
-    pub url: Option<String>,
-    /// File holding the token (else NEURO_TOKEN); refused (exit 77) if others or, unless it is
-    /// this process's way in, its group may read it: keep it mode 0600 or 0400
-    #[arg(long, value_name = "FILE")]
-    pub token_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub conn: ConnArgs,
     /// A job spec (JSON of POST /api/v1/jobs); its secret_env mappings are used
     #[arg(long, value_name = "FILE")]
     pub spec: Option<PathBuf>,
@@ -85,12 +98,6 @@ pub struct Args {
     /// Stay as a minimal init even when not PID 1
     #[arg(long)]
     pub init: bool,
-    /// Total time for resolving, retries included, in seconds (0 to 3600)
-    #[arg(long, default_value_t = 30.0, value_name = "SECONDS", value_parser = parse_timeout)]
-    pub timeout: f64,
-    /// PEM CA certificate(s) for an https URL
-    #[arg(long, value_name = "FILE")]
-    pub ca_file: Option<PathBuf>,
     /// Log each step (names, URIs, versions, timings; never values) to stderr
     #[arg(long, short)]
     pub verbose: bool,
@@ -103,61 +110,12 @@ pub struct Args {
     pub command: Vec<OsString>,
 }
 
-/// The longest `--timeout` accepted, in seconds.
-const MAX_TIMEOUT_SECS: f64 = 3600.0;
-
-/// `--timeout`: finite, non-negative seconds up to [`MAX_TIMEOUT_SECS`] (a `Duration` cannot
-/// hold infinity, NaN or 1e300, and nobody means them).
-fn parse_timeout(s: &str) -> Result<f64, String> {
-    let v: f64 = s
-        .trim()
-        .parse()
-        .map_err(|_| format!("'{s}' is not a number of seconds"))?;
-    if v.is_finite() && (0.0..=MAX_TIMEOUT_SECS).contains(&v) {
-        // -0 becomes 0, which `Duration::from_secs_f64` takes.
-        Ok(v + 0.0)
-    } else {
-        Err(format!(
-            "'{s}' is out of range: give seconds from 0 to {MAX_TIMEOUT_SECS}"
-        ))
-    }
-}
-
-/// The classes of failure, in the order their exit codes take precedence.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Class {
-    Invalid,
-    Forbidden,
-    NotFound,
-    Unavailable,
-}
-
-impl Class {
-    pub fn code(self) -> u8 {
-        match self {
-            Class::Invalid => 65,
-            Class::Forbidden => 77,
-            Class::NotFound => 72,
-            Class::Unavailable => 69,
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            Class::Invalid => "invalid",
-            Class::Forbidden => "forbidden",
-            Class::NotFound => "not found",
-            Class::Unavailable => "unavailable",
-        }
-    }
-}
-
 /// One failing mapping (or the whole request): what, which URI, which class, why.
 #[derive(Debug)]
 pub struct Failure {
     pub var: Option<String>,
     pub uri: Option<String>,
-    pub class: Class,
+    pub class: ExitClass,
     pub detail: String,
 }
 
@@ -182,7 +140,7 @@ fn invalid(var: Option<&str>, uri: Option<&str>, detail: impl Into<String>) -> F
     Failure {
         var: var.map(str::to_owned),
         uri: uri.map(str::to_owned),
-        class: Class::Invalid,
+        class: ExitClass::Invalid,
         detail: detail.into(),
     }
 }
@@ -284,7 +242,7 @@ pub async fn resolve(
                     return Err(vec![Failure {
                         var: None,
                         uri: None,
-                        class: Class::Unavailable,
+                        class: ExitClass::Unavailable,
                         detail: format!("{e}; gave up after {attempt} attempt(s)"),
                     }]);
                 }
@@ -295,16 +253,10 @@ pub async fn resolve(
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
             Err(e) => {
-                let class = match (&e, e.status()) {
-                    (ClientError::Incompatible { .. }, _) => Class::Unavailable,
-                    (_, Some(401 | 403)) => Class::Forbidden,
-                    (_, Some(404)) => Class::NotFound,
-                    _ => Class::Invalid,
-                };
                 return Err(vec![Failure {
                     var: None,
                     uri: None,
-                    class,
+                    class: ExitClass::from(&e),
                     detail: e.to_string(),
                 }]);
             }
@@ -328,13 +280,13 @@ pub async fn resolve(
                 let entry = m.name.as_str().len() + 1 + v.len() + 1;
                 if v.expose().contains(&0) {
                     errs.push(fail(
-                        Class::Invalid,
+                        ExitClass::Invalid,
                         "the value contains a NUL byte, which no environment variable can hold"
                             .into(),
                     ));
                 } else if entry > MAX_ARG_STRLEN {
                     errs.push(fail(
-                        Class::Invalid,
+                        ExitClass::Invalid,
                         format!(
                             "NAME=VALUE is {entry} bytes; Linux limits one environment entry to {MAX_ARG_STRLEN} bytes (MAX_ARG_STRLEN)"
                         ),
@@ -354,13 +306,14 @@ pub async fn resolve(
                     });
                 }
             }
-            (ResolveStatus::Ok, None) => {
-                errs.push(fail(Class::Unavailable, "the service sent no value".into()))
-            }
-            (ResolveStatus::NotFound, _) => errs.push(fail(Class::NotFound, String::new())),
-            (ResolveStatus::Forbidden, _) => errs.push(fail(Class::Forbidden, String::new())),
+            (ResolveStatus::Ok, None) => errs.push(fail(
+                ExitClass::Unavailable,
+                "the service sent no value".into(),
+            )),
+            (ResolveStatus::NotFound, _) => errs.push(fail(ExitClass::NotFound, String::new())),
+            (ResolveStatus::Forbidden, _) => errs.push(fail(ExitClass::Forbidden, String::new())),
             (ResolveStatus::Invalid, _) => {
-                errs.push(fail(Class::Invalid, r.error.unwrap_or_default()))
+                errs.push(fail(ExitClass::Invalid, r.error.unwrap_or_default()))
             }
         }
     }
@@ -389,79 +342,47 @@ fn report(errs: &[Failure]) -> u8 {
     for e in errs {
         eprintln!("{}", e.line());
     }
-    errs.iter().map(|e| e.class).min().map_or(1, Class::code)
-}
-
-/// The largest token file read; a token is about 80 bytes.
-const MAX_TOKEN_FILE: u64 = 64 * 1024;
-
-/// Reads `--token-file` through one descriptor, so the mode checked is that of the file read
-/// (symbolic links are followed: Kubernetes mounts a Secret's keys as links into `..data/`).
-/// Refuses a file others may read, and one its group may read unless that group is how this
-/// process reads it (not the owner, the file's group among its own: a Kubernetes `fsGroup`
-/// mount, root-owned, mode 0440).
-fn read_token_file(p: &std::path::Path) -> Result<Zeroizing<String>, Failure> {
-    use std::io::Read as _;
-    use std::os::unix::fs::MetadataExt as _;
-    let cannot = |e: &dyn std::fmt::Display| {
-        invalid(
-            None,
-            None,
-            format!("cannot read token file '{}': {e}", p.display()),
-        )
-    };
-    let f = std::fs::File::open(p).map_err(|e| cannot(&e))?;
-    let meta = f.metadata().map_err(|e| cannot(&e))?;
-    let mode = meta.mode() & 0o7777;
-    let uid = nix::unistd::geteuid().as_raw();
-    let group_is_mine = meta.uid() != uid && {
-        let gid = meta.gid();
-        nix::unistd::getegid().as_raw() == gid
-            || nix::unistd::getgroups().is_ok_and(|gs| gs.iter().any(|g| g.as_raw() == gid))
-    };
-    // Writable by group or others lets someone swap the token; readable, read it.
-    if mode & 0o026 != 0 || (mode & 0o040 != 0 && !group_is_mine) {
-        return Err(invalid(
-            None,
-            None,
-            format!(
-                "token file '{}' has mode {mode:04o}: group or others may access it; \
-                 hint: chmod 600 '{}'",
-                p.display(),
-                p.display()
-            ),
-        ));
-    }
-    let mut raw = Zeroizing::new(Vec::new());
-    f.take(MAX_TOKEN_FILE + 1)
-        .read_to_end(&mut raw)
-        .map_err(|e| cannot(&e))?;
-    if raw.len() as u64 > MAX_TOKEN_FILE {
-        return Err(cannot(&format!("larger than {MAX_TOKEN_FILE} bytes")));
-    }
-    match std::str::from_utf8(&raw) {
-        Ok(s) => Ok(Zeroizing::new(s.to_owned())),
-        Err(_) => Err(cannot(&"not UTF-8")),
+    match ExitClass::of(errs.iter().map(|e| e.class)) {
+        ExitClass::Ok => ExitClass::Other.code(),
+        c => c.code(),
     }
 }
 
+/// The token. The file's group may read it only when that group is how this process reads
+/// it: not the owner, the file's group among its own (a Kubernetes `fsGroup` mount,
+/// root-owned, mode 0440).
 fn read_token(args: &Args) -> Result<Token, Failure> {
-    let raw = match &args.token_file {
-        Some(p) => read_token_file(p)?,
-        None => Zeroizing::new(std::env::var("NEURO_TOKEN").map_err(|_| Failure {
-            var: None,
-            uri: None,
-            class: Class::Forbidden,
-            detail: "no token: pass --token-file FILE or set NEURO_TOKEN".into(),
-        })?),
+    let mut gids = vec![nix::unistd::getegid().as_raw()];
+    gids.extend(
+        nix::unistd::getgroups()
+            .unwrap_or_default()
+            .iter()
+            .map(|g| g.as_raw()),
+    );
+    let group = GroupMayRead::Member {
+        uid: nix::unistd::geteuid().as_raw(),
+        gids,
     };
-    Ok(Token::new(raw.trim().to_owned()))
+    args.conn.token(group).map_err(|e| Failure {
+        var: None,
+        uri: None,
+        class: e.class(),
+        detail: e.to_string(),
+    })
 }
 
 /// Everything before the job starts; returns the command ready to exec or spawn.
 fn prepare(args: &Args) -> Result<std::process::Command, u8> {
     let t0 = Instant::now();
-    let deadline = t0 + Duration::from_secs_f64(args.timeout.max(0.0));
+    let deadline = t0 + args.conn.timeout;
+    if args.conn.url().is_none() {
+        return Err(report(&[Failure {
+            var: None,
+            uri: None,
+            class: ExitClass::Usage,
+            detail: "--url or NEURO_URL is required".into(),
+        }]));
+    }
     let maps = mappings(args).map_err(|e| report(&e))?;
     let token = read_token(args).map_err(|e| report(&[e]))?;
     // The token now lives in `token` only; wipe it from the environment block this process
@@ -471,13 +392,11 @@ fn prepare(args: &Args) -> Result<std::process::Command, u8> {
     if args.verbose && wiped > 0 {
         eprintln!("secret-inject: wiped NEURO_TOKEN from this process's environment");
     }
-    let url = args
-        .url
-        .clone()
-        .ok_or_else(|| report(&[invalid(None, None, "--url or NEURO_URL is required")]))?;
-    let mut cfg = ClientConfig::new(url, Some(token));
-    cfg.ca_file = args.ca_file.clone();
-    cfg.timeout = Duration::from_secs_f64(args.timeout.clamp(0.1, 300.0));
+    let per_request = args
+        .conn
+        .timeout
+        .clamp(Duration::from_millis(100), Duration::from_secs(300));
+    let cfg = args.conn.client_config(token, per_request);
     let client = Client::new(&cfg).map_err(|e| report(&[invalid(None, None, e.to_string())]))?;
     let resolved = if maps.is_empty() {
         Vec::new()
@@ -519,7 +438,7 @@ fn install(dst: &std::path::Path) -> u8 {
                 "secret-inject: ERROR: cannot install to '{}': {e}",
                 dst.display()
             );
-            1
+            ExitClass::Other.code()
         }
     }
 }
@@ -562,6 +481,15 @@ fn install_to(dst: &std::path::Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// 127 when the command was not found, else 126.
+pub fn exec_failure(e: &std::io::Error) -> ExitClass {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        ExitClass::CommandNotFound
+    } else {
+        ExitClass::CannotExecute
+    }
+}
+
 /// Runs secret-inject; returns the exit code when it does not exec.
 pub fn main(args: Args) -> u8 {
     if let Some(dst) = &args.install {
@@ -572,7 +500,7 @@ pub fn main(args: Args) -> u8 {
     // The job itself is dumpable again: execve resets the flag.
     if let Err(e) = nix::sys::prctl::set_dumpable(false) {
         eprintln!("secret-inject: ERROR: cannot make the process non-dumpable: {e}");
-        return 1;
+        return ExitClass::Other.code();
     }
     let init = args.init || std::process::id() == 1;
     // Block the signals init forwards before any thread exists, so that every thread
@@ -583,7 +511,7 @@ pub fn main(args: Args) -> u8 {
             Ok(old) => Some(old),
             Err(e) => {
                 eprintln!("secret-inject: ERROR: init mode: cannot block signals: {e}");
-                return 1;
+                return ExitClass::Other.code();
             }
         }
     } else {
@@ -601,11 +529,7 @@ pub fn main(args: Args) -> u8 {
         "secret-inject: ERROR: cannot execute '{}': {err}",
         args.command[0].to_string_lossy()
     );
-    if err.kind() == std::io::ErrorKind::NotFound {
-        127
-    } else {
-        126
-    }
+    exec_failure(&err).code()
 }
 
 #[cfg(test)]
@@ -698,9 +622,20 @@ mod tests {
             class,
             detail: String::new(),
         };
-        assert_eq!(report(&[f(Class::Unavailable), f(Class::NotFound)]), 72);
-        assert_eq!(report(&[f(Class::NotFound), f(Class::Forbidden)]), 77);
-        assert_eq!(report(&[f(Class::Forbidden), f(Class::Invalid)]), 65);
-        assert_eq!(report(&[f(Class::Unavailable)]), 69);
+        // The precedence itself is ExitClass's (its table test); this is its use here.
+        assert_eq!(
+            report(&[f(ExitClass::Unavailable), f(ExitClass::NotFound)]),
+            72
+        );
+        assert_eq!(
+            report(&[f(ExitClass::NotFound), f(ExitClass::Forbidden)]),
+            77
+        );
+        assert_eq!(
+            report(&[f(ExitClass::Forbidden), f(ExitClass::Invalid)]),
+            65
+        );
+        assert_eq!(report(&[f(ExitClass::Unavailable)]), 69);
+        assert_eq!(report(&[]), 1);
     }
 }

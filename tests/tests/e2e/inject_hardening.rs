@@ -314,7 +314,11 @@ fn install_through_a_planted_symlink_leaves_the_victim_alone() {
     std::fs::write(&victim, b"precious").unwrap();
     std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o644)).unwrap();
     let install = |dst: &Path| {
-        let o = run(Command::new(bin("secret-inject")).arg("--install").arg(dst));
+        // As an init container whose environment may set NEURO_URL.
+        let o = run(Command::new(bin("secret-inject"))
+            .arg("--install")
+            .arg(dst)
+            .env("NEURO_URL", "http://127.0.0.1:1"));
         (o.status.code(), text(&o.stderr))
     };
     let unchanged = |p: &Path| {
