@@ -169,7 +169,7 @@ impl From<ExitClass> for std::process::ExitCode {
     }
 }
 
-/// The class of a failed request: 401/403 forbidden, 404 not found, connection failures, 429,
+/// The class of a failed request: 401/403 forbidden, 404 not found, connection failures, 408, 429,
 /// 5xx, a refused certificate or scheme and answers that are not the API's unavailable; a bad
 /// URL or CA file and any other status invalid.
 impl From<&ClientError> for ExitClass {
@@ -182,7 +182,7 @@ impl From<&ClientError> for ExitClass {
             ClientError::Status { status, .. } => match status {
                 401 | 403 => ExitClass::Forbidden,
                 404 => ExitClass::NotFound,
-                429 | 500.. => ExitClass::Unavailable,
+                408 | 429 | 500.. => ExitClass::Unavailable,
                 _ => ExitClass::Invalid,
             },
         }
@@ -261,6 +261,7 @@ mod tests {
             (status(403), Forbidden),
             (status(404), NotFound),
             (status(400), Invalid),
+            (status(408), Unavailable),
             (status(429), Unavailable),
             (status(503), Unavailable),
             (ClientError::BadUrl("x".into()), Invalid),
