@@ -11,7 +11,7 @@ pub mod secret;
 pub mod uri;
 
 pub use mapping::{EnvMapping, EnvSpec, MappingError, VolumeMapping, secretfs_file_name};
-pub use names::{ClusterName, EnvName, NameError, SecretKey, UserName};
+pub use names::{ClusterName, EnvName, JobId, NameError, SecretKey, UserName};
 pub use secret::{SecretBytes, Token};
 pub use uri::{Action, ResourceUri, SecretRef, SecretUri, UriContext, UriError};
 
