@@ -1,8 +1,7 @@
 //! The user's connection settings: `neuro login` writes them (mode 0600, XDG config dir);
 //! `NEURO_URL`, `NEURO_TOKEN` and `NEURO_CA_FILE` override them.
 
-use std::io::Write as _;
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
+use std::os::unix::fs::DirBuilderExt as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
@@ -42,7 +41,7 @@ impl Config {
         }
     }
 
-    /// Writes atomically, mode 0600 in a 0700 directory.
+    /// Writes atomically, mode 0600 in a 0700 directory (see [`crate::private`]).
     pub fn save(&self, path: &Path) -> anyhow::Result<()> {
         let dir = path.parent().context("config path has no directory")?;
         std::fs::DirBuilder::new()
@@ -50,18 +49,7 @@ impl Config {
             .mode(0o700)
             .create(dir)
             .with_context(|| format!("creating '{}'", dir.display()))?;
-        let tmp = path.with_extension("json.tmp");
-        let _ = std::fs::remove_file(&tmp);
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .with_context(|| format!("writing '{}'", tmp.display()))?;
-        f.write_all(&serde_json::to_vec_pretty(self)?)?;
-        f.sync_all()?;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
-        std::fs::rename(&tmp, path).with_context(|| format!("writing '{}'", path.display()))?;
+        crate::private::write_private(path, &serde_json::to_vec_pretty(self)?)?;
         Ok(())
     }
 }

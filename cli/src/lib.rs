@@ -1,30 +1,32 @@
 //! `neuro`: the user's command line for platform secrets.
 
+pub mod args;
 pub mod config;
 pub mod manifest;
+pub mod private;
 pub mod run;
 pub mod table;
 
 use std::ffi::OsString;
 use std::io::{Read as _, Write as _};
 use std::os::unix::ffi::OsStringExt as _;
-use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
 use secrets_core::api::Grant;
 use secrets_core::client::{Client, ClientConfig, ClientError};
 use secrets_core::{
-    Action, ClusterName, MappingError, NameError, SecretBytes, SecretRef, SecretUri, Token,
+    Action, ClusterName, JobId, MappingError, NameError, SecretBytes, SecretRef, SecretUri, Token,
     UriContext, UriError, UserName,
 };
 
+use crate::args::{ResourceArg, TokenParser, key_or_uri, resource_uri};
 use crate::config::Config;
 
 const EXIT_CODES: &str = "Exit codes:
   0   success
-  2   usage error
+  2   usage error (also a malformed user name, key, URI, job id or token argument)
   65  bad input (a rejected key, URI, value or request)
   69  service unavailable (connection refused, 5xx, timeout)
   72  not found
@@ -49,9 +51,9 @@ pub struct Cli {
 pub enum Command {
     /// Save the service URL and your token (mode 0600, in the XDG config dir)
     Login {
-        /// Your token, as printed by `neuro admin user add`
-        #[arg(long, env = "NEURO_TOKEN", hide_env_values = true)]
-        token: String,
+        /// Your token, as printed by `neuro admin user add` (surrounding whitespace is dropped)
+        #[arg(long, env = "NEURO_TOKEN", hide_env_values = true, value_parser = TokenParser)]
+        token: Token,
     },
     /// Create, list, read and delete secrets
     #[command(subcommand)]
@@ -62,9 +64,10 @@ pub enum Command {
     )]
     Share {
         /// secret:KEY, secret:/OWNER/KEY, secret://CLUSTER/OWNER/KEY, or secret:/OWNER for all of OWNER's secrets
-        uri: String,
+        #[arg(value_parser = resource_uri)]
+        uri: ResourceArg,
         /// Who receives the permission
-        user: String,
+        user: UserName,
         /// read (default), write (also overwrite and delete) or manage (also share and revoke)
         #[arg(default_value = "read")]
         action: Action,
@@ -95,8 +98,8 @@ pub enum JobCmd {
     Manifest(manifest::ManifestArgs),
     /// Delete a job, revoking its token (secrets stay)
     Rm {
-        /// The job id, as printed by `neuro job manifest`
-        job_id: String,
+        /// The job id (job-HEX), as printed by `neuro job manifest`
+        job_id: JobId,
     },
 }
 
@@ -122,7 +125,8 @@ pub enum SecretCmd {
     )]
     Add {
         /// KEY, or secret:/OWNER/KEY for another owner's secret
-        key: String,
+        #[arg(value_parser = key_or_uri)]
+        key: SecretRef,
         /// The value, @FILE or @-
         value: OsString,
     },
@@ -141,12 +145,14 @@ pub enum SecretCmd {
     /// Delete a secret
     Rm {
         /// KEY, or secret:/OWNER/KEY for another owner's secret
-        key: String,
+        #[arg(value_parser = key_or_uri)]
+        key: SecretRef,
     },
     /// Print a secret's value (bytes as they are) or write it to a file
     Get {
         /// KEY, or a URI such as secret:/alice/KEY
-        key: String,
+        #[arg(value_parser = key_or_uri)]
+        key: SecretRef,
         /// Write the value to this file (mode 0600) instead of stdout
         #[arg(long, value_name = "PATH")]
         file: Option<PathBuf>,
@@ -166,8 +172,9 @@ pub enum AclCmd {
     /// Take a permission back from USER
     Revoke {
         /// The URI as it was shared
-        uri: String,
-        user: String,
+        #[arg(value_parser = resource_uri)]
+        uri: ResourceArg,
+        user: UserName,
     },
 }
 
@@ -184,7 +191,7 @@ pub enum AdminCmd {
 #[derive(Debug, Subcommand)]
 pub enum AdminUserCmd {
     /// Create a user; prints its token alone on stdout (shown once)
-    Add { name: String },
+    Add { name: UserName },
     /// Remove a user (offboarding): revoke every token of NAME, job tokens included, delete
     /// its jobs and the grants it holds, and keep or delete its secrets
     #[command(
@@ -196,7 +203,7 @@ pub enum AdminUserCmd {
         --secrets delete removes its secrets and every grant on them."
     )]
     Rm {
-        name: String,
+        name: UserName,
         /// What becomes of NAME's secrets
         #[arg(long, value_enum, value_name = "keep|delete")]
         secrets: KeepOrDelete,
@@ -213,10 +220,10 @@ pub enum KeepOrDelete {
 #[derive(Debug, Subcommand)]
 pub enum AdminTokenCmd {
     /// Issue another token for USER; prints it alone on stdout
-    Add { user: String },
+    Add { user: UserName },
     /// List USER's tokens and those of the jobs USER created (ids, never the tokens); JOB names
     /// the job of a job token
-    Ls { user: String },
+    Ls { user: UserName },
     /// Revoke a token by its id (from `neuro admin token ls`)
     Revoke { id: String },
 }
@@ -292,7 +299,15 @@ fn env(name: &str) -> Option<String> {
 impl Session {
     fn new(cli: &Cli) -> anyhow::Result<Self> {
         let cfg = Config::load(&config::path()?)?;
-        let env_token = env("NEURO_TOKEN").map(Token::new);
+        let env_token = match std::env::var_os("NEURO_TOKEN").filter(|v| !v.is_empty()) {
+            Some(v) => Some(args::token(&v).map_err(|why| {
+                failure(
+                    2,
+                    format!("invalid NEURO_TOKEN: {why} (the value is not shown)"),
+                )
+            })?),
+            None => None,
+        };
         let url = cli
             .url
             .clone()
@@ -320,6 +335,7 @@ impl Session {
         })
     }
 
+    /// The one client of this invocation.
     fn client(&self) -> anyhow::Result<Client> {
         if self.token.is_none() {
             return Err(failure(
@@ -352,6 +368,22 @@ impl Session {
             cluster: ClusterName::new(&cluster)?,
         })
     }
+
+    /// How secretfs and secret-inject reach the service.
+    fn connection(&self) -> run::Connection {
+        run::Connection {
+            url: self.url.clone(),
+            ca_file: self.ca_file.clone(),
+        }
+    }
+}
+
+/// A job id in a service's answer, checked before it names a URL path or a directory.
+pub(crate) fn answered_job_id(client: &Client, id: &str) -> Result<JobId, ClientError> {
+    JobId::new(id).map_err(|e| ClientError::Protocol {
+        url: client.base_url().to_owned(),
+        detail: e.to_string(),
+    })
 }
 
 /// Reads `VALUE`: the bytes themselves, `@FILE` (with `~` expanded) or `@-` (stdin).
@@ -380,20 +412,6 @@ fn read_value(value: OsString) -> anyhow::Result<SecretBytes> {
     })
 }
 
-fn write_private_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("writing '{}'", path.display()))?;
-    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    Ok(())
-}
-
 fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     serde_json::to_writer_pretty(&mut out, v)?;
@@ -402,50 +420,35 @@ fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
 }
 
 /// Resolves a `KEY` or URI argument to the full URI it names.
-async fn target(s: &Session, client: &Client, arg: &str) -> anyhow::Result<SecretUri> {
-    let r = SecretRef::parse_key_or_uri(arg)?;
+async fn target(s: &Session, client: &Client, r: &SecretRef) -> anyhow::Result<SecretUri> {
     if let (Some(cluster), Some(owner)) = (&r.cluster, &r.owner) {
         return Ok(SecretUri {
             cluster: cluster.clone(),
             owner: owner.clone(),
-            key: r.key,
+            key: r.key.clone(),
         });
     }
     Ok(r.resolve(&s.me(client).await?))
 }
 
-/// Runs the command; returns the exit code (`neuro run` passes on the job's).
+/// Runs the command; returns the exit code (`neuro run` passes on the job's). Every command
+/// but `login` builds its session and its one client here.
 pub async fn run(cli: Cli) -> anyhow::Result<u8> {
-    if let Command::Run(args) = &cli.command {
-        let s = Session::new(&cli)?;
-        let client = s.client()?;
-        let ctx = run::Connection {
-            url: s.url.clone(),
-            ca_file: s.ca_file.clone(),
-        };
-        return run::run(&client, &ctx, args).await;
+    if let Command::Login { token } = &cli.command {
+        return login(&cli, token.clone()).await.map(|()| 0);
     }
-    run_command(&cli).await.map(|()| 0)
-}
-
-async fn run_command(cli: &Cli) -> anyhow::Result<()> {
+    let s = Session::new(&cli)?;
+    let client = s.client()?;
     match &cli.command {
-        Command::Run(_) => unreachable!("handled in run"),
-        Command::Login { token } => login(cli, Token::new(token.clone())).await,
-        Command::Secret(cmd) => {
-            let s = Session::new(cli)?;
-            let client = s.client()?;
-            secret(&s, &client, cmd).await
-        }
+        Command::Login { .. } => unreachable!("handled above"),
+        Command::Run(args) => run::run(&client, &s.connection(), args).await,
+        Command::Secret(cmd) => secret(&s, &client, cmd).await.map(|()| 0),
         Command::Share { uri, user, action } => {
-            let s = Session::new(cli)?;
-            let client = s.client()?;
-            let user = UserName::new(user)?;
             let granted = client
                 .grant(
-                    &user,
+                    user,
                     &[Grant {
-                        uri: uri.clone(),
+                        uri: uri.as_str().to_owned(),
                         action: *action,
                     }],
                 )
@@ -453,47 +456,18 @@ async fn run_command(cli: &Cli) -> anyhow::Result<()> {
             for g in granted {
                 println!("{} {} {user}", g.uri, g.action);
             }
-            Ok(())
+            Ok(0)
         }
-        Command::Acl(cmd) => {
-            let s = Session::new(cli)?;
-            let client = s.client()?;
-            acl(&s, &client, cmd).await
+        Command::Acl(cmd) => acl(&s, &client, cmd).await.map(|()| 0),
+        Command::Job(JobCmd::Manifest(args)) => manifest::manifest(&client, &s.connection(), args)
+            .await
+            .map(|()| 0),
+        Command::Job(JobCmd::Rm { job_id }) => {
+            client.delete_job(job_id).await?;
+            println!("Job '{job_id}' deleted; its token is revoked");
+            Ok(0)
         }
-        Command::Job(cmd) => {
-            let s = Session::new(cli)?;
-            let client = s.client()?;
-            match cmd {
-                JobCmd::Manifest(args) => {
-                    let conn = run::Connection {
-                        url: s.url.clone(),
-                        ca_file: s.ca_file.clone(),
-                    };
-                    manifest::manifest(&client, &conn, args).await
-                }
-                JobCmd::Rm { job_id } => {
-                    let valid = job_id
-                        .strip_prefix("job-")
-                        .is_some_and(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_hexdigit()));
-                    if !valid {
-                        return Err(failure(
-                            65,
-                            format!(
-                                "invalid job id '{job_id}': expected job-HEX, as printed by `neuro job manifest`"
-                            ),
-                        ));
-                    }
-                    client.delete_job(job_id).await?;
-                    println!("Job '{job_id}' deleted; its token is revoked");
-                    Ok(())
-                }
-            }
-        }
-        Command::Admin(cmd) => {
-            let s = Session::new(cli)?;
-            let client = s.client()?;
-            admin(&client, cmd).await
-        }
+        Command::Admin(cmd) => admin(&client, cmd).await.map(|()| 0),
     }
 }
 
@@ -535,9 +509,10 @@ async fn login(cli: &Cli, token: Token) -> anyhow::Result<()> {
 async fn secret(s: &Session, client: &Client, cmd: &SecretCmd) -> anyhow::Result<()> {
     match cmd {
         SecretCmd::Add { key, value } => {
-            let r = SecretRef::parse_key_or_uri(key)?;
             let value = read_value(value.clone())?;
-            client.put_secret(r.owner.as_ref(), &r.key, value).await?;
+            client
+                .put_secret(key.owner.as_ref(), &key.key, value)
+                .await?;
             Ok(())
         }
         SecretCmd::Ls {
@@ -582,7 +557,7 @@ async fn secret(s: &Session, client: &Client, cmd: &SecretCmd) -> anyhow::Result
             let uri = target(s, client, key).await?;
             let v = client.get_secret(&uri.owner, &uri.key).await?;
             match file {
-                Some(path) => write_private_file(path, v.value.expose()),
+                Some(path) => Ok(private::write_private(path, v.value.expose())?),
                 None => {
                     let mut out = std::io::stdout().lock();
                     out.write_all(v.value.expose())?;
@@ -621,8 +596,7 @@ async fn acl(s: &Session, client: &Client, cmd: &AclCmd) -> anyhow::Result<()> {
             Ok(())
         }
         AclCmd::Revoke { uri, user } => {
-            let user = UserName::new(user)?;
-            client.revoke(&user, uri).await?;
+            client.revoke(user, uri.as_str()).await?;
             Ok(())
         }
     }
@@ -631,12 +605,12 @@ async fn acl(s: &Session, client: &Client, cmd: &AclCmd) -> anyhow::Result<()> {
 async fn admin(client: &Client, cmd: &AdminCmd) -> anyhow::Result<()> {
     match cmd {
         AdminCmd::User(AdminUserCmd::Add { name }) => {
-            let issued = client.admin_create_user(&UserName::new(name)?).await?;
+            let issued = client.admin_create_user(name).await?;
             println!("{}", issued.token.expose());
         }
         AdminCmd::User(AdminUserCmd::Rm { name, secrets }) => {
             let r = client
-                .admin_remove_user(&UserName::new(name)?, *secrets == KeepOrDelete::Delete)
+                .admin_remove_user(name, *secrets == KeepOrDelete::Delete)
                 .await?;
             println!(
                 "removed user '{}': {} token(s) revoked, {} job(s) deleted, {} grant(s) removed, \
@@ -650,11 +624,11 @@ async fn admin(client: &Client, cmd: &AdminCmd) -> anyhow::Result<()> {
             );
         }
         AdminCmd::Token(AdminTokenCmd::Add { user }) => {
-            let issued = client.admin_issue_token(&UserName::new(user)?).await?;
+            let issued = client.admin_issue_token(user).await?;
             println!("{}", issued.token.expose());
         }
         AdminCmd::Token(AdminTokenCmd::Ls { user }) => {
-            let list = client.admin_list_tokens(&UserName::new(user)?).await?;
+            let list = client.admin_list_tokens(user).await?;
             let rows: Vec<Vec<String>> = list
                 .into_iter()
                 .map(|t| {

@@ -319,25 +319,26 @@ pub async fn manifest(
         None => None,
     };
     let created = client.create_job(&job.spec).await?;
+    let id = crate::answered_job_id(client, &created.job_id)?;
     let inputs = PodInputs {
-        job_id: &created.job_id,
+        job_id: id.as_str(),
         expires_at: &created.expires_at,
         token: &created.token,
         url: &url,
         ca_pem: ca_pem.as_deref(),
     };
     let written = render(args, &job, command, &inputs).and_then(|text| match &args.output {
-        Some(p) => crate::write_private_file(p, text.as_bytes()),
+        Some(p) => Ok(crate::private::write_private(p, text.as_bytes())?),
         None => Ok(std::io::stdout().lock().write_all(text.as_bytes())?),
     });
     if let Err(e) = written {
         // Nobody can use the job without its manifest: revoke it rather than leave it.
-        let _ = client.delete_job(&created.job_id).await;
+        let _ = client.delete_job(&id).await;
         return Err(e);
     }
     eprintln!(
         "neuro: job {} created; its token expires at {}. Revoke it when the pod is done: neuro job rm {}",
-        created.job_id, created.expires_at, created.job_id
+        id, created.expires_at, id
     );
     Ok(())
 }

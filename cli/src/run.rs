@@ -3,9 +3,8 @@
 //! the variables, and afterwards unmounts everything and deletes the job (revoking its token).
 
 use std::ffi::OsString;
-use std::io::Write as _;
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::DirBuilderExt as _;
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -15,9 +14,10 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use secrets_core::api::{JobSpec, JobVolume};
 use secrets_core::client::Client;
-use secrets_core::{EnvSpec, VolumeMapping};
+use secrets_core::{EnvSpec, JobId, VolumeMapping};
 
 use crate::failure;
+use crate::private::write_private;
 
 /// The secrets and variables of a job: the flags `neuro run` and `neuro job manifest` share.
 #[derive(Debug, Args)]
@@ -109,21 +109,10 @@ fn sibling(name: &str) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(name))
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("writing '{}'", path.display()))?;
-    f.write_all(bytes)?;
-    Ok(())
-}
-
 /// What must be undone when the job ends, however it ends.
 struct Job<'a> {
     client: &'a Client,
-    id: String,
+    id: JobId,
     dir: PathBuf,
     secretfs: Option<std::process::Child>,
 }
@@ -160,10 +149,12 @@ pub async fn run(client: &Client, conn: &Connection, args: &RunArgs) -> anyhow::
         ));
     }
     let created = client.create_job(&spec).await?;
-    let dir = std::env::temp_dir().join(format!("neuro-run-{}", created.job_id));
+    // Checked: the id names a directory that is removed afterwards.
+    let id = crate::answered_job_id(client, &created.job_id)?;
+    let dir = std::env::temp_dir().join(format!("neuro-run-{id}"));
     let mut job = Job {
         client,
-        id: created.job_id.clone(),
+        id,
         dir: dir.clone(),
         secretfs: None,
     };

@@ -12,7 +12,7 @@ use crate::api::{
     ResolveRequest, ResolveResponse, SecretInfo, SecretValue, SecretVersion, SharedGrant,
     TokenInfo, TokenIssued, UserRemoved, WatchResponse, WhoAmI,
 };
-use crate::names::{SecretKey, UserName};
+use crate::names::{JobId, SecretKey, UserName};
 use crate::secret::{SecretBytes, Token};
 
 /// What went wrong talking to the service. Never carries a value or a token.
@@ -313,7 +313,7 @@ impl Client {
         self.call(Method::POST, "/jobs", &[], Some(spec)).await
     }
 
-    pub async fn delete_job(&self, job_id: &str) -> Result<(), ClientError> {
+    pub async fn delete_job(&self, job_id: &JobId) -> Result<(), ClientError> {
         self.call::<(), ()>(Method::DELETE, &format!("/jobs/{job_id}"), &[], None)
             .await
     }

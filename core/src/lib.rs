@@ -16,7 +16,7 @@ pub mod uri;
 pub use conn::{ConnArgs, GroupMayRead, TokenError};
 pub use exit::ExitClass;
 pub use mapping::{EnvMapping, EnvSpec, MappingError, VolumeMapping, secretfs_file_name};
-pub use names::{ClusterName, EnvName, NameError, SecretKey, UserName};
+pub use names::{ClusterName, EnvName, JobId, NameError, SecretKey, UserName};
 pub use secret::{SecretBytes, Token};
 pub use uri::{Action, ResourceUri, SecretRef, SecretUri, UriContext, UriError};
 

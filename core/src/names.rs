@@ -15,6 +15,10 @@ pub enum NameError {
     Cluster(String),
     #[error("invalid variable name '{0}': {1}")]
     Env(String, &'static str),
+    #[error(
+        "invalid job id '{0}': expected job- and 16 lowercase hex digits, as printed by `neuro job manifest`"
+    )]
+    Job(String),
 }
 
 macro_rules! string_newtype {
@@ -196,6 +200,36 @@ impl EnvName {
 }
 string_newtype!(EnvName);
 
+/// A job id as the service makes them: `job-` and 16 lowercase hex digits (64 random bits).
+/// Its shape is checked so that an id never carries a `/`, `..` or anything else into a URL
+/// path or a file name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct JobId(String);
+
+impl JobId {
+    /// The number of hex digits after `job-`.
+    pub const HEX_DIGITS: usize = 16;
+
+    pub fn new(s: &str) -> Result<Self, NameError> {
+        let ok = s.strip_prefix("job-").is_some_and(|h| {
+            h.len() == Self::HEX_DIGITS
+                && h.bytes()
+                    .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+        });
+        if ok {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(NameError::Job(s.to_owned()))
+        }
+    }
+
+    /// A new id from 8 random bytes (the caller supplies the randomness: `core` does no I/O).
+    pub fn from_random(bytes: [u8; 8]) -> Self {
+        Self(format!("job-{:016x}", u64::from_be_bytes(bytes)))
+    }
+}
+string_newtype!(JobId);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -270,6 +304,47 @@ mod tests {
         check_env("A=B", false);
         check_env("A\0", false);
         check_env("A.B", false);
+    }
+
+    #[track_caller]
+    fn check_job(input: &str, ok: bool) {
+        assert_eq!(JobId::new(input).is_ok(), ok, "job id {input:?}");
+    }
+
+    #[test]
+    fn job_ids() {
+        check_job("job-0123456789abcdef", true);
+        check_job("job-0000000000000000", true);
+        check_job("job-0123456789ABCDEF", false);
+        check_job("job-0123456789abcde", false);
+        check_job("job-0123456789abcdef0", false);
+        check_job("job-0123456789abcdeg", false);
+        check_job("job-", false);
+        check_job("job", false);
+        check_job("", false);
+        check_job("Job-0123456789abcdef", false);
+        check_job("0123456789abcdef", false);
+        check_job("job-../../admin/x", false);
+        check_job("job-0123456789abcde/", false);
+        check_job(" job-0123456789abcdef", false);
+        check_job("job-0123456789abcdef\n", false);
+        check_job("job-+123456789abcdef", false);
+    }
+
+    #[test]
+    fn job_id_from_random_has_the_checked_shape() {
+        for b in [[0u8; 8], [0xff; 8], [1, 2, 3, 4, 5, 6, 7, 8]] {
+            let id = JobId::from_random(b);
+            assert_eq!(JobId::new(id.as_str()), Ok(id.clone()));
+        }
+        assert_eq!(
+            JobId::from_random([1, 2, 3, 4, 5, 6, 7, 8]).as_str(),
+            "job-0102030405060708"
+        );
+        assert_eq!(
+            JobId::new("job-x").unwrap_err().to_string(),
+            "invalid job id 'job-x': expected job- and 16 lowercase hex digits, as printed by `neuro job manifest`"
+        );
     }
 
     #[test]

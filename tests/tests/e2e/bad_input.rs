@@ -1,7 +1,29 @@
 //! Bad input, through the CLI and the raw API: a clear error, the right status and exit code,
 //! and nothing already stored changes.
 
-use crate::harness::Server;
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+
+use crate::harness::{Neuro, Out, Server, bin};
+
+/// Runs `neuro ARGS` and asserts a usage error: exit 2 and clap's message, which names the
+/// argument and contains `msg`.
+#[track_caller]
+pub(crate) fn usage_error(neuro: &Neuro, args: &[&str], msg: &str) -> Out {
+    let o = neuro.run(args);
+    assert_eq!(o.code, 2, "neuro {args:?}: stderr {:?}", o.stderr);
+    assert!(
+        o.stderr.starts_with("error: invalid value "),
+        "neuro {args:?}: not clap's message: {:?}",
+        o.stderr
+    );
+    assert!(
+        o.stderr.contains(msg),
+        "neuro {args:?}: {:?} lacks {msg:?}",
+        o.stderr
+    );
+    o
+}
 
 #[test]
 fn cli_rejects_bad_input_and_changes_nothing() {
@@ -15,19 +37,15 @@ fn cli_rejects_bad_input_and_changes_nothing() {
     for (args, code, msg) in [
         (
             vec!["secret", "add", "..k", "v"],
-            65,
+            2,
             "invalid secret key '..k': must not start with '..'",
         ),
-        (vec!["secret", "add", ".", "v"], 65, "'.' is not a key"),
-        (vec!["secret", "add", "a/b", "v"], 65, "'/' is not allowed"),
-        (
-            vec!["secret", "add", "a b", "v"],
-            65,
-            "only letters, digits",
-        ),
+        (vec!["secret", "add", ".", "v"], 2, "'.' is not a key"),
+        (vec!["secret", "add", "a/b", "v"], 2, "'/' is not allowed"),
+        (vec!["secret", "add", "a b", "v"], 2, "only letters, digits"),
         (
             vec!["secret", "add", &long, "v"],
-            65,
+            2,
             "at most 253 characters",
         ),
         (
@@ -42,42 +60,42 @@ fn cli_rejects_bad_input_and_changes_nothing() {
         ),
         (
             vec!["secret", "get", "http://c/alice/k"],
-            65,
+            2,
             "scheme 'http' is not 'secret'",
         ),
         (
             vec!["secret", "get", "secret:k?x"],
-            65,
+            2,
             "a query ('?') is not allowed",
         ),
         (
             vec!["secret", "get", "secret:k#x"],
-            65,
+            2,
             "a fragment ('#') is not allowed",
         ),
         (
             vec!["secret", "get", "secret://u:p@c/alice/k"],
-            65,
+            2,
             "a user or password in the authority is not allowed",
         ),
         (
             vec!["secret", "get", "secret://c:1/alice/k"],
-            65,
+            2,
             "a port in the authority is not allowed",
         ),
         (
             vec!["secret", "get", "secret:/~alice/k"],
-            65,
+            2,
             "a '~' path is not allowed",
         ),
         (
             vec!["secret", "get", "secret:/alice"],
-            65,
+            2,
             "expected secret:KEY",
         ),
         (
             vec!["secret", "add", "secret:/Alice/k", "v"],
-            65,
+            2,
             "invalid user name 'Alice'",
         ),
         (
@@ -87,7 +105,7 @@ fn cli_rejects_bad_input_and_changes_nothing() {
         ),
         (
             vec!["share", "secret:k", "Bob"],
-            65,
+            2,
             "invalid user name 'Bob'",
         ),
         (
@@ -97,7 +115,7 @@ fn cli_rejects_bad_input_and_changes_nothing() {
         ),
         (
             vec!["share", "secret:k?x", "bob"],
-            65,
+            2,
             "a query ('?') is not allowed",
         ),
         (
@@ -107,12 +125,16 @@ fn cli_rejects_bad_input_and_changes_nothing() {
         ),
         (
             vec!["acl", "revoke", "secret:k#f", "bob"],
-            65,
+            2,
             "a fragment ('#') is not allowed",
         ),
         (vec!["secret", "get", "nope"], 72, "Secret 'nope' not found"),
     ] {
-        let o = alice.fails(&args, code, msg);
+        let o = if code == 2 {
+            usage_error(&alice, &args, msg)
+        } else {
+            alice.fails(&args, code, msg)
+        };
         assert!(!o.stderr.contains("original"));
     }
     // usage errors: exit 2
@@ -325,4 +347,149 @@ fn api_rejects_bad_requests_with_json_errors() {
         "the stored value survived every bad request"
     );
     assert_eq!(r.json()["version"], 1);
+}
+
+/// `neuro --url URL ARGS` with a made-up token and an empty config: (exit code, stderr).
+fn neuro_at(url: &str, args: &[&str]) -> (i32, String) {
+    let home = tempfile::tempdir().unwrap();
+    let o = Command::new(bin("neuro"))
+        .arg("--url")
+        .arg(url)
+        .args(args)
+        .env("NEURO_TOKEN", "nst.0000000000000000.00")
+        .env_remove("NEURO_URL")
+        .env_remove("NEURO_CA_FILE")
+        .env("XDG_CONFIG_HOME", home.path())
+        .env("HOME", home.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// A malformed user name, key, URI, job id or token is refused while the arguments are
+/// parsed: exit 2, not the 69 of a service that cannot be reached, and no connection is even
+/// attempted (a listening socket that nobody accepts on sees none).
+#[test]
+fn bad_values_are_usage_errors_before_any_request() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let listening = format!("http://{}", listener.local_addr().unwrap());
+    let closed = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["admin", "user", "add", "Alice"],
+            "'<NAME>': invalid user name 'Alice'",
+        ),
+        (
+            &["admin", "token", "ls", "../x"],
+            "'<USER>': invalid user name '../x'",
+        ),
+        (
+            &["share", "secret:k", "bob/../x"],
+            "'<USER>': invalid user name",
+        ),
+        (
+            &["share", "secret:k?x", "bob"],
+            "'<URI>': invalid secret URI 'secret:k?x'",
+        ),
+        (
+            &["acl", "revoke", "http://x/alice", "bob"],
+            "scheme 'http' is not 'secret'",
+        ),
+        (
+            &["secret", "get", "secret:/alice/../k"],
+            "'<KEY>': invalid secret URI",
+        ),
+        (
+            &["secret", "rm", "a/b"],
+            "'<KEY>': invalid secret key 'a/b'",
+        ),
+        (
+            &["job", "rm", "job-../../admin"],
+            "'<JOB_ID>': invalid job id 'job-../../admin'",
+        ),
+        (&["job", "rm", "job-0123456789ABCDEF"], "invalid job id"),
+        (&["share", "secret:k", "bob", "own"], "invalid action 'own'"),
+        (
+            &["login", "--token", "nst.00 00"],
+            "'--token <TOKEN>': it contains whitespace",
+        ),
+    ];
+    for (args, msg) in cases {
+        for url in [&listening, &closed] {
+            let (code, stderr) = neuro_at(url, args);
+            assert_eq!(code, 2, "neuro {args:?} at {url}: {stderr}");
+            assert!(
+                stderr.contains(msg),
+                "neuro {args:?}: {stderr:?} lacks {msg:?}"
+            );
+        }
+    }
+    assert_eq!(
+        listener.accept().map_err(|e| e.kind()).err(),
+        Some(std::io::ErrorKind::WouldBlock),
+        "no connection was attempted"
+    );
+    // The same commands with good values do reach for the service: 69 at the closed port.
+    for args in [
+        &["admin", "user", "add", "alice"][..],
+        &["share", "secret:k", "bob"],
+        &["job", "rm", "job-0123456789abcdef"],
+        &["secret", "rm", "secret:/alice/k"],
+        &["login", "--token", "nst.0000000000000000.00"],
+    ] {
+        let (code, stderr) = neuro_at(&closed, args);
+        assert_eq!(code, 69, "neuro {args:?}: {stderr}");
+    }
+}
+
+/// A `NEURO_TOKEN` with whitespace inside is refused before any request, without echoing it.
+#[test]
+fn a_malformed_neuro_token_is_a_usage_error_and_is_not_printed() {
+    let home = tempfile::tempdir().unwrap();
+    let o = Command::new(bin("neuro"))
+        .args(["--url", "http://127.0.0.1:9", "secret", "ls"])
+        .env("NEURO_TOKEN", "nst.0000000000000000.zq9 x7")
+        .env("XDG_CONFIG_HOME", home.path())
+        .env("HOME", home.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("invalid NEURO_TOKEN: it contains whitespace"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("zq9"), "the token is echoed: {stderr}");
+}
+
+/// `neuro secret get --file PATH` where PATH is a planted symlink: the link itself is replaced
+/// by a 0600 file with the value; what it pointed to is not written.
+#[test]
+fn secret_get_file_never_writes_through_a_planted_symlink() {
+    use std::os::unix::fs::{MetadataExt as _, symlink};
+    let srv = Server::start();
+    let t = srv.add_users(&["alice"]);
+    let alice = srv.user("alice", &t[0]);
+    alice.ok(&["secret", "add", "k", "the-value"]);
+    let dir = tempfile::tempdir().unwrap();
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, b"victim's").unwrap();
+    let out = dir.path().join("out");
+    symlink(&victim, &out).unwrap();
+    alice.ok(&["secret", "get", "k", "--file", out.to_str().unwrap()]);
+    assert_eq!(std::fs::read(&victim).unwrap(), b"victim's");
+    let md = std::fs::symlink_metadata(&out).unwrap();
+    assert!(md.file_type().is_file(), "the link is replaced");
+    assert_eq!(md.mode() & 0o777, 0o600);
+    assert_eq!(std::fs::read(&out).unwrap(), b"the-value");
+    let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert_eq!(names.len(), 2, "no temporary file left");
 }

@@ -389,7 +389,7 @@ fn job_manifest_layout_and_bad_input() {
         "writing '/nonexistent/job.yaml'",
     );
     srv.assert_audited(r#""action":"job.delete","outcome":"ok""#);
-    alice.fails(&["job", "rm", "../x"], 65, "invalid job id '../x'");
+    crate::bad_input::usage_error(&alice, &["job", "rm", "../x"], "invalid job id '../x'");
     alice.fails(
         &["job", "rm", "job-0000000000000000"],
         72,
