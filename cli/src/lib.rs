@@ -7,6 +7,7 @@ pub mod private;
 pub mod run;
 pub mod table;
 
+use secrets_core::exit::ExitClass;
 use std::ffi::OsString;
 use std::io::{Read as _, Write as _};
 use std::os::unix::ffi::OsStringExt as _;
@@ -232,11 +233,11 @@ pub enum AdminTokenCmd {
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
 pub struct Failure {
-    pub code: u8,
+    pub code: ExitClass,
     pub message: String,
 }
 
-pub(crate) fn failure(code: u8, message: impl Into<String>) -> anyhow::Error {
+pub(crate) fn failure(code: ExitClass, message: impl Into<String>) -> anyhow::Error {
     Failure {
         code,
         message: message.into(),
@@ -248,27 +249,16 @@ pub(crate) fn failure(code: u8, message: impl Into<String>) -> anyhow::Error {
 pub fn exit_code(e: &anyhow::Error) -> u8 {
     for cause in e.chain() {
         if let Some(f) = cause.downcast_ref::<Failure>() {
-            return f.code;
+            return f.code.code();
         }
         if let Some(c) = cause.downcast_ref::<ClientError>() {
-            return match c {
-                ClientError::BadUrl(_) | ClientError::CaFile { .. } => 65,
-                ClientError::Unavailable { .. }
-                | ClientError::Incompatible { .. }
-                | ClientError::Protocol { .. } => 69,
-                ClientError::Status { status, .. } => match status {
-                    401 | 403 => 77,
-                    404 => 72,
-                    408 | 429 | 500.. => 69,
-                    _ => 65,
-                },
-            };
+            return ExitClass::from(c).code();
         }
         if cause.is::<NameError>() || cause.is::<UriError>() || cause.is::<MappingError>() {
-            return 65;
+            return ExitClass::Invalid.code();
         }
     }
-    1
+    ExitClass::Other.code()
 }
 
 /// One line for stderr, with a hint where one helps.
@@ -302,7 +292,7 @@ impl Session {
         let env_token = match std::env::var_os("NEURO_TOKEN").filter(|v| !v.is_empty()) {
             Some(v) => Some(args::token(&v).map_err(|why| {
                 failure(
-                    2,
+                    ExitClass::Usage,
                     format!("invalid NEURO_TOKEN: {why} (the value is not shown)"),
                 )
             })?),
@@ -315,7 +305,7 @@ impl Session {
             .or_else(|| cfg.url.clone())
             .ok_or_else(|| {
                 failure(
-                    77,
+                    ExitClass::Forbidden,
                     "not logged in: no service URL (hint: neuro login --url URL --token TOKEN, or set NEURO_URL and NEURO_TOKEN)",
                 )
             })?;
@@ -339,7 +329,7 @@ impl Session {
     fn client(&self) -> anyhow::Result<Client> {
         if self.token.is_none() {
             return Err(failure(
-                77,
+                ExitClass::Forbidden,
                 "not logged in: no token (hint: neuro login --url URL --token TOKEN, or set NEURO_TOKEN)",
             ));
         }
@@ -356,7 +346,7 @@ impl Session {
                 let w = client.whoami().await?;
                 let user = w.user.ok_or_else(|| {
                     failure(
-                        77,
+                        ExitClass::Forbidden,
                         "this token is the operator's; log in as a user for secret commands",
                     )
                 })?;
@@ -406,7 +396,7 @@ fn read_value(value: OsString) -> anyhow::Result<SecretBytes> {
     }
     std::fs::read(&path).map(SecretBytes::new).map_err(|e| {
         failure(
-            65,
+            ExitClass::Invalid,
             format!("cannot read value file '{}': {e}", path.display()),
         )
     })
@@ -478,7 +468,7 @@ async fn login(cli: &Cli, token: Token) -> anyhow::Result<()> {
         .url
         .clone()
         .or_else(|| env("NEURO_URL"))
-        .ok_or_else(|| failure(2, "neuro login needs --url URL"))?;
+        .ok_or_else(|| failure(ExitClass::Usage, "neuro login needs --url URL"))?;
     let ca_file = cli
         .ca_file
         .clone()

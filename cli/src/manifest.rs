@@ -12,6 +12,7 @@
 //!   mount of that volume;
 //! * every container but the sidecar runs without capabilities or privilege escalation.
 
+use secrets_core::exit::ExitClass;
 use std::ffi::OsString;
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -90,14 +91,14 @@ pub struct PodInputs<'a> {
 fn check(args: &ManifestArgs, job: &ParsedJob) -> anyhow::Result<Vec<String>> {
     if args.image.trim().is_empty() || args.image.contains(char::is_whitespace) {
         return Err(failure(
-            65,
+            ExitClass::Invalid,
             format!("invalid --image '{}': an image reference", args.image),
         ));
     }
     for v in &job.volumes {
         if v.path.starts_with(POD_DIR) {
             return Err(failure(
-                65,
+                ExitClass::Invalid,
                 format!(
                     "--volume path '{}' is under {POD_DIR}, which the pod uses for its own mounts",
                     v.path.display()
@@ -108,7 +109,7 @@ fn check(args: &ManifestArgs, job: &ParsedJob) -> anyhow::Result<Vec<String>> {
     let mut seen = std::collections::HashSet::new();
     if let Some(v) = job.volumes.iter().find(|v| !seen.insert(&v.path)) {
         return Err(failure(
-            65,
+            ExitClass::Invalid,
             format!("two secrets are mapped to '{}'", v.path.display()),
         ));
     }
@@ -117,7 +118,7 @@ fn check(args: &ManifestArgs, job: &ParsedJob) -> anyhow::Result<Vec<String>> {
         .map(|a| {
             a.to_str().map(str::to_owned).ok_or_else(|| {
                 failure(
-                    65,
+                    ExitClass::Invalid,
                     "the command must be valid UTF-8 to go into a manifest".to_owned(),
                 )
             })
@@ -307,15 +308,17 @@ pub async fn manifest(
     let url = args.service_url.clone().unwrap_or_else(|| conn.url.clone());
     if !(url.starts_with("http://") || url.starts_with("https://")) {
         return Err(failure(
-            65,
+            ExitClass::Invalid,
             format!("invalid --service-url '{url}': expected http://HOST[:PORT] or https://..."),
         ));
     }
     let ca_pem = match &conn.ca_file {
-        Some(p) => Some(
-            std::fs::read_to_string(p)
-                .map_err(|e| failure(65, format!("cannot read CA file '{}': {e}", p.display())))?,
-        ),
+        Some(p) => Some(std::fs::read_to_string(p).map_err(|e| {
+            failure(
+                ExitClass::Invalid,
+                format!("cannot read CA file '{}': {e}", p.display()),
+            )
+        })?),
         None => None,
     };
     let created = client.create_job(&job.spec).await?;

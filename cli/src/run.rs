@@ -2,6 +2,7 @@
 //! private mount namespace for the files, runs the command there through secret-inject for
 //! the variables, and afterwards unmounts everything and deletes the job (revoking its token).
 
+use secrets_core::exit::ExitClass;
 use std::ffi::OsString;
 use std::os::unix::fs::DirBuilderExt as _;
 use std::path::PathBuf;
@@ -57,7 +58,10 @@ impl JobArgs {
                 EnvSpec::Plain { name, .. } => name.to_string(),
             };
             if !seen.insert(name.clone()) {
-                return Err(failure(65, format!("--env '{name}' is given twice")));
+                return Err(failure(
+                    ExitClass::Invalid,
+                    format!("--env '{name}' is given twice"),
+                ));
             }
             match parsed {
                 EnvSpec::Secret(m) => {
@@ -144,7 +148,7 @@ pub async fn run(client: &Client, conn: &Connection, args: &RunArgs) -> anyhow::
     } = args.job.parse()?;
     if !volumes.is_empty() && !nix::unistd::geteuid().is_root() {
         return Err(failure(
-            77,
+            ExitClass::Forbidden,
             "--volume needs root: the files are mounted (FUSE) in a private mount namespace",
         ));
     }
@@ -241,7 +245,9 @@ async fn start_and_wait(
                     .collect::<Vec<_>>()
                     .join("; ");
                 return Err(failure(
-                    st.code().map_or(1, |c| c as u8),
+                    st.code()
+                        .and_then(ExitClass::from_code)
+                        .unwrap_or(ExitClass::Other),
                     format!(
                         "secretfs could not serve the files: {}",
                         msg.replace("ERROR: ", "")

@@ -70,6 +70,14 @@ impl ExitClass {
         }
     }
 
+    /// The class of exit code `code`, when it is one of the table's (a child's status passed
+    /// on, e.g. secretfs's to `neuro run`).
+    pub fn from_code(code: i32) -> Option<ExitClass> {
+        Self::PRECEDENCE
+            .into_iter()
+            .find(|c| i32::from(c.code()) == code)
+    }
+
     /// The class's name in error lines (`VAR: URI: not found`).
     pub const fn name(self) -> &'static str {
         match self {
@@ -192,6 +200,15 @@ impl From<&ClientError> for ExitClass {
 #[cfg(test)]
 mod tests {
     use super::ExitClass::{self, *};
+
+    #[test]
+    fn from_code_finds_every_class() {
+        for c in ExitClass::PRECEDENCE {
+            assert_eq!(ExitClass::from_code(i32::from(c.code())), Some(c));
+        }
+        assert_eq!(ExitClass::from_code(3), None);
+        assert_eq!(ExitClass::from_code(-1), None);
+    }
 
     #[track_caller]
     fn check(classes: &[ExitClass], expected: ExitClass) {
