@@ -3,8 +3,10 @@
 //! job, or, as PID 1 or with `--init`, runs it as a minimal init.
 //!
 //! It never prints a value, never puts one in argv, and never sets a variable in its own
-//! environment: values exist only in this process's memory until the exec (or, in init mode,
-//! until the child is spawned, after which they are wiped).
+//! environment: values exist only in this process's memory until the exec. In init mode the
+//! wrapper lives on beside the job: its `Resolved` copies are wiped once the job is spawned,
+//! but the copies `Command` made of the environment are only freed, not wiped (the wrapper
+//! is not dumpable, so the job cannot read them through /proc).
 
 pub mod init;
 // The crate's one unsafe item: a clean signal mask at exec, and wiping its own credential.
