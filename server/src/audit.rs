@@ -31,18 +31,62 @@ const MAX_PENDING: usize = 4 * 1024 * 1024;
 /// How often a failed writer tries again.
 const RETRY: Duration = Duration::from_millis(500);
 
+/// What an audit line records; serialized as the log has always spelled it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum AuditAction {
+    #[serde(rename = "secret.read")]
+    SecretRead,
+    #[serde(rename = "secret.write")]
+    SecretWrite,
+    #[serde(rename = "secret.delete")]
+    SecretDelete,
+    #[serde(rename = "secret.list")]
+    SecretList,
+    #[serde(rename = "grant.add")]
+    GrantAdd,
+    #[serde(rename = "grant.revoke")]
+    GrantRevoke,
+    #[serde(rename = "grant.list")]
+    GrantList,
+    #[serde(rename = "job.create")]
+    JobCreate,
+    #[serde(rename = "job.delete")]
+    JobDelete,
+    #[serde(rename = "user.create")]
+    UserCreate,
+    #[serde(rename = "user.delete")]
+    UserDelete,
+    #[serde(rename = "token.issue")]
+    TokenIssue,
+    #[serde(rename = "token.revoke")]
+    TokenRevoke,
+}
+
+/// How the recorded request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Ok,
+    Denied,
+    NotFound,
+    /// The request itself was wrong (an empty value, another cluster's URI).
+    Invalid,
+    /// A resolve whose answer would pass `api::MAX_RESOLVE_BYTES`.
+    TooLarge,
+    /// The store failed while the change was made.
+    Error,
+}
+
 /// One audit line.
 #[derive(Debug, Clone, Serialize)]
 pub struct AuditEvent {
     pub time: String,
     /// `user:NAME`, `job:ID` or `operator`.
     pub actor: String,
-    /// e.g. `secret.read`, `grant.add`, `user.delete`.
-    pub action: &'static str,
+    pub action: AuditAction,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub uri: Option<String>,
-    /// `ok`, `denied`, `not_found`, `invalid`, `too_large` or `error`.
-    pub outcome: &'static str,
+    pub outcome: Outcome,
     /// What the action was done to, beside a URI: `user:NAME`, `token:ID`, `job:ID`. Last, so
     /// that lines without it read as before.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -50,12 +94,7 @@ pub struct AuditEvent {
 }
 
 impl AuditEvent {
-    pub fn new(
-        actor: String,
-        action: &'static str,
-        uri: Option<String>,
-        outcome: &'static str,
-    ) -> Self {
+    pub fn new(actor: String, action: AuditAction, uri: Option<String>, outcome: Outcome) -> Self {
         Self {
             time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
             actor,
@@ -299,4 +338,56 @@ fn write_pending(
     h.busy_since.store(0, Ordering::Release);
     h.stall_logged.store(false, Ordering::Release);
     res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The log's spelling of every action and outcome: tests and operators grep these.
+    #[test]
+    fn actions_and_outcomes_keep_their_spelling() {
+        use AuditAction as A;
+        let line = |a, o| {
+            let mut ev = AuditEvent::new("user:alice".into(), a, Some("secret://c/a/k".into()), o)
+                .subject("job:j");
+            ev.time = "T".into();
+            serde_json::to_string(&ev).unwrap()
+        };
+        for (action, text) in [
+            (A::SecretRead, "secret.read"),
+            (A::SecretWrite, "secret.write"),
+            (A::SecretDelete, "secret.delete"),
+            (A::SecretList, "secret.list"),
+            (A::GrantAdd, "grant.add"),
+            (A::GrantRevoke, "grant.revoke"),
+            (A::GrantList, "grant.list"),
+            (A::JobCreate, "job.create"),
+            (A::JobDelete, "job.delete"),
+            (A::UserCreate, "user.create"),
+            (A::UserDelete, "user.delete"),
+            (A::TokenIssue, "token.issue"),
+            (A::TokenRevoke, "token.revoke"),
+        ] {
+            assert_eq!(
+                line(action, Outcome::Ok),
+                format!(
+                    r#"{{"time":"T","actor":"user:alice","action":"{text}","uri":"secret://c/a/k","outcome":"ok","subject":"job:j"}}"#
+                )
+            );
+        }
+        for (outcome, text) in [
+            (Outcome::Ok, "ok"),
+            (Outcome::Denied, "denied"),
+            (Outcome::NotFound, "not_found"),
+            (Outcome::Invalid, "invalid"),
+            (Outcome::TooLarge, "too_large"),
+            (Outcome::Error, "error"),
+        ] {
+            assert!(
+                line(AuditAction::SecretRead, outcome).contains(&format!(r#""outcome":"{text}""#)),
+                "{text}"
+            );
+        }
+    }
 }

@@ -8,11 +8,11 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use secrets_core::{SecretUri, Token, UserName};
-use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq as _;
 
-use crate::crypto::{Keys, random_bytes};
+use crate::crypto::{Keys, hex, random_bytes};
 use crate::error::ApiError;
+use crate::records::{JobRecord, Subject, TokenRecord, UserRecord};
 use crate::store::{Store, StoreError, Table};
 
 pub fn now_secs() -> u64 {
@@ -24,60 +24,6 @@ pub fn now_secs() -> u64 {
 
 pub fn rfc3339(secs: u64) -> String {
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Whom a token speaks for.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum Subject {
-    Operator,
-    User { name: String },
-    Job { id: String },
-}
-
-/// A stored token: never the token itself.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TokenRecord {
-    pub subject: Subject,
-    pub hash: String,
-    pub created_at: u64,
-    #[serde(default)]
-    pub expires_at: Option<u64>,
-    #[serde(default)]
-    pub revoked: bool,
-    /// The incarnation of the user the token speaks for (a user token's user, a job token's
-    /// creator) when it was issued: a token outlives neither its user's removal nor a later
-    /// user of the same name, even one issued while the user was being removed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub incarnation: Option<String>,
-}
-
-/// A stored user.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct UserRecord {
-    pub created_at: u64,
-    /// Random, new each time the name is created (empty in records made before it existed).
-    #[serde(default)]
-    pub incarnation: String,
-}
-
-impl UserRecord {
-    pub fn new() -> Self {
-        Self {
-            created_at: now_secs(),
-            incarnation: hex(&random_bytes::<8>()),
-        }
-    }
-}
-
-impl Default for UserRecord {
-    fn default() -> Self {
-        Self::new()
-    }
 }
 
 /// The current incarnation of user `name`; `None` when there is no such user.
@@ -102,16 +48,6 @@ async fn check_user(
             "user '{name}' has been removed"
         ))),
     }
-}
-
-/// A job: the URIs its token may read, on behalf of the user who created it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct JobRecord {
-    pub owner: String,
-    pub uris: Vec<String>,
-    pub token_id: String,
-    pub created_at: u64,
-    pub expires_at: u64,
 }
 
 /// The authenticated caller of a request.

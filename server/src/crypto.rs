@@ -19,6 +19,11 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
     b
 }
 
+/// Lowercase hex of `bytes`: token ids and secrets, incarnations, job ids.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Refuses a key or token file that group or others may read or write: whoever could read it
 /// may already have. `what` names the file in the message ("master key", "operator token").
 pub fn check_private(path: &Path, what: &str) -> anyhow::Result<()> {

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod crypto;
 pub mod error;
 pub mod health;
+pub mod records;
 pub mod serve;
 pub mod store;
 
@@ -155,8 +156,14 @@ pub async fn open_service(
                 admin_path.display()
             );
         }
-        let (_, token) =
-            auth::issue(store.as_ref(), &keys, auth::Subject::Operator, None, None).await?;
+        let (_, token) = auth::issue(
+            store.as_ref(),
+            &keys,
+            records::Subject::Operator,
+            None,
+            None,
+        )
+        .await?;
         write_private(&admin_path, &format!("{}\n", token.expose()))?;
         tracing::info!(path = %admin_path.display(), "created the operator token");
     }
