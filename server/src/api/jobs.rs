@@ -6,13 +6,13 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use secrets_core::api::{JobCreated, JobSpec, MissingPermission};
-use secrets_core::{Action, EnvName, SecretRef, UserName, VolumeMapping};
+use secrets_core::{Action, EnvName, JobId, SecretRef, UserName, VolumeMapping};
 
 use super::admin::set_revoked;
 use super::{ApiJson, AppState, Caller, MAX_JOB_TTL_S, Service};
 use crate::audit::{AuditAction, AuditEvent, Outcome};
 use crate::auth::{self, Principal, now_secs, rfc3339};
-use crate::crypto::{hex, random_bytes};
+use crate::crypto::random_bytes;
 use crate::error::ApiError;
 use crate::records::{JobRecord, SecretName, Subject, decode, encode};
 use crate::store::Table;
@@ -99,7 +99,7 @@ pub(super) async fn create_job(
             list.join(", ")
         )));
     }
-    let job_id = format!("job-{}", hex(&random_bytes::<8>()));
+    let job_id = JobId::from_random(random_bytes::<8>()).to_string();
     let expires_at = now_secs() + ttl;
     let mut slots = s.audit.reserve_many(uris.len().max(1))?;
     let event = |uri: Option<String>, outcome| {
@@ -163,6 +163,9 @@ pub(super) async fn delete_job(
     Caller(p): Caller,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    let id = JobId::new(&id)
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?
+        .to_string();
     let not_found = || ApiError::NotFound(format!("job '{id}' not found"));
     let raw = s.store.get(Table::Jobs, &id).await?.ok_or_else(not_found)?;
     let job: JobRecord = decode(&id, &raw)?;

@@ -395,4 +395,8 @@ fn job_manifest_layout_and_bad_input() {
         72,
         "job 'job-0000000000000000' not found",
     );
+    // The service checks the shape too, whoever calls it.
+    let r = srv.http("DELETE", "/api/v1/jobs/job-XYZ", Some(&t[0]), None);
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("invalid job id 'job-XYZ'"), "{}", r.body);
 }
