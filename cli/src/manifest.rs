@@ -345,3 +345,71 @@ pub async fn manifest(
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    #[derive(Debug, clap::Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        args: ManifestArgs,
+    }
+
+    /// The renderer's whole output for a job with both kinds of mapping, a private CA and a
+    /// user, against `src/snapshots/job_manifest.yaml`. `UPDATE_SNAPSHOTS=1 cargo test -p
+    /// secrets-cli` rewrites the file; review its diff like code.
+    #[test]
+    fn manifest_snapshot() {
+        let cmd = Cmd::try_parse_from([
+            "manifest",
+            "--image",
+            "python:3.12",
+            "--secretfs-image",
+            "registry.example/neuro-secretfs:1",
+            "--inject-image",
+            "registry.example/neuro-secret-inject:1",
+            "--user",
+            "1000:100",
+            "--volume",
+            "secret:secret-password:/var/secrets/secret-password.txt",
+            "--volume",
+            "secret:/bob/aws:/root/.aws/credentials",
+            "--env",
+            "mypass:secret:secret-password",
+            "--env",
+            "MODE=train",
+            "--",
+            "python",
+            "train.py",
+            "--epochs=3",
+        ])
+        .unwrap();
+        let job = cmd.args.job.parse().unwrap();
+        let command = check(&cmd.args, &job).unwrap();
+        let token = secrets_core::Token::new("nst.0123456789abcdef.not-a-real-token".into());
+        let inputs = PodInputs {
+            job_id: "job-0123456789abcdef",
+            expires_at: "2026-11-29T10:00:00Z",
+            token: &token,
+            url: "https://secretd.example:8443",
+            ca_pem: Some("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"),
+        };
+        let got = render(&cmd.args, &job, command, &inputs).unwrap();
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/snapshots/job_manifest.yaml"
+        );
+        if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
+            std::fs::write(path, &got).unwrap();
+        }
+        let want = std::fs::read_to_string(path)
+            .unwrap_or_else(|e| panic!("{path}: {e} (UPDATE_SNAPSHOTS=1 writes it)"));
+        assert_eq!(
+            got, want,
+            "the manifest changed; UPDATE_SNAPSHOTS=1 rewrites {path}"
+        );
+    }
+}
