@@ -5,7 +5,7 @@
 use secrets_core::exit::ExitClass;
 use std::ffi::OsString;
 use std::os::unix::fs::DirBuilderExt as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -15,6 +15,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use secrets_core::api::{JobSpec, JobVolume};
 use secrets_core::client::Client;
+use secrets_core::handoff::{MAX_STATUS_FILE, StartFailure};
 use secrets_core::{EnvSpec, JobId, VolumeMapping};
 
 use crate::failure;
@@ -176,6 +177,38 @@ pub async fn run(client: &Client, conn: &Connection, args: &RunArgs) -> anyhow::
     r
 }
 
+/// Why secretfs did not start: its `--error-file` report (`secrets_core::handoff`), else
+/// its exit status (it was killed, or failed before it could open the report's directory).
+fn secretfs_failed(error_file: &Path, st: std::process::ExitStatus) -> anyhow::Error {
+    match read_report(error_file) {
+        Some(r) => failure(
+            r.class(),
+            format!("secretfs could not serve the files: {}", r.summary()),
+        ),
+        None => failure(
+            st.code()
+                .and_then(ExitClass::from_code)
+                .unwrap_or(ExitClass::Other),
+            format!("secretfs could not serve the files ({st}) and wrote no report"),
+        ),
+    }
+}
+
+/// The report secretfs wrote, if it wrote one that parses (at most `MAX_STATUS_FILE` bytes).
+fn read_report(path: &Path) -> Option<StartFailure> {
+    use std::io::Read as _;
+    let mut raw = Vec::new();
+    std::fs::File::open(path)
+        .ok()?
+        .take(MAX_STATUS_FILE + 1)
+        .read_to_end(&mut raw)
+        .ok()?;
+    if raw.len() as u64 > MAX_STATUS_FILE {
+        return None;
+    }
+    serde_json::from_slice(&raw).ok()
+}
+
 async fn start_and_wait(
     job: &mut Job<'_>,
     conn: &Connection,
@@ -207,6 +240,7 @@ async fn start_and_wait(
     let mut cmd = if files {
         let ready = dir.join("ready");
         let log = dir.join("secretfs.log");
+        let error_file = dir.join("secretfs-error.json");
         let mut fs = std::process::Command::new("unshare");
         fs.args(["-m", "--propagation", "private", "--"])
             .arg(sibling("secretfs"))
@@ -217,6 +251,8 @@ async fn start_and_wait(
             .arg(&ready)
             .arg("--audit-log")
             .arg(dir.join("audit.log"))
+            .arg("--error-file")
+            .arg(&error_file)
             .arg("--private")
             .args(["--uid", &nix::unistd::getuid().to_string()])
             .args(["--gid", &nix::unistd::getgid().to_string()])
@@ -238,21 +274,7 @@ async fn start_and_wait(
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
             {
-                let msg = std::fs::read_to_string(&log).unwrap_or_default();
-                let msg = msg
-                    .lines()
-                    .filter(|l| l.starts_with("ERROR: "))
-                    .collect::<Vec<_>>()
-                    .join("; ");
-                return Err(failure(
-                    st.code()
-                        .and_then(ExitClass::from_code)
-                        .unwrap_or(ExitClass::Other),
-                    format!(
-                        "secretfs could not serve the files: {}",
-                        msg.replace("ERROR: ", "")
-                    ),
-                ));
+                return Err(secretfs_failed(&error_file, st));
             }
             anyhow::ensure!(
                 Instant::now() < deadline,
@@ -294,4 +316,42 @@ async fn start_and_wait(
         (None, Some(s)) => 128 + s as u8,
         _ => 1,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt as _;
+
+    /// neuro's side of the hand-off: a report in the documented format gives the class and
+    /// every item; without one (or with a broken one), the exit status decides.
+    #[test]
+    fn secretfs_reports_are_read_and_the_exit_code_is_the_fallback() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("secretfs-error.json");
+        let status = std::process::ExitStatus::from_raw(77 << 8);
+        std::fs::write(
+            &p,
+            r#"{"code":72,"errors":[{"path":"/a","uri":"secret://c/u/a","class":"not found","detail":"not found"},{"path":null,"uri":null,"class":"other","detail":"x"}]}"#,
+        )
+        .unwrap();
+        let e = secretfs_failed(&p, status);
+        assert_eq!(
+            crate::exit_code(&e),
+            72,
+            "the report's code, not the status"
+        );
+        assert_eq!(
+            e.to_string(),
+            "secretfs could not serve the files: /a: secret://c/u/a: not found; x"
+        );
+        for broken in [&b"{\"code\":72"[..], b""] {
+            std::fs::write(&p, broken).unwrap();
+            let e = secretfs_failed(&p, status);
+            assert_eq!(crate::exit_code(&e), 77);
+            assert!(e.to_string().contains("wrote no report"), "{e}");
+        }
+        std::fs::remove_file(&p).unwrap();
+        assert_eq!(crate::exit_code(&secretfs_failed(&p, status)), 77);
+    }
 }

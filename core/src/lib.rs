@@ -8,6 +8,7 @@ pub mod api;
 pub mod client;
 pub mod conn;
 pub mod exit;
+pub mod handoff;
 pub mod mapping;
 pub mod names;
 pub mod secret;

@@ -1,5 +1,6 @@
 //! The thin `fuser` adapter: translates FUSE requests to `Files` calls and `Files` answers
-//! (errno values, `Attr`) to FUSE replies. No decisions are made here.
+//! (errno values, `Attr`) to FUSE replies. No decisions are made here. Every error reply
+//! goes through `fuse_error!`, which counts and logs the failure first.
 
 use std::ffi::OsStr;
 use std::sync::Arc;
@@ -11,11 +12,29 @@ use fuser::{
     ReplyOpen, Request,
 };
 
-use crate::files::{Attr, Files, Kind, Opened, STATUS_INO};
+use crate::error::{FsError, Level, Op};
+use crate::files::{Attr, Files, Kind, Opened, Requester, STATUS_INO};
 
 /// How long the kernel may trust attributes and names: long, because every change is pushed
 /// to it with an explicit invalidation.
 const TTL: Duration = Duration::from_secs(3600);
+
+/// Replies to `$reply` with the errno of `$err` (an [`FsError`]) after `Files::failed` has
+/// counted it under `$op` and logged it (the shape of mountpoint-s3's `fuse_error!`).
+macro_rules! fuse_error {
+    ($fs:expr, $op:expr, $reply:expr, $err:expr) => {{
+        let err: FsError = $err;
+        $fs.failed($op, &err);
+        $reply.error(Errno::from_i32(err.errno));
+    }};
+}
+
+fn requester(req: &Request) -> Requester {
+    Requester {
+        uid: req.uid(),
+        pid: req.pid(),
+    }
+}
 
 /// The FUSE face of [`Files`].
 #[derive(Debug)]
@@ -57,30 +76,31 @@ impl Filesystem for Adapter {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match name
             .to_str()
-            .ok_or(libc::ENOENT)
+            .ok_or_else(|| FsError::not_found(format!("a name that is not UTF-8: {name:?}")))
             .and_then(|n| self.0.lookup(parent.0, n))
         {
             Ok(a) => reply.entry(&ttl(a.ino), &attr(a), Generation(0)),
-            Err(e) => reply.error(Errno::from_i32(e)),
+            Err(e) => fuse_error!(self.0, Op::Lookup, reply, e),
         }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.0.getattr(ino.0) {
             Ok(a) => reply.attr(&ttl(a.ino), &attr(a)),
-            Err(e) => reply.error(Errno::from_i32(e)),
+            Err(e) => fuse_error!(self.0, Op::Getattr, reply, e),
         }
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY
             || flags.0 & (libc::O_TRUNC | libc::O_APPEND | libc::O_CREAT) != 0;
-        match self.0.open(ino.0, write, req.uid(), req.pid()) {
+        match self.0.open(ino.0, write, requester(req)) {
             Ok(Opened::Direct(fh)) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
             Ok(Opened::KeepCache(fh)) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
             Ok(Opened::Fresh(fh)) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            // Not a failure: tells the kernel to stop sending opens.
             Ok(Opened::NotNeeded) => reply.error(Errno::ENOSYS),
-            Err(e) => reply.error(Errno::from_i32(e)),
+            Err(e) => fuse_error!(self.0, Op::Open, reply, e),
         }
     }
 
@@ -98,13 +118,13 @@ impl Filesystem for Adapter {
         let mut reply = Some(reply);
         let r = self
             .0
-            .read(ino.0, fh.0, offset, size, req.uid(), req.pid(), &mut |b| {
+            .read(ino.0, fh.0, offset, size, requester(req), &mut |b| {
                 if let Some(r) = reply.take() {
                     r.data(b)
                 }
             });
-        if let (Err(e), Some(r)) = (r, reply) {
-            r.error(Errno::from_i32(e));
+        if let (Err(e), Some(reply)) = (r, reply) {
+            fuse_error!(self.0, Op::Read, reply, e);
         }
     }
 
@@ -146,7 +166,12 @@ impl Filesystem for Adapter {
     ) {
         self.0.count_other();
         if ino != INodeNo::ROOT {
-            return reply.error(Errno::ENOTDIR);
+            let e = FsError::new(
+                libc::ENOTDIR,
+                Level::Warn,
+                format!("inode {ino}: not a directory"),
+            );
+            return fuse_error!(self.0, Op::Readdir, reply, e);
         }
         for (n, (ino, name, kind)) in self
             .0

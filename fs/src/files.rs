@@ -11,6 +11,8 @@ use std::time::SystemTime;
 use secrets_core::SecretBytes;
 use serde::Serialize;
 
+use crate::error::{FsError, FsResult, Level, Op, worth_logging};
+
 pub const ROOT_INO: u64 = 1;
 pub const STATUS_INO: u64 = 2;
 const FIRST_FILE_INO: u64 = 3;
@@ -97,6 +99,47 @@ pub struct Counters {
     pub read: AtomicU64,
     pub release: AtomicU64,
     pub other: AtomicU64,
+    /// Operations answered with an error, by operation.
+    pub failed: Failed,
+}
+
+/// Counts of failed operations, shown in the status area as `ops.failed`.
+#[derive(Debug, Default, Serialize)]
+pub struct Failed {
+    pub lookup: AtomicU64,
+    pub getattr: AtomicU64,
+    pub open: AtomicU64,
+    pub read: AtomicU64,
+    pub readdir: AtomicU64,
+}
+
+impl Failed {
+    fn of(&self, op: Op) -> &AtomicU64 {
+        match op {
+            Op::Lookup => &self.lookup,
+            Op::Getattr => &self.getattr,
+            Op::Open => &self.open,
+            Op::Read => &self.read,
+            Op::Readdir => &self.readdir,
+        }
+    }
+}
+
+/// The process behind a request, for the audit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Requester {
+    pub uid: u32,
+    pub pid: u32,
+}
+
+/// How the files look: cache mode, owner and permission bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FilesConfig {
+    pub cache: CacheMode,
+    pub uid: u32,
+    pub gid: u32,
+    /// Permission bits of the secret files.
+    pub mode: u16,
 }
 
 fn bump(c: &AtomicU64) {
@@ -145,18 +188,12 @@ impl std::fmt::Debug for Files {
     }
 }
 
-/// How the logic answers the adapter: an errno or a value.
-pub type FsResult<T> = Result<T, i32>;
-
 impl Files {
     /// `initial` holds each mapping's first value and version, in mapping order.
     pub fn new(
-        cache: CacheMode,
+        cfg: FilesConfig,
         mappings: Vec<Mapping>,
         initial: Vec<(SecretBytes, u64)>,
-        uid: u32,
-        gid: u32,
-        mode: u16,
         audit: AuditSink,
     ) -> Self {
         assert_eq!(mappings.len(), initial.len());
@@ -176,11 +213,11 @@ impl Files {
             cached: mappings.iter().map(|_| AtomicU64::new(u64::MAX)).collect(),
             mappings,
             handles: Mutex::default(),
-            mode_cache: cache,
+            mode_cache: cfg.cache,
             next_fh: AtomicU64::new(1),
-            uid,
-            gid,
-            mode,
+            uid: cfg.uid,
+            gid: cfg.gid,
+            mode: cfg.mode,
             started: now,
             stale_since: Mutex::default(),
             counters: Counters::default(),
@@ -206,21 +243,47 @@ impl Files {
         (i < self.mappings.len()).then_some(i)
     }
 
+    /// The file of inode `ino`.
+    fn file(&self, ino: u64) -> FsResult<usize> {
+        self.index(ino)
+            .ok_or_else(|| FsError::not_found(format!("no inode {ino}")))
+    }
+
+    /// The file's path and URI, for messages.
+    fn describe(&self, i: usize) -> String {
+        let m = &self.mappings[i];
+        format!("'{}' ({})", m.path.display(), m.uri)
+    }
+
+    /// Counts a failed operation and logs it unless it is expected (or the log has had
+    /// enough of this operation's failures; see [`worth_logging`]).
+    pub fn failed(&self, op: Op, e: &FsError) {
+        let n = self.counters.failed.of(op).fetch_add(1, Ordering::Relaxed) + 1;
+        if e.level == Level::Warn && worth_logging(n) {
+            eprintln!(
+                "secretfs: {} failed with {} (failure {n} of this operation): {e}",
+                op.name(),
+                e.errno_name()
+            );
+        }
+    }
+
     fn read_current(&self, i: usize) -> std::sync::RwLockReadGuard<'_, Current> {
         self.current[i].read().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn lookup(&self, parent: u64, name: &str) -> FsResult<Attr> {
         bump(&self.counters.lookup);
+        let missing = || FsError::not_found(format!("no entry '{name}' in inode {parent}"));
         if parent != ROOT_INO {
-            return Err(libc::ENOENT);
+            return Err(missing());
         }
         if name == STATUS_NAME {
             return self.attr(STATUS_INO);
         }
-        let i: usize = name.parse().map_err(|_| libc::ENOENT)?;
+        let i: usize = name.parse().map_err(|_| missing())?;
         if Self::name_of(i) != name || i >= self.mappings.len() {
-            return Err(libc::ENOENT);
+            return Err(missing());
         }
         self.attr(Self::ino_of(i))
     }
@@ -252,7 +315,7 @@ impl Files {
                 ..base
             }),
             _ => {
-                let i = self.index(ino).ok_or(libc::ENOENT)?;
+                let i = self.file(ino)?;
                 let c = self.read_current(i);
                 Ok(Attr {
                     size: c.value.len() as u64,
@@ -283,10 +346,21 @@ impl Files {
     }
 
     /// Opens a file for reading, audits the open, and says how the kernel should cache it.
-    pub fn open(&self, ino: u64, write: bool, uid: u32, pid: u32) -> FsResult<Opened> {
+    pub fn open(&self, ino: u64, write: bool, who: Requester) -> FsResult<Opened> {
         bump(&self.counters.open);
         if write {
-            return Err(libc::EROFS);
+            let what = match self.index(ino) {
+                Some(i) => self.describe(i),
+                None => format!("inode {ino}"),
+            };
+            return Err(FsError::new(
+                libc::EROFS,
+                Level::Warn,
+                format!(
+                    "{what}: opening for writing, by uid {} pid {}",
+                    who.uid, who.pid
+                ),
+            ));
         }
         if ino == STATUS_INO {
             let snapshot = Arc::new(SecretBytes::new(self.status_json().into_bytes()));
@@ -295,16 +369,16 @@ impl Files {
         if self.mode_cache == CacheMode::Kernel {
             return Ok(Opened::NotNeeded);
         }
-        let i = self.index(ino).ok_or(libc::ENOENT)?;
+        let i = self.file(ino)?;
         let (value, version, result) = {
             let c = self.read_current(i);
             match &c.access {
-                Access::Ok => (Some(c.value.clone()), c.version, "ok"),
-                Access::Revoked(_) => (None, c.version, "revoked"),
+                Access::Ok => (Ok(c.value.clone()), c.version, "ok"),
+                Access::Revoked(why) => (Err(self.revoked(i, why, who)), c.version, "revoked"),
             }
         };
-        self.audit_event("open", i, version, uid, pid, result);
-        let value = value.ok_or(libc::EACCES)?;
+        self.audit_event("open", i, version, who, result);
+        let value = value?;
         let fh = self.new_handle(value);
         if self.mode_cache == CacheMode::Strict {
             return Ok(Opened::Direct(fh));
@@ -317,13 +391,25 @@ impl Files {
         })
     }
 
+    fn revoked(&self, i: usize, why: &str, who: Requester) -> FsError {
+        FsError::new(
+            libc::EACCES,
+            Level::Warn,
+            format!(
+                "{}: access revoked ({why}), refused to uid {} pid {}",
+                self.describe(i),
+                who.uid,
+                who.pid
+            ),
+        )
+    }
+
     fn audit_event(
         &self,
         event: &'static str,
         i: usize,
         version: u64,
-        uid: u32,
-        pid: u32,
+        who: Requester,
         result: &'static str,
     ) {
         (self.audit)(&OpenAudit {
@@ -332,9 +418,9 @@ impl Files {
             path: self.mappings[i].path.display().to_string(),
             uri: &self.mappings[i].uri,
             version,
-            uid,
-            pid,
-            executable: executable(pid),
+            uid: who.uid,
+            pid: who.pid,
+            executable: executable(who.pid),
             result,
         });
     }
@@ -351,15 +437,13 @@ impl Files {
     /// Reads file bytes. Strict mode (and the status file) reads the handle's snapshot; the
     /// cached modes read the current value, so the page cache only ever holds the newest
     /// version.
-    #[allow(clippy::too_many_arguments)]
     pub fn read(
         &self,
         ino: u64,
         fh: u64,
         offset: u64,
         size: u32,
-        uid: u32,
-        pid: u32,
+        who: Requester,
         out: &mut dyn FnMut(&[u8]),
     ) -> FsResult<()> {
         bump(&self.counters.read);
@@ -373,17 +457,24 @@ impl Files {
             // In kernel mode opens are not sent at all, so there may be no handle.
             handle.unwrap_or_else(|| Arc::new(SecretBytes::new(self.status_json().into_bytes())))
         } else if self.mode_cache == CacheMode::Strict {
-            handle.ok_or(libc::EBADF)?
+            handle.ok_or_else(|| {
+                FsError::new(
+                    libc::EBADF,
+                    Level::Warn,
+                    format!("inode {ino}: no open handle {fh}"),
+                )
+            })?
         } else {
-            let i = self.index(ino).ok_or(libc::ENOENT)?;
+            let i = self.file(ino)?;
             let c = self.read_current(i);
-            if let Access::Revoked(_) = c.access {
+            if let Access::Revoked(why) = &c.access {
+                let e = self.revoked(i, why, who);
                 drop(c);
-                self.audit_event("read", i, 0, uid, pid, "revoked");
-                return Err(libc::EACCES);
+                self.audit_event("read", i, 0, who, "revoked");
+                return Err(e);
             }
             if self.mode_cache == CacheMode::Kernel && offset == 0 {
-                self.audit_event("read", i, c.version, uid, pid, "ok");
+                self.audit_event("read", i, c.version, who, "ok");
             }
             c.value.clone()
         };
@@ -550,7 +641,12 @@ mod tests {
 
     fn files_in(cache: CacheMode, audit: AuditSink) -> Files {
         Files::new(
-            cache,
+            FilesConfig {
+                cache,
+                uid: 1000,
+                gid: 1000,
+                mode: 0o400,
+            },
             vec![
                 Mapping {
                     path: "/var/secrets/a".into(),
@@ -565,17 +661,25 @@ mod tests {
                 (SecretBytes::new(b"alpha".to_vec()), 1),
                 (SecretBytes::new(vec![0, 255, 7]), 2),
             ],
-            1000,
-            1000,
-            0o400,
             audit,
         )
     }
 
+    fn who(uid: u32, pid: u32) -> Requester {
+        Requester { uid, pid }
+    }
+
+    #[track_caller]
+    fn errno<T: std::fmt::Debug>(r: FsResult<T>) -> i32 {
+        r.unwrap_err().errno
+    }
+
     fn read_all(f: &Files, ino: u64, fh: u64) -> Vec<u8> {
         let mut out = Vec::new();
-        f.read(ino, fh, 0, 1 << 20, 0, 1, &mut |b| out.extend_from_slice(b))
-            .unwrap();
+        f.read(ino, fh, 0, 1 << 20, who(0, 1), &mut |b| {
+            out.extend_from_slice(b)
+        })
+        .unwrap();
         out
     }
 
@@ -595,10 +699,10 @@ mod tests {
             (5, 0o400, 1000, 1000, Kind::File)
         );
         assert_eq!(f.lookup(ROOT_INO, "1").unwrap().size, 3);
-        assert_eq!(f.lookup(ROOT_INO, "2"), Err(libc::ENOENT));
-        assert_eq!(f.lookup(ROOT_INO, "01"), Err(libc::ENOENT));
-        assert_eq!(f.lookup(ROOT_INO, "x"), Err(libc::ENOENT));
-        assert_eq!(f.lookup(Files::ino_of(0), "0"), Err(libc::ENOENT));
+        assert_eq!(errno(f.lookup(ROOT_INO, "2")), libc::ENOENT);
+        assert_eq!(errno(f.lookup(ROOT_INO, "01")), libc::ENOENT);
+        assert_eq!(errno(f.lookup(ROOT_INO, "x")), libc::ENOENT);
+        assert_eq!(errno(f.lookup(Files::ino_of(0), "0")), libc::ENOENT);
         assert_eq!(f.getattr(ROOT_INO).unwrap().kind, Kind::Dir);
         assert_eq!(f.entries().len(), 5);
     }
@@ -607,21 +711,21 @@ mod tests {
     fn strict_handles_keep_their_snapshot_across_rotation() {
         let f = files_in(CacheMode::Strict, Box::new(|_| {}));
         let ino = Files::ino_of(0);
-        let old = f.open(ino, false, 1000, 1).unwrap();
+        let old = f.open(ino, false, who(1000, 1)).unwrap();
         assert!(matches!(old, Opened::Direct(_)));
         assert!(f.set_value(0, SecretBytes::new(b"beta-2".to_vec()), 5));
         assert!(
             !f.set_value(0, SecretBytes::new(b"beta-2".to_vec()), 5),
             "same version"
         );
-        let new = f.open(ino, false, 1000, 1).unwrap();
+        let new = f.open(ino, false, who(1000, 1)).unwrap();
         assert_eq!(read_all(&f, ino, fh(old)), b"alpha");
         assert_eq!(read_all(&f, ino, fh(new)), b"beta-2");
         assert_eq!(f.getattr(ino).unwrap().size, 6);
         f.release(fh(old));
         assert_eq!(
-            f.read(ino, fh(old), 0, 10, 0, 1, &mut |_| {}),
-            Err(libc::EBADF)
+            errno(f.read(ino, fh(old), 0, 10, who(0, 1), &mut |_| {})),
+            libc::EBADF
         );
     }
 
@@ -630,14 +734,14 @@ mod tests {
         let f = files(Box::new(|_| {}));
         let ino = Files::ino_of(0);
         assert!(
-            matches!(f.open(ino, false, 0, 1).unwrap(), Opened::Fresh(_)),
+            matches!(f.open(ino, false, who(0, 1)).unwrap(), Opened::Fresh(_)),
             "no pages yet"
         );
-        let old = f.open(ino, false, 0, 1).unwrap();
+        let old = f.open(ino, false, who(0, 1)).unwrap();
         assert!(matches!(old, Opened::KeepCache(_)));
         f.set_value(0, SecretBytes::new(b"beta-2".to_vec()), 5);
         assert!(
-            matches!(f.open(ino, false, 0, 1).unwrap(), Opened::Fresh(_)),
+            matches!(f.open(ino, false, who(0, 1)).unwrap(), Opened::Fresh(_)),
             "new version"
         );
         // the page cache only ever receives the newest bytes
@@ -653,24 +757,27 @@ mod tests {
             Box::new(move |_| *n2.lock().unwrap() += 1),
         );
         let ino = Files::ino_of(0);
-        assert_eq!(f.open(ino, false, 0, 1), Ok(Opened::NotNeeded));
+        assert_eq!(f.open(ino, false, who(0, 1)), Ok(Opened::NotNeeded));
         assert_eq!(read_all(&f, ino, 0), b"alpha");
         assert_eq!(*n.lock().unwrap(), 1);
         f.revoke(0, "forbidden");
-        assert_eq!(f.read(ino, 0, 0, 10, 0, 1, &mut |_| {}), Err(libc::EACCES));
+        assert_eq!(
+            errno(f.read(ino, 0, 0, 10, who(0, 1), &mut |_| {})),
+            libc::EACCES
+        );
     }
 
     #[test]
     fn partial_reads() {
         let f = files_in(CacheMode::Strict, Box::new(|_| {}));
         let ino = Files::ino_of(0);
-        let h = fh(f.open(ino, false, 0, 1).unwrap());
+        let h = fh(f.open(ino, false, who(0, 1)).unwrap());
         let mut got = Vec::new();
-        f.read(ino, h, 2, 2, 0, 1, &mut |b| got.extend_from_slice(b))
+        f.read(ino, h, 2, 2, who(0, 1), &mut |b| got.extend_from_slice(b))
             .unwrap();
         assert_eq!(got, b"ph");
         got.clear();
-        f.read(ino, h, 99, 2, 0, 1, &mut |b| got.extend_from_slice(b))
+        f.read(ino, h, 99, 2, who(0, 1), &mut |b| got.extend_from_slice(b))
             .unwrap();
         assert!(got.is_empty());
     }
@@ -682,12 +789,20 @@ mod tests {
         let f = files(Box::new(move |a| {
             l.lock().unwrap().push(serde_json::to_string(a).unwrap())
         }));
-        assert_eq!(f.open(Files::ino_of(0), true, 1000, 1), Err(libc::EROFS));
+        assert_eq!(
+            errno(f.open(Files::ino_of(0), true, who(1000, 1))),
+            libc::EROFS
+        );
         assert!(f.revoke(1, "forbidden"));
         assert!(!f.revoke(1, "forbidden"));
-        assert_eq!(f.open(Files::ino_of(1), false, 1000, 42), Err(libc::EACCES));
+        let e = f.open(Files::ino_of(1), false, who(1000, 42)).unwrap_err();
+        assert_eq!((e.errno, e.level), (libc::EACCES, Level::Warn));
+        assert!(
+            e.message.contains("'/etc/b' (secret:/bob/b)") && e.message.contains("forbidden"),
+            "{e}"
+        );
         assert_eq!(f.getattr(Files::ino_of(1)).unwrap().perm, 0);
-        f.open(Files::ino_of(0), false, 1000, std::process::id())
+        f.open(Files::ino_of(0), false, who(1000, std::process::id()))
             .unwrap();
         let lines = lines.lock().unwrap();
         assert_eq!(lines.len(), 2);
@@ -704,7 +819,7 @@ mod tests {
         drop(lines);
         // a value comes back after a revocation
         assert!(f.set_value(1, SecretBytes::new(b"x".to_vec()), 2));
-        assert!(f.open(Files::ino_of(1), false, 1000, 1).is_ok());
+        assert!(f.open(Files::ino_of(1), false, who(1000, 1)).is_ok());
     }
 
     #[test]
@@ -719,6 +834,36 @@ mod tests {
         f.set_stale(false);
         assert!(f.status_json().contains(r#""stale_since": null"#));
         assert!(!f.status_json().contains("alpha"));
+    }
+
+    /// Every failed operation is counted in the status area, by operation; expected ones
+    /// (a lookup of a missing name) too, though only the others are logged.
+    #[test]
+    fn failures_are_counted_by_operation() {
+        let f = files(Box::new(|_| {}));
+        for (op, r) in [
+            (Op::Lookup, f.lookup(ROOT_INO, "nope").map(|_| ())),
+            (Op::Lookup, f.lookup(ROOT_INO, "7").map(|_| ())),
+            (
+                Op::Open,
+                f.open(Files::ino_of(0), true, who(0, 1)).map(|_| ()),
+            ),
+            (Op::Getattr, f.getattr(99).map(|_| ())),
+        ] {
+            f.failed(op, &r.unwrap_err());
+        }
+        let s: serde_json::Value = serde_json::from_str(&f.status_json()).unwrap();
+        let failed = &s["ops"]["failed"];
+        assert_eq!(
+            (
+                &failed["lookup"],
+                &failed["open"],
+                &failed["getattr"],
+                &failed["read"]
+            ),
+            (&2.into(), &1.into(), &1.into(), &0.into()),
+            "{s}"
+        );
     }
 
     #[test]

@@ -19,8 +19,11 @@ fn main() -> ExitCode {
     match rt.block_on(secrets_fs::run(args)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("ERROR: {e:#}");
-            ExitCode::from(secrets_fs::exit_code(&e))
+            let report = secrets_fs::failure::report(&e);
+            for item in &report.errors {
+                eprintln!("ERROR: {}", item.line());
+            }
+            ExitCode::from(report.code)
         }
     }
 }

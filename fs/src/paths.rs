@@ -62,6 +62,18 @@ impl PathError {
         !matches!(self, Self::Io { .. })
     }
 
+    /// The mapped path the error is about.
+    pub fn path(&self) -> &Path {
+        match self {
+            Self::Symlink { path, .. }
+            | Self::Kernel { path, .. }
+            | Self::NotNormal { path }
+            | Self::NotDir { path, .. }
+            | Self::NotFile { path }
+            | Self::Io { path, .. } => path,
+        }
+    }
+
     fn is_missing(&self) -> bool {
         matches!(
             self,
@@ -342,11 +354,28 @@ pub fn remove_if_empty(path: &Path) -> Result<(), PathError> {
     }
 }
 
+/// The name beside `path` with `.SUFFIX` appended to its file name (`/run/x.d` and
+/// `created` give `/run/x.d.created`; `Path::with_extension` would replace `.d`). `None` for
+/// a path without a file name (`/`).
+pub fn sibling(path: &Path, suffix: &str) -> Option<PathBuf> {
+    let mut name = path.file_name()?.to_owned();
+    name.push(".");
+    name.push(suffix);
+    Some(path.with_file_name(name))
+}
+
 /// Replaces `path` with `bytes`, atomically: a fresh temporary file in the same directory,
 /// created with `O_EXCL | O_NOFOLLOW` (a name planted there, symlink or not, is skipped,
 /// never written through), synced, then renamed over `path`. The directory itself is the
 /// operator's and may be reached through symlinks.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    let (dfd, name) = open_dir_of(path)?;
+    write_atomic_in(&dfd, name, bytes, mode)
+}
+
+/// The directory of `path` (opened for `write_atomic_in`; symlinks followed: it is the
+/// operator's) and the file's name in it.
+pub fn open_dir_of(path: &Path) -> std::io::Result<(OwnedFd, &OsStr)> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -360,6 +389,17 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()>
         OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
         Mode::empty(),
     )?;
+    Ok((dfd, name))
+}
+
+/// `write_atomic` of `name` in the directory `dfd`, opened earlier: the file lands in that
+/// directory even if a mount has covered its path since.
+pub fn write_atomic_in(
+    dfd: &OwnedFd,
+    name: &OsStr,
+    bytes: &[u8],
+    mode: u32,
+) -> std::io::Result<()> {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
@@ -374,7 +414,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()>
             nanos.wrapping_add(attempt.wrapping_mul(0x9e37_79b9))
         ));
         match openat(
-            &dfd,
+            dfd,
             tmp.as_os_str(),
             OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
             Mode::from_bits_truncate(mode),
@@ -388,12 +428,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()>
     let r = f
         .write_all(bytes)
         .and_then(|()| f.sync_all())
-        .and_then(|()| Ok(renameat(&dfd, tmp.as_os_str(), &dfd, name)?));
+        .and_then(|()| Ok(renameat(dfd, tmp.as_os_str(), dfd, name)?));
     if r.is_err() {
-        let _ = unlinkat(&dfd, tmp.as_os_str(), UnlinkatFlags::NoRemoveDir);
+        let _ = unlinkat(dfd, tmp.as_os_str(), UnlinkatFlags::NoRemoveDir);
         return r;
     }
-    Ok(nix::unistd::fsync(&dfd)?)
+    Ok(nix::unistd::fsync(dfd)?)
 }
 
 #[cfg(test)]
@@ -459,6 +499,23 @@ mod tests {
             "a non-empty directory stays"
         );
         assert!(open_existing(&p).unwrap().is_none());
+    }
+
+    #[test]
+    fn siblings_append_to_the_file_name() {
+        for (path, want) in [
+            ("/run/secretfs", Some("/run/secretfs.created")),
+            ("/run/x.d", Some("/run/x.d.created")),
+            ("/run/x.d/", Some("/run/x.d.created")),
+            ("rel.a.b", Some("rel.a.b.created")),
+            ("/", None),
+        ] {
+            assert_eq!(
+                sibling(Path::new(path), "created"),
+                want.map(PathBuf::from),
+                "{path}"
+            );
+        }
     }
 
     #[test]

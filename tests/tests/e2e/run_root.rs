@@ -214,6 +214,43 @@ fn missing_paths_beside_other_mounts_and_beside_the_run_directory() {
     assert!(!fresh.exists(), "nothing left on the host");
 }
 
+/// A secretfs that fails after `--private` has laid an overlay on the temporary directory
+/// (which hides neuro's run directory inside secretfs's namespace): neuro still gets its
+/// report, with the class and the path, through the `--error-file` secretfs opened before
+/// mounting anything.
+#[test]
+fn a_failed_secretfs_reports_through_its_error_file_even_under_an_overlay() {
+    require_root_fuse();
+    let srv = Server::start();
+    let t = srv.add_users(&["alice"]);
+    let alice = srv.user("alice", &t[0]);
+    alice.ok(&["secret", "add", "k", "v"]);
+    let fresh = std::env::temp_dir().join(format!("neuro-e2e-fail-{}", std::process::id()));
+    let marker = srv.dir.path().join("started");
+    let o = alice.fails(
+        &[
+            "run",
+            "--volume",
+            &format!("secret:k:{}", fresh.join("x").display()),
+            "--volume",
+            "secret:k:/proc/neuro-e2e-x",
+            "--",
+            "touch",
+            marker.to_str().unwrap(),
+        ],
+        65,
+        "secretfs could not serve the files: /proc/neuro-e2e-x: ",
+    );
+    assert!(
+        o.stderr
+            .contains("secretfs mounts nothing over /proc, /sys or /dev"),
+        "{}",
+        o.stderr
+    );
+    assert!(!marker.exists(), "the job did not start");
+    assert!(!fresh.exists(), "nothing left on the host");
+}
+
 /// Stops `neuro run` (and so its job) if the test fails before it does.
 struct KillOnDrop(Option<std::process::Child>);
 

@@ -461,3 +461,58 @@ fn private_nested_paths_beside_an_existing_file_still_work() {
     assert_eq!(std::fs::read(&first).unwrap(), b"underneath");
     assert_eq!(listing(&d), ["exists.txt"]);
 }
+
+/// The names beside the mount root append to its name: with `--mount-root WORK/m.d` the
+/// placeholder record is `WORK/m.d.created` (`with_extension` made it `WORK/m.created`, a
+/// name another secretfs at `WORK/m.e` would share, each removing the other's placeholders).
+#[test]
+fn names_beside_a_mount_root_with_a_dot_keep_its_whole_name() {
+    require_root_fuse();
+    let srv = Server::start();
+    let t = srv.add_users(&["alice"]);
+    srv.put(&t[0], "k", b"value");
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let tok = w.join("token");
+    std::fs::write(&tok, &t[0]).unwrap();
+    std::fs::set_permissions(&tok, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let v = format!("secret:k:{}", w.join("new/k.txt").display());
+    let child = Reaped(
+        Command::new("unshare")
+            .args(["-m", "--propagation", "private", "--"])
+            .arg(bin("secretfs"))
+            .args(["--url", &srv.url, "--volume", &v])
+            .arg("--token-file")
+            .arg(&tok)
+            .arg("--mount-root")
+            .arg(w.join("m.d"))
+            .arg("--ready-file")
+            .arg(w.join("ready"))
+            .env_remove("NEURO_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(w.join("stderr")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !w.join("ready").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "not ready: {}",
+            std::fs::read_to_string(w.join("stderr")).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let names = listing(w);
+    assert!(names.contains(&"m.d.created".to_owned()), "{names:?}");
+    assert!(!names.contains(&"m.created".to_owned()), "{names:?}");
+    let mut child = child;
+    sigterm(&child.0);
+    assert!(child.0.wait().unwrap().success());
+    assert!(
+        !w.join("m.d.created").exists(),
+        "the record goes at shutdown"
+    );
+    assert!(!w.join("new").exists());
+}

@@ -385,9 +385,21 @@ fn missing_or_forbidden_secrets_stop_it_before_ready() {
         let path = w.join("d/x.txt");
         let okv = format!("secret:ok:{}", w.join("d/ok.txt").display());
         let v = format!("{vol}:{}", path.display());
-        let Err((c, stderr)) =
-            SecretFs::start(&srv, w, &t[0], Ns::Own, &["--volume", &okv, "--volume", &v])
-        else {
+        let report = w.join("error.json");
+        let Err((c, stderr)) = SecretFs::start(
+            &srv,
+            w,
+            &t[0],
+            Ns::Own,
+            &[
+                "--volume",
+                &okv,
+                "--volume",
+                &v,
+                "--error-file",
+                report.to_str().unwrap(),
+            ],
+        ) else {
             panic!("{vol}: secretfs started");
         };
         assert_eq!(c, code, "{vol}: {stderr}");
@@ -395,6 +407,21 @@ fn missing_or_forbidden_secrets_stop_it_before_ready() {
             stderr.contains(&format!("ERROR: {}: {msg}", path.display())),
             "{vol}: {stderr}"
         );
+        // The same, for `neuro run`: the documented status file (secrets_core::handoff).
+        let got: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+        let (uri, class) = msg.rsplit_once(": ").unwrap();
+        assert_eq!(
+            got,
+            serde_json::json!({"code": code, "errors": [{
+                "path": path.to_str().unwrap(),
+                "uri": uri,
+                "class": class,
+                "detail": class,
+            }]}),
+            "{vol}"
+        );
+        std::fs::remove_file(&report).unwrap();
         assert!(!w.join("ready").exists());
         assert!(!w.join("d").exists(), "nothing created");
         assert_eq!(host_secretfs_mounts(), 0);
