@@ -18,7 +18,8 @@ pub const STATUS_INO: u64 = 2;
 const FIRST_FILE_INO: u64 = 3;
 pub const STATUS_NAME: &str = ".status";
 
-/// How opens and reads are served; see ARCHITECTURE.md for the trade-offs.
+/// How opens and reads are served; ARCHITECTURE.md ("secretfs cache modes") weighs them and
+/// BENCHMARKS.md measures them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum CacheMode {
     /// Every open is a daemon round trip (audited); every read is served from the handle's
