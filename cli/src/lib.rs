@@ -368,14 +368,6 @@ impl Session {
     }
 }
 
-/// A job id in a service's answer, checked before it names a URL path or a directory.
-pub(crate) fn answered_job_id(client: &Client, id: &str) -> Result<JobId, ClientError> {
-    JobId::new(id).map_err(|e| ClientError::Protocol {
-        url: client.base_url().to_owned(),
-        detail: e.to_string(),
-    })
-}
-
 /// Reads `VALUE`: the bytes themselves, `@FILE` (with `~` expanded) or `@-` (stdin).
 fn read_value(value: OsString) -> anyhow::Result<SecretBytes> {
     let bytes = value.into_vec();
@@ -626,7 +618,7 @@ async fn admin(client: &Client, cmd: &AdminCmd) -> anyhow::Result<()> {
                         t.id,
                         t.created_at,
                         if t.revoked { "revoked" } else { "active" }.into(),
-                        t.job_id.unwrap_or_else(|| "-".into()),
+                        t.job_id.map_or_else(|| "-".into(), |j| j.to_string()),
                         t.expires_at.unwrap_or_else(|| "-".into()),
                     ]
                 })

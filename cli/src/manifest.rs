@@ -322,7 +322,7 @@ pub async fn manifest(
         None => None,
     };
     let created = client.create_job(&job.spec).await?;
-    let id = crate::answered_job_id(client, &created.job_id)?;
+    let id = created.job_id.clone();
     let inputs = PodInputs {
         job_id: id.as_str(),
         expires_at: &created.expires_at,

@@ -155,7 +155,7 @@ pub async fn run(client: &Client, conn: &Connection, args: &RunArgs) -> anyhow::
     }
     let created = client.create_job(&spec).await?;
     // Checked: the id names a directory that is removed afterwards.
-    let id = crate::answered_job_id(client, &created.job_id)?;
+    let id = created.job_id.clone();
     let dir = std::env::temp_dir().join(format!("neuro-run-{id}"));
     let mut job = Job {
         client,

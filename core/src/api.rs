@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::names::{SecretKey, UserName};
+use crate::names::{JobId, SecretKey, UserName};
 use crate::secret::{SecretBytes, Token};
 use crate::uri::Action;
 
@@ -135,7 +135,8 @@ pub struct JobSpec {
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct JobCreated {
-    pub job_id: String,
+    /// Checked while the answer is decoded: it names a URL path and a directory.
+    pub job_id: JobId,
     pub token: Token,
     /// RFC 3339, UTC.
     pub expires_at: String,
@@ -179,7 +180,7 @@ pub struct TokenInfo {
     pub revoked: bool,
     /// Set for a job token: the job it belongs to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub job_id: Option<String>,
+    pub job_id: Option<JobId>,
     /// RFC 3339, UTC; job tokens expire, user tokens do not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<String>,

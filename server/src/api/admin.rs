@@ -167,7 +167,7 @@ pub(super) async fn list_tokens(
             created_at: rfc3339(rec.created_at),
             revoked: rec.revoked,
             job_id: match rec.subject {
-                Subject::Job { id } => Some(id),
+                Subject::Job { id } => secrets_core::JobId::new(&id).ok(),
                 _ => None,
             },
             expires_at: rec.expires_at.map(rfc3339),

@@ -99,7 +99,7 @@ pub(super) async fn create_job(
             list.join(", ")
         )));
     }
-    let job_id = JobId::from_random(random_bytes::<8>()).to_string();
+    let job_id = JobId::from_random(random_bytes::<8>());
     let expires_at = now_secs() + ttl;
     let mut slots = s.audit.reserve_many(uris.len().max(1))?;
     let event = |uri: Option<String>, outcome| {
@@ -113,7 +113,9 @@ pub(super) async fn create_job(
         let (token_id, token) = auth::issue(
             s.store.as_ref(),
             &s.keys,
-            Subject::Job { id: job_id.clone() },
+            Subject::Job {
+                id: job_id.to_string(),
+            },
             Some(expires_at),
             Some(incarnation),
         )
@@ -125,7 +127,9 @@ pub(super) async fn create_job(
             created_at: now_secs(),
             expires_at,
         };
-        s.store.put(Table::Jobs, &job_id, &encode(&rec)).await?;
+        s.store
+            .put(Table::Jobs, job_id.as_str(), &encode(&rec))
+            .await?;
         Ok::<_, ApiError>(token)
     }
     .await;
