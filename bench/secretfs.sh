@@ -9,7 +9,7 @@ n=${1:-20000}
 cargo build --release --locked --bin secretd --bin neuro --bin secretfs --bin openread >&2
 source bench/common.sh
 start_secretd 18482
-echo "$token" > "$work/token"
+(umask 077; echo "$token" > "$work/token")
 head -c 4096 /dev/urandom > "$work/value"
 vols=()
 for i in $(seq 0 99); do
