@@ -72,14 +72,8 @@ impl Keys {
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let key = Zeroizing::new(random_bytes::<32>());
-                let mut f = fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(path)
+                create_private(path, key.as_slice())
                     .with_context(|| format!("creating master key '{}'", path.display()))?;
-                f.write_all(key.as_slice())?;
-                f.sync_all()?;
                 (key, true)
             }
             Err(e) => {
@@ -142,6 +136,18 @@ impl Keys {
     pub fn token_hash(&self, secret: &str) -> [u8; 32] {
         *blake3::keyed_hash(&self.token_key, secret.as_bytes()).as_bytes()
     }
+}
+
+/// Creates `path` with `bytes`, mode 0600 whatever the umask, only if nothing is there (not
+/// even a symlink: `O_CREAT|O_EXCL` follows none), and syncs it.
+pub(crate) fn create_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
 }
 
 #[cfg(test)]

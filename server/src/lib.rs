@@ -13,7 +13,7 @@ pub mod store;
 
 use std::io::Write as _;
 use std::net::SocketAddr;
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+use std::os::unix::fs::DirBuilderExt as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -117,18 +117,6 @@ fn default_data_dir() -> anyhow::Result<PathBuf> {
     Ok(PathBuf::from(home).join(".local/share/neuro-secrets"))
 }
 
-fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("creating '{}'", path.display()))?;
-    f.write_all(contents.as_bytes())?;
-    f.sync_all()?;
-    Ok(())
-}
-
 /// Opens (or creates) the data directory and everything in it.
 pub async fn open_service(
     data_dir: &Path,
@@ -164,7 +152,9 @@ pub async fn open_service(
             None,
         )
         .await?;
-        write_private(&admin_path, &format!("{}\n", token.expose()))?;
+        let line = zeroize::Zeroizing::new(format!("{}\n", token.expose()));
+        crypto::create_private(&admin_path, line.as_bytes())
+            .with_context(|| format!("creating '{}'", admin_path.display()))?;
         tracing::info!(path = %admin_path.display(), "created the operator token");
     }
     let audit_path = audit_log.unwrap_or_else(|| data_dir.join("audit.log"));
