@@ -25,7 +25,10 @@ use secrets_core::{
 use crate::args::{ResourceArg, TokenParser, key_or_uri, resource_uri};
 use crate::config::Config;
 
-const EXIT_CODES: &str = "Exit codes:
+const EXIT_CODES: &str = "Connection: --url and --ca-file fall back to NEURO_URL and NEURO_CA_FILE,
+then to what `neuro login` saved; NEURO_TOKEN overrides the saved token.
+
+Exit codes:
   0   success
   2   usage error (also a malformed user name, key, URI, job id or token argument)
   65  bad input (a rejected key, URI, value or request)
@@ -38,12 +41,10 @@ const EXIT_CODES: &str = "Exit codes:
 #[derive(Debug, Parser)]
 #[command(name = "neuro", version, about = "Store secrets, share them, and hand them to jobs", after_help = EXIT_CODES)]
 pub struct Cli {
-    /// Service URL [env: NEURO_URL; default: the one saved by `neuro login`]
-    #[arg(long, global = true, value_name = "URL")]
-    pub url: Option<String>,
-    /// PEM CA certificate(s) to trust for an https URL [env: NEURO_CA_FILE]
-    #[arg(long, global = true, value_name = "FILE")]
-    pub ca_file: Option<PathBuf>,
+    /// --url (else NEURO_URL, else the URL `neuro login` saved) and --ca-file (else
+    /// NEURO_CA_FILE, else the one saved)
+    #[command(flatten)]
+    pub service: secrets_core::conn::ServiceArgs,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -282,10 +283,6 @@ struct Session {
     cfg_identity: bool,
 }
 
-fn env(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.is_empty())
-}
-
 impl Session {
     fn new(cli: &Cli) -> anyhow::Result<Self> {
         let cfg = Config::load(&config::path()?)?;
@@ -299,9 +296,8 @@ impl Session {
             None => None,
         };
         let url = cli
-            .url
-            .clone()
-            .or_else(|| env("NEURO_URL"))
+            .service
+            .url()
             .or_else(|| cfg.url.clone())
             .ok_or_else(|| {
                 failure(
@@ -309,13 +305,9 @@ impl Session {
                     "not logged in: no service URL (hint: neuro login --url URL --token TOKEN, or set NEURO_URL and NEURO_TOKEN)",
                 )
             })?;
-        let cfg_identity = env_token.is_none() && cli.url.is_none() && env("NEURO_URL").is_none();
+        let cfg_identity = env_token.is_none() && cli.service.url().is_none();
         let token = env_token.or_else(|| cfg.token.clone());
-        let ca_file = cli
-            .ca_file
-            .clone()
-            .or_else(|| env("NEURO_CA_FILE").map(PathBuf::from))
-            .or_else(|| cfg.ca_file.clone());
+        let ca_file = cli.service.ca_file().or_else(|| cfg.ca_file.clone());
         Ok(Self {
             cfg,
             url,
@@ -457,14 +449,10 @@ async fn login(cli: &Cli, token: Token) -> anyhow::Result<()> {
     let path = config::path()?;
     let mut cfg = Config::load(&path)?;
     let url = cli
-        .url
-        .clone()
-        .or_else(|| env("NEURO_URL"))
+        .service
+        .url()
         .ok_or_else(|| failure(ExitClass::Usage, "neuro login needs --url URL"))?;
-    let ca_file = cli
-        .ca_file
-        .clone()
-        .or_else(|| env("NEURO_CA_FILE").map(PathBuf::from));
+    let ca_file = cli.service.ca_file();
     let mut c = ClientConfig::new(url.clone(), Some(token.clone()));
     c.ca_file = ca_file.clone();
     let client = Client::new(&c)?;

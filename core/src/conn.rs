@@ -29,25 +29,34 @@ pub const MAX_TOKEN_FILE: usize = 64 * 1024;
 /// flags) would be usage errors in any container whose environment sets `NEURO_URL`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ConnArgs {
-    /// Service URL (else NEURO_URL); required
-    #[arg(long, value_name = "URL")]
-    pub url: Option<String>,
+    #[command(flatten)]
+    pub service: ServiceArgs,
     /// File holding the token (else NEURO_TOKEN); refused (exit 65) if others may read it or
     /// group or others may write it, or if its group may read it and is not the job's: keep
     /// it mode 0600 or 0400
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
-    /// PEM CA certificate(s) for an https URL
-    #[arg(long, value_name = "FILE")]
-    pub ca_file: Option<PathBuf>,
     /// Total time for the first resolve, retries included, in seconds (0 to 3600, fractions
     /// allowed)
     #[arg(long, value_name = "SECONDS", default_value = "30", value_parser = parse_timeout)]
     pub timeout: Duration,
 }
 
-impl ConnArgs {
-    /// `--url`, else a non-empty `NEURO_URL`; `None` is a usage error.
+/// Where the service is: `--url` and `--ca-file`, shared by every binary that talks to it
+/// (flattened into `ConnArgs`, and global options of `neuro`). `global` makes them usable
+/// after a subcommand of `neuro`; it changes nothing for a binary without subcommands.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServiceArgs {
+    /// Service URL (else NEURO_URL)
+    #[arg(long, global = true, value_name = "URL")]
+    pub url: Option<String>,
+    /// PEM CA certificate(s) to trust for an https URL (else NEURO_CA_FILE)
+    #[arg(long, global = true, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+}
+
+impl ServiceArgs {
+    /// `--url`, else a non-empty `NEURO_URL`.
     pub fn url(&self) -> Option<String> {
         self.url
             .clone()
@@ -55,11 +64,27 @@ impl ConnArgs {
             .filter(|u| !u.is_empty())
     }
 
+    /// `--ca-file`, else a non-empty `NEURO_CA_FILE`.
+    pub fn ca_file(&self) -> Option<PathBuf> {
+        self.ca_file.clone().or_else(|| {
+            std::env::var_os("NEURO_CA_FILE")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        })
+    }
+}
+
+impl ConnArgs {
+    /// `--url`, else a non-empty `NEURO_URL`; `None` is a usage error.
+    pub fn url(&self) -> Option<String> {
+        self.service.url()
+    }
+
     /// The client configuration: the URL, this token, the CA file, and `request_timeout` for
     /// each request (the total `--timeout` is the caller's deadline).
     pub fn client_config(&self, token: Token, request_timeout: Duration) -> ClientConfig {
         let mut cfg = ClientConfig::new(self.url().unwrap_or_default(), Some(token));
-        cfg.ca_file = self.ca_file.clone();
+        cfg.ca_file = self.service.ca_file();
         cfg.timeout = request_timeout;
         cfg
     }
@@ -274,7 +299,7 @@ mod tests {
     #[test]
     fn the_connection_flags_and_an_exclusive_flag() {
         let c = Cmd::try_parse_from(["cmd", "--probe"]).unwrap();
-        assert!(c.probe && c.conn.url.is_none());
+        assert!(c.probe && c.conn.service.url.is_none());
         let e = Cmd::try_parse_from(["cmd", "--probe", "--url", "http://h:1"]).unwrap_err();
         assert_eq!(e.exit_code(), 2);
         let c = Cmd::try_parse_from([
@@ -289,7 +314,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.conn.url().as_deref(), Some("https://h:1"));
         assert_eq!(c.conn.token_file.as_deref(), Some(Path::new("/t")));
-        assert_eq!(c.conn.ca_file.as_deref(), Some(Path::new("/ca")));
+        assert_eq!(c.conn.service.ca_file.as_deref(), Some(Path::new("/ca")));
     }
 
     /// The token file rule, with the file owned by this process's uid and gid.

@@ -211,7 +211,7 @@ mod tests {
     #[test]
     fn check_ready_needs_no_url() {
         let a = Args::try_parse_from(["secretfs", "--check-ready", "/r"]).unwrap();
-        assert!(a.conn.url.is_none());
+        assert!(a.conn.service.url.is_none());
         assert!(Args::try_parse_from(["secretfs", "--check-ready", "/r", "--uid", "1"]).is_err());
     }
 }

@@ -115,6 +115,33 @@ fn the_readme_certificate_recipe_works() {
         ]);
         n.ok(&["admin", "user", "add", name]);
     }
+    // The job side takes the CA from NEURO_CA_FILE too, as neuro does.
+    let tok = n.ok(&["admin", "user", "add", "job-side"]).stdout_str();
+    let tok = tok.trim();
+    let user = Neuro::new(&srv, "job-side");
+    let ca_arg = ca.to_str().unwrap();
+    user.ok(&["login", "--url", &url, "--token", tok, "--ca-file", ca_arg]);
+    user.ok(&["secret", "add", "k", "v"]);
+    let out = std::process::Command::new(crate::harness::bin("secret-inject"))
+        .args([
+            "--url",
+            &url,
+            "--env",
+            "A=secret:k",
+            "--",
+            "sh",
+            "-c",
+            "test \"$A\" = v",
+        ])
+        .env("NEURO_TOKEN", tok)
+        .env("NEURO_CA_FILE", &ca)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
