@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::harness::{Server, bin};
-use crate::secretfs_root_fuse::{Ns, SecretFs, host_secretfs_mounts, require_root_fuse};
+use crate::secretfs_root_fuse::{Ns, SecretFs, fuse_alice_owning_k, host_secretfs_mounts};
 
 /// A process killed and reaped on drop, also when the test fails.
 struct Reaped(Child);
@@ -64,11 +64,7 @@ fn check_refused(
 
 #[test]
 fn symlinks_in_any_component_and_kernel_paths_are_refused() {
-    require_root_fuse();
-    let srv = Server::start();
-    let t = srv.add_users(&["alice"]);
-    srv.put(&t[0], "k", b"value");
-    let work = tempfile::tempdir().unwrap();
+    let (srv, t, work) = fuse_alice_owning_k();
     let w = work.path();
     // a/link -> victim, a/flink -> victim/important.conf
     let (victim, a) = (w.join("victim"), w.join("a"));
@@ -157,11 +153,7 @@ fn symlinks_in_any_component_and_kernel_paths_are_refused() {
 
 #[test]
 fn planted_temporary_names_write_nothing_through_their_symlinks() {
-    require_root_fuse();
-    let srv = Server::start();
-    let t = srv.add_users(&["alice"]);
-    srv.put(&t[0], "k", b"value");
-    let work = tempfile::tempdir().unwrap();
+    let (srv, t, work) = fuse_alice_owning_k();
     let w = work.path();
     let victim = w.join("victim");
     std::fs::write(&victim, b"original").unwrap();
@@ -213,11 +205,7 @@ fn check_ready(ready: &Path) -> (bool, String) {
 
 #[test]
 fn a_stale_ready_file_is_not_ready_until_the_new_mount_is_up() {
-    require_root_fuse();
-    let srv = Server::start();
-    let t = srv.add_users(&["alice"]);
-    srv.put(&t[0], "k", b"value");
-    let work = tempfile::tempdir().unwrap();
+    let (srv, t, work) = fuse_alice_owning_k();
     let w = work.path();
     let ready = w.join("ready");
     std::fs::write(&ready, b"ready\n").unwrap();
@@ -267,11 +255,7 @@ fn a_stale_ready_file_is_not_ready_until_the_new_mount_is_up() {
 
 #[test]
 fn a_token_file_open_to_group_or_others_is_refused() {
-    require_root_fuse();
-    let srv = Server::start();
-    let t = srv.add_users(&["alice"]);
-    srv.put(&t[0], "k", b"value");
-    let work = tempfile::tempdir().unwrap();
+    let (srv, t, work) = fuse_alice_owning_k();
     let w = work.path();
     let path = w.join("k.txt");
     let v = format!("secret:k:{}", path.display());
@@ -378,11 +362,7 @@ fn sigterm(c: &Child) {
 
 #[test]
 fn sigterm_while_starting_or_right_after_ready_is_a_clean_stop() {
-    require_root_fuse();
-    let srv = Server::start();
-    let t = srv.add_users(&["alice"]);
-    srv.put(&t[0], "k", b"value");
-    let work = tempfile::tempdir().unwrap();
+    let (srv, t, work) = fuse_alice_owning_k();
     let w = work.path();
     let v = format!("secret:k:{}", w.join("new/k.txt").display());
     // While it retries an unreachable service.
@@ -430,12 +410,8 @@ fn sigterm_while_starting_or_right_after_ready_is_a_clean_stop() {
 
 #[test]
 fn private_nested_paths_beside_an_existing_file_still_work() {
-    require_root_fuse();
-    let srv = Server::start();
-    let t = srv.add_users(&["alice"]);
-    srv.put(&t[0], "k", b"value");
+    let (srv, t, work) = fuse_alice_owning_k();
     srv.put(&t[0], "j", b"other");
-    let work = tempfile::tempdir().unwrap();
     let w = work.path();
     let d = w.join("d");
     std::fs::create_dir(&d).unwrap();
@@ -467,11 +443,7 @@ fn private_nested_paths_beside_an_existing_file_still_work() {
 /// name another secretfs at `WORK/m.e` would share, each removing the other's placeholders).
 #[test]
 fn names_beside_a_mount_root_with_a_dot_keep_its_whole_name() {
-    require_root_fuse();
-    let srv = Server::start();
-    let t = srv.add_users(&["alice"]);
-    srv.put(&t[0], "k", b"value");
-    let work = tempfile::tempdir().unwrap();
+    let (srv, t, work) = fuse_alice_owning_k();
     let w = work.path();
     let tok = w.join("token");
     std::fs::write(&tok, &t[0]).unwrap();
