@@ -9,6 +9,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// Fails (never skips) unless this runs as root; `why` says what needs it.
+#[track_caller]
+pub fn require_root(why: &str) {
+    let euid = nix::unistd::geteuid();
+    assert!(euid.is_root(), "this test needs root ({why}); euid {euid}");
+}
+
 /// Where cargo put the workspace's binaries: next to this test's `deps/` directory.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
@@ -317,12 +324,8 @@ impl Server {
 
     /// One HTTP/1.1 request over a fresh loopback connection.
     pub fn http(&self, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> Reply {
-        self.http_raw(
-            method,
-            path,
-            token,
-            body.map(|b| ("application/json", b.as_bytes())),
-        )
+        http_json(&self.addr, method, path, token, body)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
     }
 
     pub fn http_raw(
@@ -358,6 +361,19 @@ impl Reply {
     }
 }
 
+/// `http` with an optional JSON body.
+pub fn http_json(
+    addr: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> std::io::Result<Reply> {
+    let body = body.map(|b| ("application/json", b.as_bytes()));
+    http(addr, method, path, token, body)
+}
+
+/// One HTTP/1.1 request to `addr` over a fresh connection; `body` is (content type, bytes).
 pub fn http(
     addr: &str,
     method: &str,

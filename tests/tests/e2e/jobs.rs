@@ -82,12 +82,7 @@ fn job_tokens_read_exactly_their_uris_until_deleted() {
     let r = srv.post(&job, "/api/v1/secrets/resolve", r#"{"uris":["secret:a1","secret:/bob/b1","secret:a3","secret:bad?q","secret://neuro-compute/alice/a2"]}"#);
     assert_eq!(r.status, 200, "{}", r.body);
     let res = r.json()["results"].clone();
-    let statuses: Vec<&str> = res
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x["status"].as_str().unwrap())
-        .collect();
+    let statuses = strs_by(&res, |x| x["status"].as_str());
     assert_eq!(statuses, ["ok", "ok", "forbidden", "invalid", "ok"]);
     assert_eq!(res[1]["value"], b64("vb1"));
     assert!(res[2].get("value").is_none());
@@ -167,12 +162,18 @@ fn manifest(user: &crate::harness::Neuro, args: &[&str]) -> Vec<serde_json::Valu
     yaml_docs(&o.stdout_str())
 }
 
+/// The strings in the array `v`.
 fn strs(v: &serde_json::Value) -> Vec<&str> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap())
-        .collect()
+    strs_by(v, serde_json::Value::as_str)
+}
+
+/// A string picked out of each element of the array `v`.
+fn strs_by<'a>(
+    v: &'a serde_json::Value,
+    pick: impl Fn(&'a serde_json::Value) -> Option<&'a str>,
+) -> Vec<&'a str> {
+    let items = v.as_array().unwrap();
+    items.iter().map(|x| pick(x).unwrap()).collect()
 }
 
 #[test]

@@ -8,23 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::harness::{Reply, b64, bin, self_signed_localhost_cert};
-
-fn http(
-    addr: &str,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    body: Option<&str>,
-) -> std::io::Result<Reply> {
-    crate::harness::http(
-        addr,
-        method,
-        path,
-        token,
-        body.map(|b| ("application/json", b.as_bytes())),
-    )
-}
+use crate::harness::http_json as http;
+use crate::harness::{b64, bin, require_root, self_signed_localhost_cert};
 
 /// A `secretd` started through a wrapper command (`prlimit`, `unshare`, `sh -c 'umask ...'`).
 /// Killed and waited for on drop; whatever the wrapper mounted dies with its namespace.
@@ -586,11 +571,7 @@ fn files_are_private_under_umask_000() {
 /// every write acknowledged before the fault reads back.
 #[test]
 fn writes_recover_after_the_disk_was_full_root() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "this test needs root (a tmpfs in a private mount namespace); euid {}",
-        nix::unistd::geteuid()
-    );
+    require_root("a tmpfs in a private mount namespace");
     let dir = tempfile::tempdir().unwrap();
     let mnt = dir.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();

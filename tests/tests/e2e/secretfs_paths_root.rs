@@ -21,11 +21,12 @@ impl Drop for Reaped {
     }
 }
 
+/// The names in `dir`, sorted.
 fn listing(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
+    let names = std::fs::read_dir(dir)
         .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
+        .map(|e| e.unwrap().file_name());
+    let mut v: Vec<String> = names.map(|n| n.to_string_lossy().into_owned()).collect();
     v.sort();
     v
 }
