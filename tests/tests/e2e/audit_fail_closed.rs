@@ -74,7 +74,7 @@ fn read_until(srv: &Server, token: &str, status: u16, within: Duration) -> usize
     let deadline = Instant::now() + within;
     let mut served = 0;
     loop {
-        let r = srv.http("GET", "/api/v1/secrets/alice/s", Some(token), None);
+        let r = srv.get(token, "/api/v1/secrets/alice/s");
         if r.status == status {
             return served;
         }
@@ -104,7 +104,7 @@ fn reads_and_writes_stop_while_the_audit_log_is_stuck_or_failing() {
     let t = srv.add_users(&["alice"]);
     let alice = &t[0];
     srv.put(alice, "s", b"v");
-    let r = srv.http("GET", "/api/v1/secrets/alice/s", Some(alice), None);
+    let r = srv.get(alice, "/api/v1/secrets/alice/s");
     assert_eq!(r.status, 200, "{}", r.body);
 
     // Stuck: nobody reads; the writer blocks in write(2) once the pipe is full.
@@ -114,19 +114,14 @@ fn reads_and_writes_stop_while_the_audit_log_is_stuck_or_failing() {
     let stuck_after = t0.elapsed();
     let rss = srv.status_kb("VmRSS");
     eprintln!("stuck log: {served} reads served, then 503 after {stuck_after:?}; VmRSS {rss} kB");
-    let r = srv.http(
-        "POST",
-        "/api/v1/secrets",
-        Some(alice),
-        Some(r#"{"key":"w","value":"dg=="}"#),
-    );
+    let r = srv.post(alice, "/api/v1/secrets", r#"{"key":"w","value":"dg=="}"#);
     assert_eq!(r.status, 503, "{}", r.body);
     assert!(r.body.contains("audit log"), "{}", r.body);
     assert!(srv.stderr().contains("stuck"), "{}", srv.stderr());
     // Nothing was stored while refused.
     reader.run.store(true, Ordering::SeqCst);
     read_until(&srv, alice, 200, Duration::from_secs(5));
-    let r = srv.http("GET", "/api/v1/secrets/alice/w", Some(alice), None);
+    let r = srv.get(alice, "/api/v1/secrets/alice/w");
     assert_eq!(r.status, 404, "{}", r.body);
 
     // Failing: the reader goes away; writes to the FIFO fail with EPIPE.

@@ -8,24 +8,18 @@ const URI: &str = "secret://neuro-compute/alice/s1";
 
 #[test]
 fn the_matrix_corners_over_a_socket() {
-    let srv = Server::start();
-    let t = srv.add_users(&["alice", "bob", "eve", "frank"]);
+    let (srv, t) = Server::start_with_users(&["alice", "bob", "eve", "frank"]);
     let (alice, bob, eve, frank) = (&t[0], &t[1], &t[2], &t[3]);
     let body = format!(r#"{{"key":"s1","value":"{}"}}"#, b64("v"));
-    let r = srv.http("POST", "/api/v1/secrets", Some(alice), Some(&body));
+    let r = srv.post(alice, "/api/v1/secrets", &body);
     assert_eq!(r.status, 201, "{}", r.body);
     let grant = format!(r#"[{{"uri":"{URI}","action":"read"}}]"#);
-    let r = srv.http(
-        "POST",
-        "/api/v1/users/bob/permissions",
-        Some(alice),
-        Some(&grant),
-    );
+    let r = srv.post(alice, "/api/v1/users/bob/permissions", &grant);
     assert_eq!(r.status, 201, "{}", r.body);
     let op = srv.admin_token();
     let id = frank.split('.').nth(1).unwrap();
     let path = format!("/api/v1/admin/tokens/{id}");
-    assert_eq!(srv.http("DELETE", &path, Some(&op), None).status, 204);
+    assert_eq!(srv.delete(&op, &path).status, 204);
 
     let get = |tok: Option<&str>| http(&srv.addr, "GET", "/api/v1/secrets/alice/s1", tok, None);
     for (who, tok, want) in [

@@ -27,8 +27,7 @@ pub(crate) fn usage_error(neuro: &Neuro, args: &[&str], msg: &str) -> Out {
 
 #[test]
 fn cli_rejects_bad_input_and_changes_nothing() {
-    let srv = Server::start();
-    let t = srv.add_users(&["alice", "bob"]);
+    let (srv, t) = Server::start_with_users(&["alice", "bob"]);
     let alice = srv.user("alice", &t[0]);
     alice.ok(&["secret", "add", "k", "original"]);
     let before = alice.ok(&["secret", "ls", "-o", "json"]).stdout_str();
@@ -188,8 +187,7 @@ fn cli_rejects_bad_input_and_changes_nothing() {
 
 #[test]
 fn api_rejects_bad_requests_with_json_errors() {
-    let srv = Server::start();
-    let t = srv.add_users(&["alice"]);
+    let (srv, t) = Server::start_with_users(&["alice"]);
     let tok = Some(t[0].as_str());
     assert_eq!(
         srv.http(
@@ -329,12 +327,7 @@ fn api_rejects_bad_requests_with_json_errors() {
         (r.status, r.json()["error"].as_str().unwrap()),
         (401, "missing bearer token")
     );
-    let r = srv.http(
-        "GET",
-        "/api/v1/secrets",
-        Some("nst.0000000000000000.00"),
-        None,
-    );
+    let r = srv.get("nst.0000000000000000.00", "/api/v1/secrets");
     assert_eq!(
         (r.status, r.json()["error"].as_str().unwrap()),
         (401, "invalid token")
@@ -475,10 +468,7 @@ fn a_malformed_neuro_token_is_a_usage_error_and_is_not_printed() {
 #[test]
 fn secret_get_file_never_writes_through_a_planted_symlink() {
     use std::os::unix::fs::{MetadataExt as _, symlink};
-    let srv = Server::start();
-    let t = srv.add_users(&["alice"]);
-    let alice = srv.user("alice", &t[0]);
-    alice.ok(&["secret", "add", "k", "the-value"]);
+    let (_srv, alice) = Server::start_with_alice_owning("k", "the-value");
     let dir = tempfile::tempdir().unwrap();
     let victim = dir.path().join("victim");
     std::fs::write(&victim, b"victim's").unwrap();

@@ -58,12 +58,7 @@ fn kill_9_loses_no_acknowledged_write() {
 
     srv.restart();
     for (k, n) in &acked {
-        let r = srv.http(
-            "GET",
-            &format!("/api/v1/secrets/alice/k{k}"),
-            Some(&tok),
-            None,
-        );
+        let r = srv.get(&tok, &format!("/api/v1/secrets/alice/k{k}"));
         assert_eq!(
             r.status, 200,
             "k{k}: acknowledged write {n} lost: {}",

@@ -7,15 +7,14 @@ use crate::harness::{Server, b64};
 
 /// The newest revision, as a watch without `since` tells it.
 fn revision(srv: &Server, token: &str) -> u64 {
-    let r = srv.http("GET", "/api/v1/secrets/watch", Some(token), None);
+    let r = srv.get(token, "/api/v1/secrets/watch");
     assert_eq!(r.status, 200, "{}", r.body);
     r.json()["revision"].as_u64().unwrap()
 }
 
 #[test]
 fn resolve_of_one_big_secret_many_times_is_refused_small_and_fast() {
-    let srv = Server::start();
-    let t = srv.add_users(&["alice"]);
+    let (srv, t) = Server::start_with_users(&["alice"]);
     let alice = &t[0];
     srv.put(alice, "big", &vec![b'x'; 1024 * 1024]);
     srv.put(alice, "small", b"v1");
@@ -23,7 +22,7 @@ fn resolve_of_one_big_secret_many_times_is_refused_small_and_fast() {
     let uris: Vec<&str> = vec!["secret:big"; 1000];
     let body = serde_json::json!({ "uris": uris }).to_string();
     let t0 = Instant::now();
-    let r = srv.http("POST", "/api/v1/secrets/resolve", Some(alice), Some(&body));
+    let r = srv.post(alice, "/api/v1/secrets/resolve", &body);
     let took = t0.elapsed();
     let after = srv.status_kb("VmHWM");
     eprintln!(
@@ -35,11 +34,10 @@ fn resolve_of_one_big_secret_many_times_is_refused_small_and_fast() {
     assert!(took < Duration::from_secs(3), "took {took:?}");
     assert!(after < 150 * 1024, "secretd's peak RSS reached {after} kB");
     // A normal resolve, a repeat included, still answers one result per asked URI, in order.
-    let r = srv.http(
-        "POST",
+    let r = srv.post(
+        alice,
         "/api/v1/secrets/resolve",
-        Some(alice),
-        Some(r#"{"uris":["secret:small","secret:nope","secret:small"]}"#),
+        r#"{"uris":["secret:small","secret:nope","secret:small"]}"#,
     );
     assert_eq!(r.status, 200, "{}", r.body);
     let res = r.json()["results"].as_array().unwrap().clone();
@@ -70,19 +68,9 @@ fn resolve_of_one_big_secret_many_times_is_refused_small_and_fast() {
         let uris: Vec<String> = (0..n).map(|i| format!("secret:big{i}")).collect();
         serde_json::json!({ "uris": uris }).to_string()
     };
-    let r = srv.http(
-        "POST",
-        "/api/v1/secrets/resolve",
-        Some(alice),
-        Some(&asked(16)),
-    );
+    let r = srv.post(alice, "/api/v1/secrets/resolve", &asked(16));
     assert_eq!(r.status, 200);
-    let r = srv.http(
-        "POST",
-        "/api/v1/secrets/resolve",
-        Some(alice),
-        Some(&asked(17)),
-    );
+    let r = srv.post(alice, "/api/v1/secrets/resolve", &asked(17));
     assert_eq!(r.status, 413);
     // Each distinct URI is read and audited once.
     srv.assert_audited(r#""uri":"secret://neuro-compute/alice/small","outcome":"ok""#);
@@ -96,8 +84,7 @@ fn resolve_of_one_big_secret_many_times_is_refused_small_and_fast() {
 
 #[test]
 fn watch_scans_past_more_than_one_batch_of_invisible_changes() {
-    let srv = Server::start();
-    let t = srv.add_users(&["alice", "bob"]);
+    let (srv, t) = Server::start_with_users(&["alice", "bob"]);
     let (alice, bob) = (&t[0], &t[1]);
     let since = revision(&srv, alice);
     // More than one batch (1000) of changes alice may not see.
@@ -106,11 +93,9 @@ fn watch_scans_past_more_than_one_batch_of_invisible_changes() {
     }
     srv.put(alice, "mine", b"v");
     let t0 = Instant::now();
-    let r = srv.http(
-        "GET",
+    let r = srv.get(
+        alice,
         &format!("/api/v1/secrets/watch?since={since}&timeout_s=5"),
-        Some(alice),
-        None,
     );
     assert_eq!(r.status, 200, "{}", r.body);
     let events = r.json()["events"].as_array().unwrap().clone();
@@ -121,15 +106,14 @@ fn watch_scans_past_more_than_one_batch_of_invisible_changes() {
 
 #[test]
 fn ambiguous_or_impossible_queries_are_refused() {
-    let srv = Server::start();
-    let t = srv.add_users(&["alice", "bob"]);
+    let (srv, t) = Server::start_with_users(&["alice", "bob"]);
     let (alice, bob) = (&t[0], &t[1]);
     srv.put(alice, "a", b"v");
     srv.put(alice, "b", b"v");
     srv.share(alice, "secret:a", "bob");
     srv.share(alice, "secret:b", "bob");
     let check = |path: &str, status: u16, msg: &str| {
-        let r = srv.http("GET", path, Some(alice), None);
+        let r = srv.get(alice, path);
         assert_eq!(r.status, status, "{path}: {}", r.body);
         assert!(r.body.contains(msg), "{path}: {}", r.body);
     };
@@ -154,11 +138,9 @@ fn ambiguous_or_impossible_queries_are_refused() {
         200,
         "",
     );
-    let r = srv.http(
-        "DELETE",
+    let r = srv.delete(
+        alice,
         "/api/v1/users/bob/permissions?uri=secret:a&uri=secret:b",
-        Some(alice),
-        None,
     );
     assert_eq!(r.status, 400, "{}", r.body);
     assert!(
@@ -168,28 +150,21 @@ fn ambiguous_or_impossible_queries_are_refused() {
     );
     // Neither grant was revoked.
     for key in ["a", "b"] {
-        let r = srv.http(
-            "GET",
-            &format!("/api/v1/secrets/alice/{key}"),
-            Some(bob),
-            None,
-        );
+        let r = srv.get(bob, &format!("/api/v1/secrets/alice/{key}"));
         assert_eq!(r.status, 200, "{key}: {}", r.body);
     }
 }
 
 #[test]
 fn a_grant_without_permission_does_not_tell_whether_the_user_exists() {
-    let srv = Server::start();
-    let t = srv.add_users(&["alice", "bob"]);
+    let (srv, t) = Server::start_with_users(&["alice", "bob"]);
     let (alice, bob) = (&t[0], &t[1]);
     srv.put(alice, "s", b"v");
     let grant = |token: &str, user: &str| {
-        srv.http(
-            "POST",
+        srv.post(
+            token,
             &format!("/api/v1/users/{user}/permissions"),
-            Some(token),
-            Some(r#"[{"uri":"secret:/alice/s","action":"read"}]"#),
+            r#"[{"uri":"secret:/alice/s","action":"read"}]"#,
         )
     };
     // bob may not share alice's secret: the same 403 for a user that exists and one that does
@@ -220,11 +195,10 @@ fn audit_log_is_created_0600() {
 
 /// Creates a job of `token`'s user reading `uri`; returns `(job id, job token)`.
 fn job(srv: &Server, token: &str, uri: &str) -> (String, String) {
-    let r = srv.http(
-        "POST",
+    let r = srv.post(
+        token,
         "/api/v1/jobs",
-        Some(token),
-        Some(&format!(r#"{{"secret_env":{{"S":"{uri}"}}}}"#)),
+        &format!(r#"{{"secret_env":{{"S":"{uri}"}}}}"#),
     );
     assert_eq!(r.status, 201, "{}", r.body);
     let j = r.json();
@@ -259,8 +233,7 @@ fn watch_in_thread(
 
 #[test]
 fn deleting_a_job_ends_its_watch_at_once() {
-    let srv = Server::start();
-    let t = srv.add_users(&["alice"]);
+    let (srv, t) = Server::start_with_users(&["alice"]);
     let alice = &t[0];
     srv.put(alice, "s", b"v");
     let (id, jt) = job(&srv, alice, "secret:s");
@@ -268,7 +241,7 @@ fn deleting_a_job_ends_its_watch_at_once() {
     let w = watch_in_thread(&srv, &jt, since, 10);
     std::thread::sleep(Duration::from_millis(300));
     let t0 = Instant::now();
-    let r = srv.http("DELETE", &format!("/api/v1/jobs/{id}"), Some(alice), None);
+    let r = srv.delete(alice, &format!("/api/v1/jobs/{id}"));
     assert_eq!(r.status, 204, "{}", r.body);
     let (status, body, _) = w.join().unwrap();
     let after = t0.elapsed();
@@ -283,18 +256,12 @@ fn deleting_a_job_ends_its_watch_at_once() {
 
 #[test]
 fn a_job_whose_creator_lost_read_gets_no_more_events() {
-    let srv = Server::start();
-    let t = srv.add_users(&["alice", "bob"]);
+    let (srv, t) = Server::start_with_users(&["alice", "bob"]);
     let (alice, bob) = (&t[0], &t[1]);
     srv.put(bob, "s", b"v1");
     srv.share(bob, "secret:s", "alice");
     let (_, jt) = job(&srv, alice, "secret:/bob/s");
-    let r = srv.http(
-        "DELETE",
-        "/api/v1/users/alice/permissions?uri=secret:/bob/s",
-        Some(bob),
-        None,
-    );
+    let r = srv.delete(bob, "/api/v1/users/alice/permissions?uri=secret:/bob/s");
     assert_eq!(r.status, 204, "{}", r.body);
     let since = revision(&srv, &jt);
     let w = watch_in_thread(&srv, &jt, since, 2);
@@ -305,14 +272,13 @@ fn a_job_whose_creator_lost_read_gets_no_more_events() {
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["events"], serde_json::json!([]), "{body}");
     // Reads agree.
-    let r = srv.http("GET", "/api/v1/secrets/bob/s", Some(&jt), None);
+    let r = srv.get(&jt, "/api/v1/secrets/bob/s");
     assert_eq!(r.status, 403, "{}", r.body);
 }
 
 #[test]
 fn removing_a_user_revokes_its_tokens_jobs_and_grants_for_good() {
-    let srv = Server::start();
-    let t = srv.add_users(&["alice", "bob", "carol"]);
+    let (srv, t) = Server::start_with_users(&["alice", "bob", "carol"]);
     let (alice, bob, carol) = (&t[0], &t[1], &t[2]);
     let op = srv.admin_token();
     srv.put(alice, "a", b"va");
@@ -322,7 +288,7 @@ fn removing_a_user_revokes_its_tokens_jobs_and_grants_for_good() {
     srv.share(bob, "secret:b", "alice");
     let (job_id, jt) = job(&srv, alice, "secret:/bob/b");
     // The operator sees alice's job token.
-    let r = srv.http("GET", "/api/v1/admin/users/alice/tokens", Some(&op), None);
+    let r = srv.get(&op, "/api/v1/admin/users/alice/tokens");
     assert_eq!(r.status, 200, "{}", r.body);
     let jobs: Vec<String> = r
         .json()
@@ -348,28 +314,13 @@ fn removing_a_user_revokes_its_tokens_jobs_and_grants_for_good() {
         ("", "missing query parameter 'secrets'"),
         ("?secrets=maybe", "'keep' or 'delete'"),
     ] {
-        let r = srv.http(
-            "DELETE",
-            &format!("/api/v1/admin/users/alice{q}"),
-            Some(&op),
-            None,
-        );
+        let r = srv.delete(&op, &format!("/api/v1/admin/users/alice{q}"));
         assert_eq!(r.status, 400, "{}", r.body);
         assert!(r.body.contains(msg), "{}", r.body);
     }
-    let r = srv.http(
-        "DELETE",
-        "/api/v1/admin/users/alice?secrets=keep",
-        Some(bob),
-        None,
-    );
+    let r = srv.delete(bob, "/api/v1/admin/users/alice?secrets=keep");
     assert_eq!(r.status, 403, "{}", r.body);
-    let r = srv.http(
-        "DELETE",
-        "/api/v1/admin/users/alice?secrets=keep",
-        Some(&op),
-        None,
-    );
+    let r = srv.delete(&op, "/api/v1/admin/users/alice?secrets=keep");
     assert_eq!(r.status, 200, "{}", r.body);
     let v = r.json();
     assert_eq!(
@@ -392,43 +343,28 @@ fn removing_a_user_revokes_its_tokens_jobs_and_grants_for_good() {
     assert!(took < Duration::from_secs(5), "{took:?}");
     let dead = |token: &str| {
         for path in ["/api/v1/secrets/bob/b", "/api/v1/whoami"] {
-            let r = srv.http("GET", path, Some(token), None);
+            let r = srv.get(token, path);
             assert_eq!(r.status, 401, "{path}: {}", r.body);
         }
     };
     dead(alice);
     dead(&jt);
     // Kept: bob still reads alice's secret; the grant alice held on bob's is gone.
-    let r = srv.http("GET", "/api/v1/secrets/alice/a", Some(bob), None);
+    let r = srv.get(bob, "/api/v1/secrets/alice/a");
     assert_eq!(r.status, 200, "{}", r.body);
-    let r = srv.http(
-        "GET",
-        "/api/v1/users/bob/permissions/shared",
-        Some(bob),
-        None,
-    );
+    let r = srv.get(bob, "/api/v1/users/bob/permissions/shared");
     assert_eq!(r.json(), serde_json::json!([]), "{}", r.body);
-    let r = srv.http(
-        "DELETE",
-        "/api/v1/admin/users/alice?secrets=keep",
-        Some(&op),
-        None,
-    );
+    let r = srv.delete(&op, "/api/v1/admin/users/alice?secrets=keep");
     assert_eq!(r.status, 404, "{}", r.body);
     // The name again: a new user, whose new token works; the old ones stay dead.
-    let r = srv.http(
-        "POST",
-        "/api/v1/admin/users",
-        Some(&op),
-        Some(r#"{"name":"alice"}"#),
-    );
+    let r = srv.post(&op, "/api/v1/admin/users", r#"{"name":"alice"}"#);
     assert_eq!(r.status, 201, "{}", r.body);
     let new_alice = r.json()["token"].as_str().unwrap().to_owned();
-    let r = srv.http("GET", "/api/v1/secrets/alice/a", Some(&new_alice), None);
+    let r = srv.get(&new_alice, "/api/v1/secrets/alice/a");
     assert_eq!(r.status, 200, "{}", r.body);
     dead(alice);
     dead(&jt);
-    let r = srv.http("GET", "/api/v1/secrets/bob/b", Some(&new_alice), None);
+    let r = srv.get(&new_alice, "/api/v1/secrets/bob/b");
     assert_eq!(r.status, 403, "{}", r.body);
 
     // Deleted: carol's secrets go, and so do the grants on them.
@@ -449,9 +385,9 @@ fn removing_a_user_revokes_its_tokens_jobs_and_grants_for_good() {
         72,
         "user 'carol' not found",
     );
-    let r = srv.http("GET", "/api/v1/secrets/carol/c", Some(bob), None);
+    let r = srv.get(bob, "/api/v1/secrets/carol/c");
     assert_eq!(r.status, 403, "{}", r.body);
-    let r = srv.http("GET", "/api/v1/users/bob/permissions", Some(bob), None);
+    let r = srv.get(bob, "/api/v1/users/bob/permissions");
     assert!(!r.body.contains("carol"), "{}", r.body);
     srv.assert_audited(r#""action":"user.delete","outcome":"ok","subject":"user:carol""#);
     srv.assert_audited(&format!(
@@ -465,8 +401,7 @@ fn removing_a_user_revokes_its_tokens_jobs_and_grants_for_good() {
 /// must die with the user, and stay dead when the name is created again.
 #[test]
 fn jobs_created_during_a_user_removal_die_with_the_user() {
-    let srv = Server::start();
-    let t = srv.add_users(&["alice"]);
+    let (srv, t) = Server::start_with_users(&["alice"]);
     let alice = t[0].clone();
     let op = srv.admin_token();
     srv.put(&alice, "a", b"va");
@@ -497,12 +432,7 @@ fn jobs_created_during_a_user_removal_die_with_the_user() {
         })
         .collect();
     std::thread::sleep(Duration::from_millis(300));
-    let r = srv.http(
-        "DELETE",
-        "/api/v1/admin/users/alice?secrets=keep",
-        Some(&op),
-        None,
-    );
+    let r = srv.delete(&op, "/api/v1/admin/users/alice?secrets=keep");
     assert_eq!(r.status, 200, "{}", r.body);
     // Let requests that were already past authentication finish.
     std::thread::sleep(Duration::from_millis(300));
@@ -513,11 +443,10 @@ fn jobs_created_during_a_user_removal_die_with_the_user() {
         .collect();
     assert!(tokens.len() > 5, "only {} jobs were created", tokens.len());
     let resolve = |tok: &str| {
-        srv.http(
-            "POST",
+        srv.post(
+            tok,
             "/api/v1/secrets/resolve",
-            Some(tok),
-            Some(r#"{"uris":["secret:/alice/a"]}"#),
+            r#"{"uris":["secret:/alice/a"]}"#,
         )
     };
     // A verified token is trusted for at most a second without a store read.
@@ -534,12 +463,7 @@ fn jobs_created_during_a_user_removal_die_with_the_user() {
         Vec::<String>::new(),
         "job tokens outlived their user"
     );
-    let r = srv.http(
-        "POST",
-        "/api/v1/admin/users",
-        Some(&op),
-        Some(r#"{"name":"alice"}"#),
-    );
+    let r = srv.post(&op, "/api/v1/admin/users", r#"{"name":"alice"}"#);
     assert_eq!(r.status, 201, "{}", r.body);
     assert_eq!(alive(&tokens), Vec::<String>::new(), "revived by the name");
     assert_eq!(resolve(&alice).status, 401, "the old user token");
@@ -569,8 +493,7 @@ fn finish(mut s: std::net::TcpStream, body: &str) -> u16 {
 /// again) must not go through: the caller is checked again once the body is in.
 #[test]
 fn a_request_whose_body_outlives_its_user_is_refused() {
-    let srv = Server::start();
-    let t = srv.add_users(&["alice"]);
+    let (srv, t) = Server::start_with_users(&["alice"]);
     let old = t[0].clone();
     srv.put(&old, "a", b"va");
     let head = |path: &str| {
@@ -594,7 +517,7 @@ fn a_request_whose_body_outlives_its_user_is_refused() {
     srv.put(&new, "newsecret", b"new alice's");
     assert_eq!(finish(put, &put_body), 401);
     assert_eq!(finish(job, job_body), 401);
-    let r = srv.http("GET", "/api/v1/secrets", Some(&new), None);
+    let r = srv.get(&new, "/api/v1/secrets");
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(!r.body.contains("planted"), "{}", r.body);
 }
@@ -662,7 +585,7 @@ fn answers_read_slowly_stay_in_flight() {
     assert!(answered <= 6, "{statuses:?}");
     assert!(statuses.iter().any(|s| s == "429"), "{statuses:?}");
     // While those answers wait, the token's other requests wait too.
-    let r = srv.http("GET", "/api/v1/whoami", Some(&alice), None);
+    let r = srv.get(&alice, "/api/v1/whoami");
     assert_eq!(r.status, 429, "{}", r.body);
     let rss = srv.status_kb("VmRSS");
     eprintln!("statuses {statuses:?}; secretd VmRSS {rss} kB with the answers pending");
@@ -671,7 +594,7 @@ fn answers_read_slowly_stay_in_flight() {
     drop(conns);
     let t0 = std::time::Instant::now();
     loop {
-        let r = srv.http("GET", "/api/v1/whoami", Some(&alice), None);
+        let r = srv.get(&alice, "/api/v1/whoami");
         if r.status == 200 {
             break;
         }

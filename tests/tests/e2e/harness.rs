@@ -9,6 +9,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// Fails (never skips) unless this runs as root; `why` says what needs it.
+#[track_caller]
+pub fn require_root(why: &str) {
+    let euid = nix::unistd::geteuid();
+    assert!(euid.is_root(), "this test needs root ({why}); euid {euid}");
+}
+
 /// Where cargo put the workspace's binaries: next to this test's `deps/` directory.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
@@ -30,6 +37,27 @@ pub fn yaml_docs(text: &str) -> Vec<serde_json::Value> {
     serde_yaml_ng::Deserializer::from_str(text)
         .map(|d| serde::Deserialize::deserialize(d).expect("a YAML document"))
         .collect()
+}
+
+/// The README's seed job's mappings: secret `secret-password` as a file under /var/secrets and
+/// as `$mypass`, beside a plain variable.
+pub const SEED_JOB_MAPPINGS: [&str; 6] = [
+    "--volume",
+    "secret:secret-password:/var/secrets/secret-password.txt",
+    "--env",
+    "mypass:secret:secret-password",
+    "--env",
+    "PLAIN=plain value",
+];
+
+/// A self-signed certificate for `localhost` and its key, written to `DIR/cert.pem` and
+/// `DIR/key.pem`; returns those two paths.
+pub fn self_signed_localhost_cert(dir: &Path) -> (PathBuf, PathBuf) {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
+    (cert, key)
 }
 
 /// Everything printed by every process a test started, for leak searches.
@@ -223,6 +251,22 @@ impl Server {
         self.spawn();
     }
 
+    /// A fresh secretd with `names` created as users; returns it and their tokens, in order.
+    pub fn start_with_users(names: &[&str]) -> (Server, Vec<String>) {
+        let srv = Server::start();
+        let tokens = srv.add_users(names);
+        (srv, tokens)
+    }
+
+    /// A fresh secretd and `neuro` logged in as its user alice, who has added `key` = `value`
+    /// through the CLI.
+    pub fn start_with_alice_owning(key: &str, value: &str) -> (Server, Neuro) {
+        let (srv, t) = Server::start_with_users(&["alice"]);
+        let alice = srv.user("alice", &t[0]);
+        alice.ok(&["secret", "add", key, value]);
+        (srv, alice)
+    }
+
     /// A `neuro` runner with its own config directory, logged in with `token`.
     pub fn user(&self, name: &str, token: &str) -> Neuro {
         let n = Neuro::new(self, name);
@@ -263,14 +307,25 @@ impl Server {
         assert_eq!(r.status, 201, "{}", r.body);
     }
 
+    /// `GET path` as the user of `token`.
+    pub fn get(&self, token: &str, path: &str) -> Reply {
+        self.http("GET", path, Some(token), None)
+    }
+
+    /// `DELETE path` as the user of `token`.
+    pub fn delete(&self, token: &str, path: &str) -> Reply {
+        self.http("DELETE", path, Some(token), None)
+    }
+
+    /// `POST path` with a JSON `body` as the user of `token`.
+    pub fn post(&self, token: &str, path: &str, body: &str) -> Reply {
+        self.http("POST", path, Some(token), Some(body))
+    }
+
     /// One HTTP/1.1 request over a fresh loopback connection.
     pub fn http(&self, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> Reply {
-        self.http_raw(
-            method,
-            path,
-            token,
-            body.map(|b| ("application/json", b.as_bytes())),
-        )
+        http_json(&self.addr, method, path, token, body)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
     }
 
     pub fn http_raw(
@@ -306,6 +361,19 @@ impl Reply {
     }
 }
 
+/// `http` with an optional JSON body.
+pub fn http_json(
+    addr: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> std::io::Result<Reply> {
+    let body = body.map(|b| ("application/json", b.as_bytes()));
+    http(addr, method, path, token, body)
+}
+
+/// One HTTP/1.1 request to `addr` over a fresh connection; `body` is (content type, bytes).
 pub fn http(
     addr: &str,
     method: &str,

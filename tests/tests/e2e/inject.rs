@@ -145,8 +145,7 @@ fn tricky_values() -> Vec<(&'static str, Vec<u8>)> {
 
 #[test]
 fn values_reach_the_job_exactly_in_one_round_trip() {
-    let srv = Server::start();
-    let t = srv.add_users(&["alice", "bob"]);
+    let (srv, t) = Server::start_with_users(&["alice", "bob"]);
     for (k, v) in tricky_values() {
         srv.put(&t[0], k, &v);
     }
@@ -235,8 +234,7 @@ fn marker_cmd(marker: &std::path::Path) -> Vec<String> {
 
 #[test]
 fn fails_closed_with_one_line_per_mapping_and_distinct_codes() {
-    let srv = Server::start();
-    let t = srv.add_users(&["alice", "bob"]);
+    let (srv, t) = Server::start_with_users(&["alice", "bob"]);
     srv.put(&t[0], "ok", b"fine");
     srv.put(&t[0], "nul", b"a\0b");
     srv.put(&t[0], "huge", &[b'h'; 128 * 1024]);
@@ -361,8 +359,7 @@ fn fails_closed_with_one_line_per_mapping_and_distinct_codes() {
 
 #[test]
 fn retries_transient_failures_and_never_a_4xx() {
-    let srv = Server::start();
-    let t = srv.add_users(&["alice"]);
+    let (srv, t) = Server::start_with_users(&["alice"]);
     srv.put(&t[0], "k", b"v");
     for (status, fail, code, requests) in [
         (503, 2, 0, 3),
@@ -390,8 +387,7 @@ fn retries_transient_failures_and_never_a_4xx() {
 
 #[test]
 fn execs_in_place_with_stdio_and_exit_code() {
-    let srv = Server::start();
-    let t = srv.add_users(&["alice"]);
+    let (srv, t) = Server::start_with_users(&["alice"]);
     srv.put(&t[0], "k", b"v");
     let mut child = Command::new(bin("secret-inject"))
         .args([
@@ -483,8 +479,7 @@ fn init_root_forwards_signals_once_reaps_zombies_and_keeps_the_code() {
         nix::unistd::geteuid().is_root(),
         "init-mode tests need root (unshare --pid)"
     );
-    let srv = Server::start();
-    let t = srv.add_users(&["alice"]);
+    let (srv, t) = Server::start_with_users(&["alice"]);
     srv.put(&t[0], "k", b"init-secret-value");
     let dir = tempfile::tempdir().unwrap();
     let (log, ready) = (dir.path().join("log"), dir.path().join("ready"));

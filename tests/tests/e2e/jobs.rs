@@ -4,8 +4,7 @@ use crate::harness::{Server, b64, yaml_docs};
 
 #[test]
 fn job_tokens_read_exactly_their_uris_until_deleted() {
-    let srv = Server::start();
-    let t = srv.add_users(&["alice", "bob"]);
+    let (srv, t) = Server::start_with_users(&["alice", "bob"]);
     let (alice, bob) = (&t[0], &t[1]);
     for (tok, key, val) in [
         (alice, "a1", "va1"),
@@ -15,21 +14,12 @@ fn job_tokens_read_exactly_their_uris_until_deleted() {
         (bob, "b2", "vb2"),
     ] {
         let body = format!(r#"{{"key":"{key}","value":"{}"}}"#, b64(val));
-        assert_eq!(
-            srv.http("POST", "/api/v1/secrets", Some(tok), Some(&body))
-                .status,
-            201
-        );
+        assert_eq!(srv.post(tok, "/api/v1/secrets", &body).status, 201);
     }
     srv.share(bob, "secret:/bob/b1", "alice");
 
     // Missing permissions: 403 listing each missing URI, nothing created.
-    let r = srv.http(
-        "POST",
-        "/api/v1/jobs",
-        Some(alice),
-        Some(r#"{"secret_env":{"A":"secret:a1","B":"secret:/bob/b2"},"secret_volumes":[{"src_secret_uri":"secret://neuro-compute/bob/zz","dst_path":"/x"}]}"#),
-    );
+    let r = srv.post(alice, "/api/v1/jobs", r#"{"secret_env":{"A":"secret:a1","B":"secret:/bob/b2"},"secret_volumes":[{"src_secret_uri":"secret://neuro-compute/bob/zz","dst_path":"/x"}]}"#);
     assert_eq!(r.status, 403, "{}", r.body);
     let missing: Vec<String> = r.json()["missing"]
         .as_array()
@@ -52,22 +42,16 @@ fn job_tokens_read_exactly_their_uris_until_deleted() {
     );
 
     // Missing secrets: 404 with the keys sorted.
-    let r = srv.http(
-        "POST",
+    let r = srv.post(
+        alice,
         "/api/v1/jobs",
-        Some(alice),
-        Some(r#"{"secret_env":{"A":"secret:zeta","B":"secret:alpha","C":"secret:a1"}}"#),
+        r#"{"secret_env":{"A":"secret:zeta","B":"secret:alpha","C":"secret:a1"}}"#,
     );
     assert_eq!(r.status, 404, "{}", r.body);
     assert_eq!(r.json()["error"], "Missing secrets: 'alpha', 'zeta'");
 
     // A good job: env and volume URIs, in short and full forms.
-    let r = srv.http(
-        "POST",
-        "/api/v1/jobs",
-        Some(alice),
-        Some(r#"{"secret_env":{"A":"secret:a1","B":"secret:/bob/b1"},"secret_volumes":[{"src_secret_uri":"secret://neuro-compute/alice/a2","dst_path":"/var/secrets/a2"}],"ttl_s":600}"#),
-    );
+    let r = srv.post(alice, "/api/v1/jobs", r#"{"secret_env":{"A":"secret:a1","B":"secret:/bob/b1"},"secret_volumes":[{"src_secret_uri":"secret://neuro-compute/alice/a2","dst_path":"/var/secrets/a2"}],"ttl_s":600}"#);
     assert_eq!(r.status, 201, "{}", r.body);
     let j = r.json();
     let (job_id, job) = (
@@ -75,14 +59,7 @@ fn job_tokens_read_exactly_their_uris_until_deleted() {
         j["token"].as_str().unwrap().to_owned(),
     );
     assert!(j["expires_at"].as_str().unwrap().ends_with('Z'));
-    let get = |owner: &str, key: &str| {
-        srv.http(
-            "GET",
-            &format!("/api/v1/secrets/{owner}/{key}"),
-            Some(&job),
-            None,
-        )
-    };
+    let get = |owner: &str, key: &str| srv.get(&job, &format!("/api/v1/secrets/{owner}/{key}"));
     let r = get("alice", "a1");
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["value"], b64("va1"));
@@ -90,60 +67,31 @@ fn job_tokens_read_exactly_their_uris_until_deleted() {
     assert_eq!(get("bob", "b1").status, 200);
     assert_eq!(get("alice", "a3").status, 403, "not in the job");
     assert_eq!(get("bob", "b2").status, 403, "not in the job");
-    assert_eq!(
-        srv.http("GET", "/api/v1/secrets", Some(&job), None).status,
-        403,
-        "no list"
-    );
+    assert_eq!(srv.get(&job, "/api/v1/secrets").status, 403, "no list");
     let body = format!(r#"{{"key":"a1","value":"{}"}}"#, b64("x"));
     assert_eq!(
-        srv.http("POST", "/api/v1/secrets", Some(&job), Some(&body))
-            .status,
+        srv.post(&job, "/api/v1/secrets", &body).status,
         403,
         "no write"
     );
-    assert_eq!(
-        srv.http("DELETE", "/api/v1/secrets/alice/a1", Some(&job), None)
-            .status,
-        403
-    );
-    assert_eq!(
-        srv.http("POST", "/api/v1/jobs", Some(&job), Some("{}"))
-            .status,
-        403
-    );
-    assert_eq!(
-        srv.http("GET", "/api/v1/users/alice/permissions", Some(&job), None)
-            .status,
-        403
-    );
+    assert_eq!(srv.delete(&job, "/api/v1/secrets/alice/a1").status, 403);
+    assert_eq!(srv.post(&job, "/api/v1/jobs", "{}").status, 403);
+    assert_eq!(srv.get(&job, "/api/v1/users/alice/permissions").status, 403);
 
     // resolve: one round trip, per-URI outcomes; short forms expand against the job's user.
-    let r = srv.http(
-        "POST",
-        "/api/v1/secrets/resolve",
-        Some(&job),
-        Some(r#"{"uris":["secret:a1","secret:/bob/b1","secret:a3","secret:bad?q","secret://neuro-compute/alice/a2"]}"#),
-    );
+    let r = srv.post(&job, "/api/v1/secrets/resolve", r#"{"uris":["secret:a1","secret:/bob/b1","secret:a3","secret:bad?q","secret://neuro-compute/alice/a2"]}"#);
     assert_eq!(r.status, 200, "{}", r.body);
     let res = r.json()["results"].clone();
-    let statuses: Vec<&str> = res
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x["status"].as_str().unwrap())
-        .collect();
+    let statuses = strs_by(&res, |x| x["status"].as_str());
     assert_eq!(statuses, ["ok", "ok", "forbidden", "invalid", "ok"]);
     assert_eq!(res[1]["value"], b64("vb1"));
     assert!(res[2].get("value").is_none());
 
     // Revoking bob's share cuts the job off that secret at once.
     assert_eq!(
-        srv.http(
-            "DELETE",
-            "/api/v1/users/alice/permissions?uri=secret%3A%2Fbob%2Fb1",
-            Some(bob),
-            None
+        srv.delete(
+            bob,
+            "/api/v1/users/alice/permissions?uri=secret%3A%2Fbob%2Fb1"
         )
         .status,
         204
@@ -152,43 +100,25 @@ fn job_tokens_read_exactly_their_uris_until_deleted() {
 
     // bob cannot end alice's job; alice can, and the token dies with it.
     assert_eq!(
-        srv.http("DELETE", &format!("/api/v1/jobs/{job_id}"), Some(bob), None)
-            .status,
+        srv.delete(bob, &format!("/api/v1/jobs/{job_id}")).status,
         404
     );
     assert_eq!(
-        srv.http(
-            "DELETE",
-            &format!("/api/v1/jobs/{job_id}"),
-            Some(alice),
-            None
-        )
-        .status,
+        srv.delete(alice, &format!("/api/v1/jobs/{job_id}")).status,
         204
     );
     assert_eq!(get("alice", "a1").status, 401);
     assert_eq!(
-        srv.http(
-            "DELETE",
-            &format!("/api/v1/jobs/{job_id}"),
-            Some(alice),
-            None
-        )
-        .status,
+        srv.delete(alice, &format!("/api/v1/jobs/{job_id}")).status,
         404
     );
 }
 
 #[test]
 fn job_spec_is_validated() {
-    let srv = Server::start();
-    let t = srv.add_users(&["alice"]);
+    let (srv, t) = Server::start_with_users(&["alice"]);
     let body = format!(r#"{{"key":"k","value":"{}"}}"#, b64("v"));
-    assert_eq!(
-        srv.http("POST", "/api/v1/secrets", Some(&t[0]), Some(&body))
-            .status,
-        201
-    );
+    assert_eq!(srv.post(&t[0], "/api/v1/secrets", &body).status, 201);
     for (spec, msg) in [
         (
             r#"{"secret_env":{"1X":"secret:k"}}"#,
@@ -216,7 +146,7 @@ fn job_spec_is_validated() {
             "unknown field",
         ),
     ] {
-        let r = srv.http("POST", "/api/v1/jobs", Some(&t[0]), Some(spec));
+        let r = srv.post(&t[0], "/api/v1/jobs", spec);
         assert_eq!(r.status, 400, "{spec}: {}", r.body);
         let err = r.json()["error"].as_str().unwrap().to_owned();
         assert!(err.contains(msg), "{spec}: {err:?} lacks {msg:?}");
@@ -232,18 +162,23 @@ fn manifest(user: &crate::harness::Neuro, args: &[&str]) -> Vec<serde_json::Valu
     yaml_docs(&o.stdout_str())
 }
 
+/// The strings in the array `v`.
 fn strs(v: &serde_json::Value) -> Vec<&str> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap())
-        .collect()
+    strs_by(v, serde_json::Value::as_str)
+}
+
+/// A string picked out of each element of the array `v`.
+fn strs_by<'a>(
+    v: &'a serde_json::Value,
+    pick: impl Fn(&'a serde_json::Value) -> Option<&'a str>,
+) -> Vec<&'a str> {
+    let items = v.as_array().unwrap();
+    items.iter().map(|x| pick(x).unwrap()).collect()
 }
 
 #[test]
 fn job_manifest_layout_and_bad_input() {
-    let srv = Server::start();
-    let t = srv.add_users(&["alice"]);
+    let (srv, t) = Server::start_with_users(&["alice"]);
     let alice = srv.user("alice", &t[0]);
     alice.ok(&["secret", "add", "k", "v"]);
     let image = ["--image", "img"];
@@ -396,7 +331,7 @@ fn job_manifest_layout_and_bad_input() {
         "job 'job-0000000000000000' not found",
     );
     // The service checks the shape too, whoever calls it.
-    let r = srv.http("DELETE", "/api/v1/jobs/job-XYZ", Some(&t[0]), None);
+    let r = srv.delete(&t[0], "/api/v1/jobs/job-XYZ");
     assert_eq!(r.status, 400, "{}", r.body);
     assert!(r.body.contains("invalid job id 'job-XYZ'"), "{}", r.body);
 }

@@ -8,23 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::harness::{Reply, b64, bin};
-
-fn http(
-    addr: &str,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    body: Option<&str>,
-) -> std::io::Result<Reply> {
-    crate::harness::http(
-        addr,
-        method,
-        path,
-        token,
-        body.map(|b| ("application/json", b.as_bytes())),
-    )
-}
+use crate::harness::http_json as http;
+use crate::harness::{b64, bin, require_root, self_signed_localhost_cert};
 
 /// A `secretd` started through a wrapper command (`prlimit`, `unshare`, `sh -c 'umask ...'`).
 /// Killed and waited for on drop; whatever the wrapper mounted dies with its namespace.
@@ -66,6 +51,23 @@ impl Secretd {
             addr,
             stderr_path,
         }
+    }
+
+    /// Creates user `name` as the operator (whose token is in `data_dir`); returns its token.
+    #[track_caller]
+    fn add_user(&self, data_dir: &Path, name: &str) -> String {
+        let admin = std::fs::read_to_string(data_dir.join("admin.token")).unwrap();
+        let body = format!(r#"{{"name":"{name}"}}"#);
+        let r = http(
+            &self.addr,
+            "POST",
+            "/api/v1/admin/users",
+            Some(admin.trim()),
+            Some(&body),
+        )
+        .unwrap();
+        assert_eq!(r.status, 201, "{}", r.body);
+        r.json()["token"].as_str().unwrap().to_owned()
     }
 
     fn pid(&self) -> u32 {
@@ -309,11 +311,8 @@ fn idle_and_slow_connections_are_closed_and_ping_answers_meanwhile() {
 /// The client is python3's ssl module.
 #[test]
 fn idle_tls_connections_are_closed_and_ping_answers_meanwhile() {
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert, ck.cert.pem()).unwrap();
-    std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
+    let (cert, key) = self_signed_localhost_cert(dir.path());
     let srv = Secretd::start(
         &[],
         &dir.path().join("data"),
@@ -443,16 +442,7 @@ fn ping_answers_with_more_connections_than_the_fd_limit() {
         assert_eq!(status, 200, "{}", srv.stderr());
         worst = worst.max(took);
     }
-    let token = std::fs::read_to_string(dir.path().join("data/admin.token")).unwrap();
-    let r = http(
-        &srv.addr,
-        "POST",
-        "/api/v1/admin/users",
-        Some(token.trim()),
-        Some(r#"{"name":"alice"}"#),
-    )
-    .unwrap();
-    assert_eq!(r.status, 201, "{}", r.body);
+    srv.add_user(&dir.path().join("data"), "alice");
     std::thread::sleep(Duration::from_millis(300));
     for s in &held {
         s.set_nonblocking(true).unwrap();
@@ -558,26 +548,22 @@ fn files_are_private_under_umask_000() {
     };
     chmod("admin.token", 0o640);
     let err = start_fails("admin.token 0640");
-    assert!(
-        err.contains(&format!(
-            "operator token '{}' has mode 640; it must not be readable by group or others (chmod 600)",
-            data.join("admin.token").display()
-        )),
-        "{err}"
+    let want = format!(
+        "operator token '{}' has mode 640; it must not be readable by group or others (chmod 600)",
+        data.join("admin.token").display()
     );
+    assert!(err.contains(&want), "{err}");
     chmod("admin.token", 0o600);
 
     std::fs::rename(data.join("secrets.redb"), dir.path().join("elsewhere.redb")).unwrap();
     std::os::unix::fs::symlink(dir.path().join("elsewhere.redb"), data.join("secrets.redb"))
         .unwrap();
     let err = start_fails("secrets.redb a symlink");
-    assert!(
-        err.contains(&format!(
-            "store '{}' is a symbolic link",
-            data.join("secrets.redb").display()
-        )),
-        "{err}"
+    let want = format!(
+        "store '{}' is a symbolic link",
+        data.join("secrets.redb").display()
     );
+    assert!(err.contains(&want), "{err}");
 }
 
 /// The data directory on a 4 MiB tmpfs (in secretd's private mount namespace): with the disk
@@ -585,11 +571,7 @@ fn files_are_private_under_umask_000() {
 /// every write acknowledged before the fault reads back.
 #[test]
 fn writes_recover_after_the_disk_was_full_root() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "this test needs root (a tmpfs in a private mount namespace); euid {}",
-        nix::unistd::geteuid()
-    );
+    require_root("a tmpfs in a private mount namespace");
     let dir = tempfile::tempdir().unwrap();
     let mnt = dir.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
@@ -722,17 +704,7 @@ fn a_token_trickling_bodies_cannot_hold_every_connection() {
         dir.path().join("stderr"),
     );
     srv.assert_logged("per_token=16 per_user=16");
-    let admin = std::fs::read_to_string(data.join("admin.token")).unwrap();
-    let r = http(
-        &srv.addr,
-        "POST",
-        "/api/v1/admin/users",
-        Some(admin.trim()),
-        Some(r#"{"name":"mallory"}"#),
-    )
-    .unwrap();
-    assert_eq!(r.status, 201, "{}", r.body);
-    let token = r.json()["token"].as_str().unwrap().to_owned();
+    let token = srv.add_user(&data, "mallory");
     let head = format!(
         "POST /api/v1/secrets HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
          Content-Type: application/json\r\nContent-Length: 1000000\r\n\r\n{{"

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::{Neuro, Out, Server, bin, yaml_docs};
+use crate::harness::{Neuro, Out, SEED_JOB_MAPPINGS, Server, bin, yaml_docs};
 use crate::podman::{Images, Pod, podman, podman_ok};
 
 const VALUE: &str = "p@$$w0rd 123!";
@@ -80,10 +80,7 @@ struct Setup {
 impl Setup {
     fn new(key: &str) -> Self {
         require_root_fuse_podman();
-        let srv = Server::start();
-        let t = srv.add_users(&["alice"]);
-        let alice = srv.user("alice", &t[0]);
-        alice.ok(&["secret", "add", key, VALUE]);
+        let (srv, alice) = Server::start_with_alice_owning(key, VALUE);
         let (images, fs, inject, job_image) = build_images(&srv.dir.path().join("ctx"));
         let flags = vec![
             "--image".into(),
@@ -152,17 +149,7 @@ echo "hits=$(find / -xdev -type f -exec grep -lF "$NEEDLE" {} + 2>/dev/null | wc
 fn the_job_manifest_runs_under_podman_and_only_the_job_reads_its_secrets() {
     let st = Setup::new("secret-password");
     let (srv, alice, job_image) = (&st.srv, &st.alice, &st.job_image);
-    let (o, docs) = st.manifest(
-        &[
-            "--volume",
-            "secret:secret-password:/var/secrets/secret-password.txt",
-            "--env",
-            "mypass:secret:secret-password",
-            "--env",
-            "PLAIN=plain value",
-        ],
-        &["sh", "-c", JOB_SCRIPT],
-    );
+    let (o, docs) = st.manifest(&SEED_JOB_MAPPINGS, &["sh", "-c", JOB_SCRIPT]);
     let text = o.stdout_str();
     assert!(!text.contains(VALUE), "no secret value in the manifest");
     assert_eq!(docs.len(), 2, "a Secret and a Pod: {text}");
@@ -265,10 +252,10 @@ fn the_job_manifest_runs_under_podman_and_only_the_job_reads_its_secrets() {
 
     // `neuro job rm` revokes the token.
     let body = r#"{"uris":["secret:secret-password"]}"#;
-    let before = srv.http("POST", "/api/v1/secrets/resolve", Some(&token), Some(body));
+    let before = srv.post(&token, "/api/v1/secrets/resolve", body);
     assert_eq!(before.status, 200);
     alice.ok(&["job", "rm", &job_id]);
-    let after = srv.http("POST", "/api/v1/secrets/resolve", Some(&token), Some(body));
+    let after = srv.post(&token, "/api/v1/secrets/resolve", body);
     assert_eq!(after.status, 401, "{}", after.body);
 }
 

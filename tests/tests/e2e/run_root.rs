@@ -4,7 +4,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::harness::{Server, bin};
+use crate::harness::{SEED_JOB_MAPPINGS, Server, bin};
 
 fn require_root_fuse() {
     assert!(
@@ -18,29 +18,18 @@ const SEED: &str = "p@$$w0rd123";
 #[test]
 fn the_seed_job_sees_its_file_and_variable_and_the_host_does_not() {
     require_root_fuse();
-    let srv = Server::start();
-    let t = srv.add_users(&["alice"]);
-    let alice = srv.user("alice", &t[0]);
-    alice.ok(&["secret", "add", "secret-password", SEED]);
+    let (srv, alice) = Server::start_with_alice_owning("secret-password", SEED);
     let host_had = Path::new("/var/secrets").exists();
-    let o = alice.run_full(
-        &[
-            "run",
-            "--volume",
-            "secret:secret-password:/var/secrets/secret-password.txt",
-            "--env",
-            "mypass:secret:secret-password",
-            "--env",
-            "PLAIN=plain value",
-            "--",
-            "sh",
-            "-c",
-            "cat /var/secrets/secret-password.txt; echo; echo \"$mypass\"; echo \"$PLAIN\"; \
-             test -z \"$NEURO_TOKEN\" && echo no-token; exit 5",
-        ],
-        b"",
-        true,
-    );
+    let mut args = vec!["run"];
+    args.extend(SEED_JOB_MAPPINGS);
+    args.extend([
+        "--",
+        "sh",
+        "-c",
+        "cat /var/secrets/secret-password.txt; echo; echo \"$mypass\"; echo \"$PLAIN\"; \
+         test -z \"$NEURO_TOKEN\" && echo no-token; exit 5",
+    ]);
+    let o = alice.run_full(&args, b"", true);
     assert_eq!(o.code, 5, "the command's exit status: {}", o.stderr);
     assert_eq!(
         o.stdout_str(),
@@ -85,10 +74,7 @@ fn the_seed_job_sees_its_file_and_variable_and_the_host_does_not() {
 #[test]
 fn sigterm_stops_the_job_and_cleans_up() {
     require_root_fuse();
-    let srv = Server::start();
-    let t = srv.add_users(&["alice"]);
-    let alice = srv.user("alice", &t[0]);
-    alice.ok(&["secret", "add", "k", "v"]);
+    let (srv, alice) = Server::start_with_alice_owning("k", "v");
     // log and ready live apart from the target's directory: the job's writes under an
     // overlaid directory stay in its own namespace.
     let out = tempfile::tempdir().unwrap();
@@ -162,10 +148,7 @@ fn sigterm_stops_the_job_and_cleans_up() {
 #[test]
 fn missing_paths_beside_other_mounts_and_beside_the_run_directory() {
     require_root_fuse();
-    let srv = Server::start();
-    let t = srv.add_users(&["alice"]);
-    let alice = srv.user("alice", &t[0]);
-    alice.ok(&["secret", "add", "k", "v"]);
+    let (srv, alice) = Server::start_with_alice_owning("k", "v");
 
     // A directory with a mount below it (as /var has while a container engine runs): the
     // overlay that creates the missing path keeps that mount visible to the job.
@@ -221,10 +204,7 @@ fn missing_paths_beside_other_mounts_and_beside_the_run_directory() {
 #[test]
 fn a_failed_secretfs_reports_through_its_error_file_even_under_an_overlay() {
     require_root_fuse();
-    let srv = Server::start();
-    let t = srv.add_users(&["alice"]);
-    let alice = srv.user("alice", &t[0]);
-    alice.ok(&["secret", "add", "k", "v"]);
+    let (srv, alice) = Server::start_with_alice_owning("k", "v");
     let fresh = std::env::temp_dir().join(format!("neuro-e2e-fail-{}", std::process::id()));
     let marker = srv.dir.path().join("started");
     let o = alice.fails(

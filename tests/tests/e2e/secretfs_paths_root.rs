@@ -4,12 +4,12 @@
 //! namespace, so nothing is mounted on the host even when a test fails.
 
 use std::io::{BufRead as _, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::harness::{Server, bin};
-use crate::secretfs_root_fuse::{Ns, SecretFs, host_secretfs_mounts, require_root_fuse};
+use crate::secretfs_root_fuse::{Ns, SecretFs, fuse_alice_owning_k, host_secretfs_mounts};
 
 /// A process killed and reaped on drop, also when the test fails.
 struct Reaped(Child);
@@ -21,13 +21,20 @@ impl Drop for Reaped {
     }
 }
 
+/// The names in `dir`, sorted.
 fn listing(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
+    let names = std::fs::read_dir(dir)
         .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
+        .map(|e| e.unwrap().file_name());
+    let mut v: Vec<String> = names.map(|n| n.to_string_lossy().into_owned()).collect();
     v.sort();
     v
+}
+
+/// `path`, written with `bytes`.
+fn written(path: PathBuf, bytes: &[u8]) -> PathBuf {
+    std::fs::write(&path, bytes).unwrap();
+    path
 }
 
 /// secretfs must refuse `path` (exit 65, naming it and `names`), having created nothing.
@@ -64,11 +71,7 @@ fn check_refused(
 
 #[test]
 fn symlinks_in_any_component_and_kernel_paths_are_refused() {
-    require_root_fuse();
-    let srv = Server::start();
-    let t = srv.add_users(&["alice"]);
-    srv.put(&t[0], "k", b"value");
-    let work = tempfile::tempdir().unwrap();
+    let (srv, t, work) = fuse_alice_owning_k();
     let w = work.path();
     // a/link -> victim, a/flink -> victim/important.conf
     let (victim, a) = (w.join("victim"), w.join("a"));
@@ -157,14 +160,9 @@ fn symlinks_in_any_component_and_kernel_paths_are_refused() {
 
 #[test]
 fn planted_temporary_names_write_nothing_through_their_symlinks() {
-    require_root_fuse();
-    let srv = Server::start();
-    let t = srv.add_users(&["alice"]);
-    srv.put(&t[0], "k", b"value");
-    let work = tempfile::tempdir().unwrap();
+    let (srv, t, work) = fuse_alice_owning_k();
     let w = work.path();
-    let victim = w.join("victim");
-    std::fs::write(&victim, b"original").unwrap();
+    let victim = written(w.join("victim"), b"original");
     // READY_FILE.tmp and MOUNT_ROOT.created.tmp, the names secretfs wrote through before.
     for n in ["ready.tmp", "root.created.tmp"] {
         std::os::unix::fs::symlink(&victim, w.join(n)).unwrap();
@@ -213,47 +211,21 @@ fn check_ready(ready: &Path) -> (bool, String) {
 
 #[test]
 fn a_stale_ready_file_is_not_ready_until_the_new_mount_is_up() {
-    require_root_fuse();
-    let srv = Server::start();
-    let t = srv.add_users(&["alice"]);
-    srv.put(&t[0], "k", b"value");
-    let work = tempfile::tempdir().unwrap();
+    let (srv, t, work) = fuse_alice_owning_k();
     let w = work.path();
-    let ready = w.join("ready");
-    std::fs::write(&ready, b"ready\n").unwrap();
+    let ready = written(w.join("ready"), b"ready\n");
     assert!(check_ready(&ready).0);
     // A service that refuses connections: secretfs retries, never mounts.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let v = format!("secret:k:{}", w.join("k.txt").display());
-    let url = format!("http://127.0.0.1:{port}");
+    let url = refusing_url();
     let mut down = spawn_secretfs(w, "down", &url, &t[0], &["--timeout", "3", "--volume", &v]);
     let stderr = w.join("down.stderr");
-    let t0 = Instant::now();
-    while !std::fs::read_to_string(&stderr)
-        .unwrap()
-        .contains("retrying")
-    {
-        assert!(
-            down.0.try_wait().unwrap().is_none() && t0.elapsed() < Duration::from_secs(10),
-            "secretfs did not retry: {}",
-            std::fs::read_to_string(&stderr).unwrap()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until_retrying(&mut down, &stderr);
     let (ok, e) = check_ready(&ready);
     assert!(!ok, "a secretfs that has mounted nothing is reported ready");
     assert!(e.contains("not ready"), "{e}");
-    let st = down.0.wait().unwrap();
-    assert_eq!(
-        st.code(),
-        Some(69),
-        "{}",
-        std::fs::read_to_string(&stderr).unwrap()
-    );
+    let (st, log) = wait_with_log(&mut down, &stderr);
+    assert_eq!(st.code(), Some(69), "{log}");
     assert!(!check_ready(&ready).0);
 
     // The next start against the real service: ready once mounted.
@@ -267,11 +239,7 @@ fn a_stale_ready_file_is_not_ready_until_the_new_mount_is_up() {
 
 #[test]
 fn a_token_file_open_to_group_or_others_is_refused() {
-    require_root_fuse();
-    let srv = Server::start();
-    let t = srv.add_users(&["alice"]);
-    srv.put(&t[0], "k", b"value");
-    let work = tempfile::tempdir().unwrap();
+    let (srv, t, work) = fuse_alice_owning_k();
     let w = work.path();
     let path = w.join("k.txt");
     let v = format!("secret:k:{}", path.display());
@@ -344,6 +312,18 @@ fn a_token_file_open_to_group_or_others_is_refused() {
 
 /// Starts secretfs in a namespace of its own, stderr to `WORK/NAME.stderr`.
 fn spawn_secretfs(w: &Path, name: &str, url: &str, token: &str, args: &[&str]) -> Reaped {
+    spawn_secretfs_at(w, &w.join("root"), name, url, token, args)
+}
+
+/// `spawn_secretfs` with the mount root at `root`.
+fn spawn_secretfs_at(
+    w: &Path,
+    root: &Path,
+    name: &str,
+    url: &str,
+    token: &str,
+    args: &[&str],
+) -> Reaped {
     let tok = w.join("token");
     std::fs::write(&tok, token).unwrap();
     std::fs::set_permissions(&tok, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
@@ -355,7 +335,7 @@ fn spawn_secretfs(w: &Path, name: &str, url: &str, token: &str, args: &[&str]) -
             .arg("--token-file")
             .arg(&tok)
             .arg("--mount-root")
-            .arg(w.join("root"))
+            .arg(root)
             .arg("--ready-file")
             .arg(w.join("ready"))
             .args(args)
@@ -368,6 +348,37 @@ fn spawn_secretfs(w: &Path, name: &str, url: &str, token: &str, args: &[&str]) -
     )
 }
 
+/// A loopback URL where nothing listens (a port just bound and released): connections are
+/// refused.
+fn refusing_url() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    format!("http://127.0.0.1:{port}")
+}
+
+/// Waits up to 10 s, while `fs` runs, for its stderr at `log` to say it is retrying.
+#[track_caller]
+fn wait_until_retrying(fs: &mut Reaped, log: &Path) {
+    let t0 = Instant::now();
+    while !std::fs::read_to_string(log).unwrap().contains("retrying") {
+        assert!(
+            fs.0.try_wait().unwrap().is_none() && t0.elapsed() < Duration::from_secs(10),
+            "secretfs did not retry: {}",
+            std::fs::read_to_string(log).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Waits for `fs` to exit: its status and what it wrote to `log`.
+fn wait_with_log(fs: &mut Reaped, log: &Path) -> (std::process::ExitStatus, String) {
+    let st = fs.0.wait().unwrap();
+    (st, std::fs::read_to_string(log).unwrap())
+}
+
 fn sigterm(c: &Child) {
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(c.id() as i32),
@@ -378,35 +389,17 @@ fn sigterm(c: &Child) {
 
 #[test]
 fn sigterm_while_starting_or_right_after_ready_is_a_clean_stop() {
-    require_root_fuse();
-    let srv = Server::start();
-    let t = srv.add_users(&["alice"]);
-    srv.put(&t[0], "k", b"value");
-    let work = tempfile::tempdir().unwrap();
+    let (srv, t, work) = fuse_alice_owning_k();
     let w = work.path();
     let v = format!("secret:k:{}", w.join("new/k.txt").display());
     // While it retries an unreachable service.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let url = format!("http://127.0.0.1:{port}");
+    let url = refusing_url();
     let mut fs = spawn_secretfs(w, "down", &url, &t[0], &["--timeout", "20", "--volume", &v]);
     let log = w.join("down.stderr");
-    let t0 = Instant::now();
-    while !std::fs::read_to_string(&log).unwrap().contains("retrying") {
-        assert!(t0.elapsed() < Duration::from_secs(10), "no retry");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_until_retrying(&mut fs, &log);
     sigterm(&fs.0);
-    let st = fs.0.wait().unwrap();
-    assert_eq!(
-        st.code(),
-        Some(0),
-        "{st:?}: {}",
-        std::fs::read_to_string(&log).unwrap()
-    );
+    let (st, text) = wait_with_log(&mut fs, &log);
+    assert_eq!(st.code(), Some(0), "{st:?}: {text}");
     // The moment the ready file appears, a few times over.
     for i in 0..5 {
         let name = format!("up{i}");
@@ -419,8 +412,7 @@ fn sigterm_while_starting_or_right_after_ready_is_a_clean_stop() {
             );
         }
         sigterm(&fs.0);
-        let st = fs.0.wait().unwrap();
-        let log = std::fs::read_to_string(w.join(format!("{name}.stderr"))).unwrap();
+        let (st, log) = wait_with_log(&mut fs, &w.join(format!("{name}.stderr")));
         assert_eq!(st.code(), Some(0), "run {i}: {st:?}: {log}");
         assert!(!w.join("ready").exists(), "run {i}");
         assert!(!w.join("new").exists(), "run {i}: placeholders removed");
@@ -430,12 +422,8 @@ fn sigterm_while_starting_or_right_after_ready_is_a_clean_stop() {
 
 #[test]
 fn private_nested_paths_beside_an_existing_file_still_work() {
-    require_root_fuse();
-    let srv = Server::start();
-    let t = srv.add_users(&["alice"]);
-    srv.put(&t[0], "k", b"value");
+    let (srv, t, work) = fuse_alice_owning_k();
     srv.put(&t[0], "j", b"other");
-    let work = tempfile::tempdir().unwrap();
     let w = work.path();
     let d = w.join("d");
     std::fs::create_dir(&d).unwrap();
@@ -467,40 +455,17 @@ fn private_nested_paths_beside_an_existing_file_still_work() {
 /// name another secretfs at `WORK/m.e` would share, each removing the other's placeholders).
 #[test]
 fn names_beside_a_mount_root_with_a_dot_keep_its_whole_name() {
-    require_root_fuse();
-    let srv = Server::start();
-    let t = srv.add_users(&["alice"]);
-    srv.put(&t[0], "k", b"value");
-    let work = tempfile::tempdir().unwrap();
+    let (srv, t, work) = fuse_alice_owning_k();
     let w = work.path();
-    let tok = w.join("token");
-    std::fs::write(&tok, &t[0]).unwrap();
-    std::fs::set_permissions(&tok, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let v = format!("secret:k:{}", w.join("new/k.txt").display());
-    let child = Reaped(
-        Command::new("unshare")
-            .args(["-m", "--propagation", "private", "--"])
-            .arg(bin("secretfs"))
-            .args(["--url", &srv.url, "--volume", &v])
-            .arg("--token-file")
-            .arg(&tok)
-            .arg("--mount-root")
-            .arg(w.join("m.d"))
-            .arg("--ready-file")
-            .arg(w.join("ready"))
-            .env_remove("NEURO_TOKEN")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(w.join("stderr")).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let (root, url) = (w.join("m.d"), &srv.url);
+    let child = spawn_secretfs_at(w, &root, "m.d", url, &t[0], &["--volume", &v]);
     let deadline = Instant::now() + Duration::from_secs(20);
     while !w.join("ready").exists() {
         assert!(
             Instant::now() < deadline,
             "not ready: {}",
-            std::fs::read_to_string(w.join("stderr")).unwrap()
+            std::fs::read_to_string(w.join("m.d.stderr")).unwrap()
         );
         std::thread::sleep(Duration::from_millis(20));
     }

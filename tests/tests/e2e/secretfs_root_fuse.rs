@@ -19,6 +19,15 @@ pub(crate) fn require_root_fuse() {
     );
 }
 
+/// Root and /dev/fuse checked; a secretd where alice (token `t[0]`) owns `k` = `value`; an
+/// empty work directory.
+pub(crate) fn fuse_alice_owning_k() -> (Server, Vec<String>, tempfile::TempDir) {
+    require_root_fuse();
+    let (srv, t) = Server::start_with_users(&["alice"]);
+    srv.put(&t[0], "k", b"value");
+    (srv, t, tempfile::tempdir().unwrap())
+}
+
 /// secretfs mounts in a mountinfo file (fstype `fuse` or `fuse.*`, source `secretfs`).
 pub(crate) fn secretfs_mounts(mountinfo: &str) -> usize {
     std::fs::read_to_string(mountinfo)
@@ -219,8 +228,7 @@ const REFUSED: [&str; 4] = ["EROFS", "EPERM", "EACCES", "EBUSY"];
 #[test]
 fn exact_placement_ownership_and_read_only() {
     require_root_fuse();
-    let srv = Server::start();
-    let t = srv.add_users(&["alice", "bob"]);
+    let (srv, t) = Server::start_with_users(&["alice", "bob"]);
     let (alice, bob) = (&t[0], &t[1]);
     let big: Vec<u8> = (0..1024 * 1024u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
@@ -364,8 +372,7 @@ fn exact_placement_ownership_and_read_only() {
 #[test]
 fn missing_or_forbidden_secrets_stop_it_before_ready() {
     require_root_fuse();
-    let srv = Server::start();
-    let t = srv.add_users(&["alice", "bob"]);
+    let (srv, t) = Server::start_with_users(&["alice", "bob"]);
     srv.put(&t[0], "ok", b"v");
     srv.put(&t[1], "private", b"v");
     let work = tempfile::tempdir().unwrap();
@@ -449,8 +456,7 @@ fn missing_or_forbidden_secrets_stop_it_before_ready() {
 #[test]
 fn rotation_snapshots_outage_and_revocation() {
     require_root_fuse();
-    let mut srv = Server::start();
-    let t = srv.add_users(&["alice", "bob"]);
+    let (mut srv, t) = Server::start_with_users(&["alice", "bob"]);
     let (alice, bob) = (t[0].clone(), t[1].clone());
     srv.put(&alice, "k", b"v1");
     srv.put(&alice, "gone", b"soon deleted");
@@ -528,11 +534,9 @@ fn rotation_snapshots_outage_and_revocation() {
 
     // Revocation and deletion: new opens fail within a second.
     assert_eq!(
-        srv.http(
-            "DELETE",
-            "/api/v1/users/alice/permissions?uri=secret%3A%2Fbob%2Fshared",
-            Some(&bob),
-            None
+        srv.delete(
+            &bob,
+            "/api/v1/users/alice/permissions?uri=secret%3A%2Fbob%2Fshared"
         )
         .status,
         204
@@ -544,11 +548,7 @@ fn rotation_snapshots_outage_and_revocation() {
         ) == "EACCES"
     });
     eprintln!("revocation seen after {took:?}");
-    assert_eq!(
-        srv.http("DELETE", "/api/v1/secrets/alice/gone", Some(&alice), None)
-            .status,
-        204
-    );
+    assert_eq!(srv.delete(&alice, "/api/v1/secrets/alice/gone").status, 204);
     wait_for("deletion", Duration::from_secs(1), || {
         fs.probe(Some((1000, 1000)), &["try", "open", gone.to_str().unwrap()]) == "EACCES"
     });
@@ -577,10 +577,7 @@ fn rotation_snapshots_outage_and_revocation() {
 
 #[test]
 fn kill_9_leaves_a_stale_mount_the_next_start_clears() {
-    require_root_fuse();
-    let srv = Server::start();
-    let t = srv.add_users(&["alice"]);
-    srv.put(&t[0], "k", b"value");
+    let (srv, t, work) = fuse_alice_owning_k();
     // A namespace that outlives both secretfs runs, as a pod's would.
     let mut holder = Command::new("unshare")
         .args(["-m", "--propagation", "private", "--", "sleep", "600"])
@@ -589,7 +586,6 @@ fn kill_9_leaves_a_stale_mount_the_next_start_clears() {
     let h = holder.id();
     std::thread::sleep(Duration::from_millis(200));
     let ns_mounts = || secretfs_mounts(&format!("/proc/{h}/mountinfo"));
-    let work = tempfile::tempdir().unwrap();
     let w = work.path();
     // In a directory that does not exist yet: secretfs creates placeholders for it.
     let path = w.join("new/k.txt");
@@ -644,8 +640,7 @@ fn kill_9_leaves_a_stale_mount_the_next_start_clears() {
 #[test]
 fn a_store_restored_from_a_backup_keeps_rotation_going_without_polling() {
     require_root_fuse();
-    let mut srv = Server::start();
-    let t = srv.add_users(&["alice"]);
+    let (mut srv, t) = Server::start_with_users(&["alice"]);
     let alice = t[0].clone();
     srv.put(&alice, "k", b"v1");
     let backup = tempfile::tempdir().unwrap();

@@ -1,14 +1,17 @@
 //! TLS: the service with a certificate made at test time; the CLI trusting it via --ca-file.
 
-use crate::harness::{Neuro, Server};
+use crate::harness::{Neuro, Server, self_signed_localhost_cert};
+
+/// `neuro login --url URL --token TOKEN --ca-file CA`.
+fn login_trusting<'a>(url: &'a str, token: &'a str, ca: &'a std::path::Path) -> [&'a str; 7] {
+    let ca = ca.to_str().unwrap();
+    ["login", "--url", url, "--token", token, "--ca-file", ca]
+}
 
 #[test]
 fn https_with_a_self_signed_certificate() {
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert, ck.cert.pem()).unwrap();
-    std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
+    let (cert, key) = self_signed_localhost_cert(dir.path());
     let srv = Server::start_with(&[
         "--tls-cert",
         cert.to_str().unwrap(),
@@ -30,30 +33,14 @@ fn https_with_a_self_signed_certificate() {
         o.stderr
     );
 
-    n.ok(&[
-        "login",
-        "--url",
-        &url,
-        "--token",
-        &admin,
-        "--ca-file",
-        cert.to_str().unwrap(),
-    ]);
+    n.ok(&login_trusting(&url, &admin, &cert));
     let tok = n
         .ok(&["admin", "user", "add", "alice"])
         .stdout_str()
         .trim()
         .to_owned();
     let alice = Neuro::new(&srv, "alice");
-    alice.ok(&[
-        "login",
-        "--url",
-        &url,
-        "--token",
-        &tok,
-        "--ca-file",
-        cert.to_str().unwrap(),
-    ]);
+    alice.ok(&login_trusting(&url, &tok, &cert));
     alice.ok(&["secret", "add", "k", "over-tls"]);
     assert_eq!(
         alice.run_full(&["secret", "get", "k"], b"", true).stdout,
@@ -104,15 +91,7 @@ fn the_readme_certificate_recipe_works() {
     let ca = dir.path().join("cert.pem");
     let n = Neuro::new(&srv, "op");
     for (u, name) in [(&url, "by-name"), (&srv.url, "by-address")] {
-        n.ok(&[
-            "login",
-            "--url",
-            u,
-            "--token",
-            &srv.admin_token(),
-            "--ca-file",
-            ca.to_str().unwrap(),
-        ]);
+        n.ok(&login_trusting(u, &srv.admin_token(), &ca));
         n.ok(&["admin", "user", "add", name]);
     }
     // The job side takes the CA from NEURO_CA_FILE too, as neuro does.
@@ -161,15 +140,7 @@ fn certificate_errors_fail_fast_with_the_reason() {
     let n = Neuro::new(&srv, "op");
 
     let t = Instant::now();
-    let o = n.run(&[
-        "login",
-        "--url",
-        &url,
-        "--token",
-        &admin,
-        "--ca-file",
-        cert.to_str().unwrap(),
-    ]);
+    let o = n.run(&login_trusting(&url, &admin, &cert));
     assert_eq!(o.code, 69, "{}", o.stderr);
     assert!(o.stderr.contains("TLS handshake failed"), "{}", o.stderr);
     assert!(o.stderr.contains("CaUsedAsEndEntity"), "{}", o.stderr);
@@ -218,11 +189,8 @@ fn certificate_errors_fail_fast_with_the_reason() {
 #[test]
 fn the_wrong_scheme_fails_fast_with_a_hint() {
     use std::time::{Duration, Instant};
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert, ck.cert.pem()).unwrap();
-    std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
+    let (cert, key) = self_signed_localhost_cert(dir.path());
     let (tls, _) = tls_server(&cert, &key);
     let plain = Server::start();
     for (url, hint) in [
