@@ -482,8 +482,14 @@ fn inject_timeout_must_be_finite_seconds() {
             ],
         ));
         if good == "-0" {
-            // Zero seconds: no time to resolve, but no panic either.
-            assert_eq!(o.status.code(), Some(69), "{good}: {}", text(&o.stderr));
+            // Zero seconds: one attempt at most; under load it may even finish in time. Either
+            // way a plain answer, never a panic.
+            assert!(
+                matches!(o.status.code(), Some(0 | 69)),
+                "{good}: {:?} {}",
+                o.status,
+                text(&o.stderr)
+            );
         } else {
             assert_eq!(
                 (o.status.code(), text(&o.stdout)),
