@@ -5,13 +5,13 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::sync::Arc;
+mod common;
+
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use secrets_core::ClusterName;
 use serde_json::Value;
 use tower::ServiceExt as _;
 
@@ -28,24 +28,11 @@ struct World {
 
 impl World {
     async fn new(users: &[&str]) -> Self {
-        let shm = std::path::Path::new("/dev/shm");
-        let dir = if shm.is_dir() {
-            tempfile::tempdir_in(shm).unwrap()
-        } else {
-            tempfile::tempdir().unwrap()
-        };
-        let s = secrets_server::open_service(
-            dir.path(),
-            ClusterName::new("neuro-compute").unwrap(),
-            None,
-        )
-        .await
-        .unwrap();
-        let admin = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
+        let (app, dir, admin) = common::service().await;
         let mut w = World {
-            app: secrets_server::app(Arc::new(s)),
+            app,
             dir,
-            admin: admin.trim().to_owned(),
+            admin,
             tokens: Default::default(),
         };
         for u in users {

@@ -7,13 +7,14 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::sync::{Arc, OnceLock};
+mod common;
+
+use std::sync::OnceLock;
 
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use proptest::prelude::*;
-use secrets_core::ClusterName;
 use tower::ServiceExt as _;
 
 struct Fixture {
@@ -28,28 +29,12 @@ struct Fixture {
 fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
     F.get_or_init(|| {
-        let shm = std::path::Path::new("/dev/shm");
-        let dir = if shm.is_dir() {
-            tempfile::tempdir_in(shm).unwrap()
-        } else {
-            tempfile::tempdir().unwrap()
-        };
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .unwrap();
-        let app = rt.block_on(async {
-            let s = secrets_server::open_service(
-                dir.path(),
-                ClusterName::new("neuro-compute").unwrap(),
-                None,
-            )
-            .await
-            .unwrap();
-            secrets_server::app(Arc::new(s))
-        });
-        let admin = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
+        let (app, dir, admin) = rt.block_on(common::service());
         let f = Fixture {
             rt,
             app,
