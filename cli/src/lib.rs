@@ -258,6 +258,9 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
         if cause.is::<NameError>() || cause.is::<UriError>() || cause.is::<MappingError>() {
             return ExitClass::Invalid.code();
         }
+        if let Some(private::WriteError::NotRegular { .. }) = cause.downcast_ref() {
+            return ExitClass::Invalid.code();
+        }
     }
     ExitClass::Other.code()
 }

@@ -7,10 +7,10 @@
 //! created with `O_CREAT | O_EXCL | O_NOFOLLOW` (a name already there, link or not, is skipped
 //! and never opened), are synced, and the temporary is renamed over the final name.
 //!
-//! A symlink at the final name is replaced, not followed: `rename(2)` swaps the directory
-//! entry and never resolves it, so there is no check-then-write race to lose, and refusing
-//! would need an `lstat` that a planted link could race anyway. The link's target is left
-//! untouched.
+//! A final name that exists and is not a regular file (a symlink, a pipe, a device, a
+//! directory) is refused: replacing `/dev/stdout`, a FIFO a reader waits on, or a link with a
+//! file on disk would put the value where nobody expects it. A link planted after that check
+//! is still never followed: `rename(2)` swaps the directory entry and never resolves it.
 
 use std::ffi::{OsStr, OsString};
 use std::io::Write as _;
@@ -26,11 +26,15 @@ const ATTEMPTS: u32 = 64;
 
 /// Why a private file could not be written; names the path, never the contents.
 #[derive(Debug, thiserror::Error)]
-#[error("writing '{path}': {source}")]
-pub struct WriteError {
-    pub path: String,
-    #[source]
-    pub source: std::io::Error,
+pub enum WriteError {
+    /// The cause is part of the message (not a `source`, which would print it twice).
+    #[error("writing '{path}': {cause}")]
+    Io { path: String, cause: std::io::Error },
+    #[error(
+        "'{path}' exists and is not a regular file (a symlink, pipe, device or directory); \
+         name a regular file, or leave the option out to print to standard output"
+    )]
+    NotRegular { path: String },
 }
 
 /// Replaces `path` with `bytes`, readable and writable by the owner only.
@@ -58,9 +62,9 @@ fn write_with_names(
     bytes: &[u8],
     tmp_name: impl Fn(&OsStr, u32) -> OsString,
 ) -> Result<(), WriteError> {
-    let err = |source: std::io::Error| WriteError {
+    let err = |cause: std::io::Error| WriteError::Io {
         path: path.display().to_string(),
-        source,
+        cause,
     };
     let name = path
         .file_name()
@@ -76,6 +80,19 @@ fn write_with_names(
         Mode::empty(),
     )
     .map_err(|e| err(e.into()))?;
+    match nix::sys::stat::fstatat(&dfd, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(st)
+            if nix::sys::stat::SFlag::from_bits_truncate(st.st_mode)
+                & nix::sys::stat::SFlag::S_IFMT
+                != nix::sys::stat::SFlag::S_IFREG =>
+        {
+            return Err(WriteError::NotRegular {
+                path: path.display().to_string(),
+            });
+        }
+        Ok(_) | Err(Errno::ENOENT) => {}
+        Err(e) => return Err(err(e.into())),
+    }
     let mut attempt = 0;
     let (tmp, fd) = loop {
         let tmp = tmp_name(name, attempt);
@@ -171,48 +188,55 @@ mod tests {
         symlink(&victim, d.path().join("tmp")).unwrap();
         let p = d.path().join("out");
         let e = write_with_names(&p, b"value", fixed(&["tmp"])).unwrap_err();
-        assert_eq!(e.source.raw_os_error(), Some(nix::libc::EEXIST));
+        let WriteError::Io { cause, .. } = &e else {
+            panic!("{e}")
+        };
+        assert_eq!(cause.raw_os_error(), Some(nix::libc::EEXIST));
         assert!(e.to_string().starts_with("writing '"), "{e}");
         assert_eq!(std::fs::read(&victim).unwrap(), b"victim's");
         assert!(!p.exists());
     }
 
     #[test]
-    fn a_symlink_at_the_final_name_is_replaced_not_followed() {
+    fn a_final_name_that_is_no_regular_file_is_refused_and_left_alone() {
         let d = tempfile::tempdir().unwrap();
         let victim = d.path().join("victim");
         std::fs::write(&victim, b"victim's").unwrap();
         std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let p = d.path().join("out");
-        symlink(&victim, &p).unwrap();
-        write_private(&p, b"value").unwrap();
-        let md = std::fs::symlink_metadata(&p).unwrap();
-        assert!(md.file_type().is_file(), "the link itself is replaced");
-        assert_eq!(md.mode() & 0o7777, 0o600);
-        assert_eq!(std::fs::read(&p).unwrap(), b"value");
+        let link = d.path().join("out");
+        symlink(&victim, &link).unwrap();
+        let dangling = d.path().join("out2");
+        symlink(d.path().join("nowhere"), &dangling).unwrap();
+        let fifo = d.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, Mode::S_IRUSR | Mode::S_IWUSR).unwrap();
+        std::fs::create_dir(d.path().join("sub")).unwrap();
+        for p in [&link, &dangling, &fifo, &d.path().join("sub")] {
+            let e = write_private(p, b"value").unwrap_err();
+            assert!(
+                matches!(e, WriteError::NotRegular { .. }),
+                "{}: {e}",
+                p.display()
+            );
+            assert!(e.to_string().contains(&p.display().to_string()), "{e}");
+        }
+        assert!(std::fs::symlink_metadata(&link).unwrap().is_symlink());
+        assert!(std::fs::symlink_metadata(&dangling).unwrap().is_symlink());
+        assert!(!d.path().join("nowhere").exists());
         assert_eq!(std::fs::read(&victim).unwrap(), b"victim's");
         assert_eq!(
             std::fs::metadata(&victim).unwrap().mode() & 0o7777,
             0o644,
             "the target's mode is untouched"
         );
-        // A dangling link: nothing is created at its target.
-        let q = d.path().join("out2");
-        symlink(d.path().join("nowhere"), &q).unwrap();
-        write_private(&q, b"value").unwrap();
-        assert!(!d.path().join("nowhere").exists());
-        assert!(std::fs::symlink_metadata(&q).unwrap().file_type().is_file());
+        assert_eq!(entries(d.path()), ["fifo", "out", "out2", "sub", "victim"]);
     }
 
     #[test]
     fn failures_name_the_path_and_leave_nothing() {
         let d = tempfile::tempdir().unwrap();
-        // The final name is a directory: the rename fails, the temporary is removed.
-        std::fs::create_dir(d.path().join("sub")).unwrap();
-        std::fs::write(d.path().join("sub/f"), b"x").unwrap();
-        let e = write_private(&d.path().join("sub"), b"value").unwrap_err();
-        assert!(e.to_string().contains("/sub'"), "{e}");
-        assert_eq!(entries(d.path()), ["sub"]);
+        let e = write_private(&d.path().join("missing/f"), b"value").unwrap_err();
+        assert!(e.to_string().contains("/missing/f'"), "{e}");
+        assert_eq!(entries(d.path()), Vec::<String>::new());
         let e = write_private(Path::new("/nonexistent/dir/f"), b"value").unwrap_err();
         assert_eq!(
             e.to_string(),

@@ -56,12 +56,14 @@ pub struct ServiceArgs {
 }
 
 impl ServiceArgs {
-    /// `--url`, else a non-empty `NEURO_URL`.
+    /// `--url` as given (an empty one is a bad URL, not a missing one), else a non-empty
+    /// `NEURO_URL`.
     pub fn url(&self) -> Option<String> {
-        self.url
-            .clone()
-            .or_else(|| std::env::var("NEURO_URL").ok())
-            .filter(|u| !u.is_empty())
+        self.url.clone().or_else(|| {
+            std::env::var("NEURO_URL")
+                .ok()
+                .filter(|u| !u.is_empty())
+        })
     }
 
     /// `--ca-file`, else a non-empty `NEURO_CA_FILE`.
@@ -294,6 +296,12 @@ mod tests {
         ] {
             check(&[bad], Err(()));
         }
+    }
+
+    #[test]
+    fn an_empty_url_flag_is_a_bad_url_not_a_missing_one() {
+        let c = Cmd::try_parse_from(["x", "--url", ""]).unwrap();
+        assert_eq!(c.conn.url().as_deref(), Some(""));
     }
 
     #[test]

@@ -467,19 +467,36 @@ fn a_malformed_neuro_token_is_a_usage_error_and_is_not_printed() {
 /// by a 0600 file with the value; what it pointed to is not written.
 #[test]
 fn secret_get_file_never_writes_through_a_planted_symlink() {
-    use std::os::unix::fs::{MetadataExt as _, symlink};
+    use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _, symlink};
     let (_srv, alice) = Server::start_with_alice_owning("k", "the-value");
     let dir = tempfile::tempdir().unwrap();
     let victim = dir.path().join("victim");
     std::fs::write(&victim, b"victim's").unwrap();
+    // A link, or a pipe a reader waits on: refused (65), nothing written anywhere.
     let out = dir.path().join("out");
     symlink(&victim, &out).unwrap();
-    alice.ok(&["secret", "get", "k", "--file", out.to_str().unwrap()]);
+    let fifo = dir.path().join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    for p in [&out, &fifo] {
+        let o = alice.run(&["secret", "get", "k", "--file", p.to_str().unwrap()]);
+        assert_eq!(o.code, 65, "{}", o.stderr);
+        assert!(o.stderr.contains("is not a regular file"), "{}", o.stderr);
+    }
     assert_eq!(std::fs::read(&victim).unwrap(), b"victim's");
-    let md = std::fs::symlink_metadata(&out).unwrap();
-    assert!(md.file_type().is_file(), "the link is replaced");
+    assert!(std::fs::symlink_metadata(&out).unwrap().is_symlink());
+    assert!(
+        std::fs::symlink_metadata(&fifo)
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
+    // A regular file is replaced, 0600, with no temporary left.
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"old").unwrap();
+    alice.ok(&["secret", "get", "k", "--file", file.to_str().unwrap()]);
+    let md = std::fs::symlink_metadata(&file).unwrap();
     assert_eq!(md.mode() & 0o777, 0o600);
-    assert_eq!(std::fs::read(&out).unwrap(), b"the-value");
+    assert_eq!(std::fs::read(&file).unwrap(), b"the-value");
     let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
-    assert_eq!(names.len(), 2, "no temporary file left");
+    assert_eq!(names.len(), 4, "no temporary file left");
 }
