@@ -59,11 +59,9 @@ impl ServiceArgs {
     /// `--url` as given (an empty one is a bad URL, not a missing one), else a non-empty
     /// `NEURO_URL`.
     pub fn url(&self) -> Option<String> {
-        self.url.clone().or_else(|| {
-            std::env::var("NEURO_URL")
-                .ok()
-                .filter(|u| !u.is_empty())
-        })
+        self.url
+            .clone()
+            .or_else(|| std::env::var("NEURO_URL").ok().filter(|u| !u.is_empty()))
     }
 
     /// `--ca-file`, else a non-empty `NEURO_CA_FILE`.
