@@ -265,6 +265,26 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
     ExitClass::Other.code()
 }
 
+/// Prints a clap error (or help or version text) as clap would, except that any argument
+/// that looks like a token is shown as `****`: clap quotes a stray or misplaced argument, and
+/// `neuro login --url URL TOKEN` (the `--token` forgotten) must not print the token.
+pub fn usage_error(e: &clap::Error) -> std::process::ExitCode {
+    let mut text = e.render().to_string();
+    for arg in std::env::args().skip(1) {
+        for word in arg.split(['=', ' ']) {
+            if word.starts_with("nst.") {
+                text = text.replace(word, "****");
+            }
+        }
+    }
+    if e.use_stderr() {
+        eprint!("{text}");
+    } else {
+        print!("{text}");
+    }
+    std::process::ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2))
+}
+
 /// One line for stderr, with a hint where one helps.
 pub fn error_line(e: &anyhow::Error) -> String {
     let mut line = format!("{e:#}");

@@ -6,7 +6,10 @@ use clap::Parser as _;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    let cli = secrets_cli::Cli::parse();
+    let cli = match secrets_cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return secrets_cli::usage_error(&e),
+    };
     match secrets_cli::run(cli).await {
         Ok(code) => ExitCode::from(code),
         Err(e) => {

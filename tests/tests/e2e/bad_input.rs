@@ -461,10 +461,33 @@ fn a_malformed_neuro_token_is_a_usage_error_and_is_not_printed() {
         "{stderr}"
     );
     assert!(!stderr.contains("zq9"), "the token is echoed: {stderr}");
+    // The token given where clap expects no value (`--token` forgotten): clap would quote it.
+    for args in [
+        vec![
+            "login",
+            "--url",
+            "http://127.0.0.1:9",
+            "nst.0000000000000000.zq9secret",
+        ],
+        vec!["secret", "ls", "--token=nst.0000000000000000.zq9secret"],
+    ] {
+        let o = Command::new(bin("neuro"))
+            .args(&args)
+            .env("XDG_CONFIG_HOME", home.path())
+            .env("HOME", home.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{stderr}");
+        assert!(!stderr.contains("zq9"), "the token is echoed: {stderr}");
+        if args[0] == "login" {
+            assert!(stderr.contains("unexpected argument '****'"), "{stderr}");
+        }
+    }
 }
 
-/// `neuro secret get --file PATH` where PATH is a planted symlink: the link itself is replaced
-/// by a 0600 file with the value; what it pointed to is not written.
+/// `neuro secret get --file PATH` where PATH is a link or a pipe: refused, nothing written
+/// through it; a regular file is replaced by a 0600 file with the value.
 #[test]
 fn secret_get_file_never_writes_through_a_planted_symlink() {
     use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _, symlink};
