@@ -155,7 +155,8 @@ pub enum SecretCmd {
         /// KEY, or a URI such as secret:/alice/KEY
         #[arg(value_parser = key_or_uri)]
         key: SecretRef,
-        /// Write the value to this file (mode 0600) instead of stdout
+        /// Write the value to this file (mode 0600) instead of stdout; it must be a regular file
+        /// or not exist yet (a link, pipe or device there is refused)
         #[arg(long, value_name = "PATH")]
         file: Option<PathBuf>,
     },
