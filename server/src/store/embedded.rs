@@ -25,6 +25,8 @@ const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
 const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
 const GRANTS: TableDefinition<&str, &[u8]> = TableDefinition::new("grants");
 const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
+const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
+const SETTINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("settings");
 /// `OWNER/KEY` → version (u64 LE) ++ sealed value
 const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
 /// revision → deleted flag (1 byte) ++ `OWNER/KEY`
@@ -44,6 +46,8 @@ fn def(t: Table) -> TableDefinition<'static, &'static str, &'static [u8]> {
         Table::Tokens => TOKENS,
         Table::Grants => GRANTS,
         Table::Jobs => JOBS,
+        Table::Sessions => SESSIONS,
+        Table::Meta => SETTINGS,
     }
 }
 
@@ -142,7 +146,7 @@ impl EmbeddedStore {
         let db = Database::create(path).map_err(io)?;
         // Create every table up front so reads never meet a missing one.
         let tx = db.begin_write().map_err(io)?;
-        for t in [USERS, TOKENS, GRANTS, JOBS, SECRETS] {
+        for t in [USERS, TOKENS, GRANTS, JOBS, SESSIONS, SETTINGS, SECRETS] {
             tx.open_table(t).map_err(io)?;
         }
         tx.open_table(CHANGES).map_err(io)?;

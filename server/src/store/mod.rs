@@ -35,6 +35,10 @@ pub enum Table {
     Grants,
     /// job id → `JobRecord`
     Jobs,
+    /// console session id hash → session record (the web console's server-side sessions)
+    Sessions,
+    /// settings of the store itself: the master key's check value
+    Meta,
 }
 
 impl Table {
@@ -44,6 +48,8 @@ impl Table {
             Table::Tokens => "tokens",
             Table::Grants => "grants",
             Table::Jobs => "jobs",
+            Table::Sessions => "sessions",
+            Table::Meta => "settings",
         }
     }
 }
