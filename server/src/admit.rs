@@ -141,6 +141,10 @@ fn token_id(token: &str) -> &str {
 /// sent (or the connection dropped): a client that reads its answer slowly still has its
 /// request in flight.
 pub async fn admit(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    // Reads in this request see every write acknowledged before it arrived, on any replica.
+    if let Err(e) = s.store.sync().await {
+        return ApiError::from(e).into_response();
+    }
     let (mut parts, body) = req.into_parts();
     let presented =
         bearer(&parts.headers).map(|b| b.map(|t| zeroize::Zeroizing::new(t.to_owned())));

@@ -108,6 +108,29 @@ pub async fn issue(
     }
 }
 
+/// The id of the operator token a new store gets: a fixed id, so that of several replicas
+/// starting on one new store exactly one creates it.
+pub const OPERATOR_TOKEN_ID: &str = "0000000000000000";
+
+/// Creates the operator token unless it exists; `None` when it does (another replica, or an
+/// earlier start, made it).
+pub async fn issue_operator(store: &dyn Store, keys: &Keys) -> Result<Option<Token>, StoreError> {
+    let secret = hex(&random_bytes::<32>());
+    let rec = TokenRecord {
+        subject: Subject::Operator,
+        hash: hex(&keys.token_hash(&secret)),
+        created_at: now_secs(),
+        expires_at: None,
+        revoked: false,
+        incarnation: None,
+    };
+    let bytes = serde_json::to_vec(&rec).map_err(|e| StoreError::Engine(e.to_string()))?;
+    Ok(store
+        .insert_new(Table::Tokens, OPERATOR_TOKEN_ID, &bytes)
+        .await?
+        .then(|| Token::new(format!("nst.{OPERATOR_TOKEN_ID}.{secret}"))))
+}
+
 pub async fn load_token(store: &dyn Store, id: &str) -> Result<Option<TokenRecord>, ApiError> {
     let Some(raw) = store.get(Table::Tokens, id).await? else {
         return Ok(None);
@@ -118,8 +141,8 @@ pub async fn load_token(store: &dyn Store, id: &str) -> Result<Option<TokenRecor
 }
 
 /// How long a verified token is trusted without a store read. Revocations made through this
-/// process take effect at once (`Authenticator::forget`); ones made elsewhere (another
-/// instance on a shared store) within this time.
+/// process take effect at once (`Authenticator::forget`); ones made by another replica as soon
+/// as this one's store has seen them (`Store::revocation_epoch`), and within this time at most.
 const CACHE_TTL: Duration = Duration::from_secs(1);
 const CACHE_MAX: usize = 10_000;
 
@@ -129,6 +152,8 @@ struct Cached {
     principal: Principal,
     expires_at: Option<u64>,
     at: Instant,
+    /// The store's revocation epoch when the token was verified.
+    epoch: u64,
 }
 
 /// Verifies bearer tokens, keeping recent verifications in memory so that a request costs one
@@ -171,9 +196,13 @@ impl Authenticator {
                 Ok(())
             }
         };
+        let epoch = store.revocation_epoch();
         {
             let cache = self.cache.read().unwrap_or_else(|e| e.into_inner());
-            if let Some(c) = cache.get(id).filter(|c| c.at.elapsed() < CACHE_TTL) {
+            if let Some(c) = cache
+                .get(id)
+                .filter(|c| c.at.elapsed() < CACHE_TTL && c.epoch == epoch)
+            {
                 if !bool::from(got.as_bytes().ct_eq(c.hash.as_bytes())) {
                     return Err(invalid());
                 }
@@ -201,6 +230,7 @@ impl Authenticator {
                 principal: principal.clone(),
                 expires_at: rec.expires_at,
                 at: Instant::now(),
+                epoch,
             },
         );
         Ok(principal)

@@ -45,6 +45,7 @@ pub fn check_private(path: &Path, what: &str) -> anyhow::Result<()> {
 pub struct Keys {
     aead: XChaCha20Poly1305,
     token_key: Zeroizing<[u8; 32]>,
+    check: String,
 }
 
 impl std::fmt::Debug for Keys {
@@ -92,7 +93,14 @@ impl Keys {
         Self {
             aead: XChaCha20Poly1305::new(enc.as_slice().into()),
             token_key: Zeroizing::new(tok),
+            check: hex(&blake3::derive_key("neuro-secrets 2026 key check", master)),
         }
+    }
+
+    /// A value derived from the master key that shows whether two keys are the same without
+    /// saying anything about either: stored once, compared by every replica at start.
+    pub fn check_value(&self) -> &str {
+        &self.check
     }
 
     /// Encrypts `plain`, binding it to `aad` (the secret's `OWNER/KEY`): nonce ++ ciphertext.

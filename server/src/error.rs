@@ -84,7 +84,16 @@ impl ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        ApiError::Internal(e.to_string())
+        match e {
+            StoreError::Unavailable(why) => {
+                tracing::warn!(%why, "the store is unavailable");
+                ApiError::Unavailable(
+                    "the store is unavailable (etcd cannot be reached or has no quorum); retry later"
+                        .into(),
+                )
+            }
+            e => ApiError::Internal(e.to_string()),
+        }
     }
 }
 

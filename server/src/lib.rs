@@ -30,6 +30,7 @@ pub use api::{AppState, Service, app};
 #[command(
     name = "secretd",
     version,
+    args_conflicts_with_subcommands = true,
     about = "The platform secrets service",
     long_about = "The platform secrets service: stores secrets encrypted at rest, decides who \
                   reads what, and serves the HTTP API that `neuro`, secretfs and secret-inject \
@@ -90,6 +91,75 @@ pub struct Args {
     /// --header-timeout
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = positive_duration)]
     pub idle_timeout: Duration,
+    /// Where secrets and records live: `embedded` (DATA_DIR/secrets.redb, the default) or
+    /// etcd://HOST:PORT[,HOST:PORT...][/PREFIX], shared by any number of replicas (each with
+    /// the same master key)
+    #[arg(long, value_name = "STORE", value_parser = StoreArg::parse)]
+    pub store: Option<StoreArg>,
+    /// The master key file; every replica of one store needs the same [default:
+    /// DATA_DIR/master.key]
+    #[arg(long, value_name = "FILE")]
+    pub master_key: Option<PathBuf>,
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Copies every record of one store into another, empty one: from a data directory to
+    /// etcd, or back (a backup). Values stay sealed (copy master.key yourself); counts and a
+    /// checksum of every record are compared after the copy. Stop secretd on a data directory
+    /// first.
+    Migrate(MigrateArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct MigrateArgs {
+    /// The source: a data directory (its secrets.redb) or etcd://HOST:PORT[,...][/PREFIX]
+    #[arg(long, value_name = "DIR|URL", value_parser = Location::parse)]
+    pub from: Location,
+    /// The target, which must be empty: a data directory or etcd://HOST:PORT[,...][/PREFIX]
+    #[arg(long, value_name = "DIR|URL", value_parser = Location::parse)]
+    pub to: Location,
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+}
+
+/// A store named on the command line of `migrate`.
+#[derive(Debug, Clone)]
+pub enum Location {
+    Dir(PathBuf),
+    Etcd(store::etcd::EtcdTarget),
+}
+
+impl Location {
+    fn parse(s: &str) -> Result<Self, String> {
+        if s.starts_with("etcd://") {
+            return store::etcd::EtcdTarget::parse(s).map(Location::Etcd);
+        }
+        if s.contains("://") {
+            return Err(format!("'{s}' is neither a directory nor an etcd:// URL"));
+        }
+        Ok(Location::Dir(PathBuf::from(s)))
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Location::Dir(d) => format!("'{}'", d.join("secrets.redb").display()),
+            Location::Etcd(t) => t.to_string(),
+        }
+    }
+
+    async fn open(&self, etcd: &EtcdArgs) -> anyhow::Result<Arc<dyn store::Store>> {
+        match self {
+            Location::Dir(d) => open_store(&StoreArg::Embedded, d, &etcd.options()).await,
+            Location::Etcd(t) => {
+                open_store(&StoreArg::Etcd(t.clone()), Path::new(""), &etcd.options()).await
+            }
+        }
+    }
 }
 
 fn positive_duration(s: &str) -> Result<Duration, String> {
@@ -117,9 +187,153 @@ fn default_data_dir() -> anyhow::Result<PathBuf> {
     Ok(PathBuf::from(home).join(".local/share/neuro-secrets"))
 }
 
-/// Opens (or creates) the data directory and everything in it.
+/// Which store to open.
+#[derive(Debug, Clone)]
+pub enum StoreArg {
+    /// `DATA_DIR/secrets.redb`
+    Embedded,
+    Etcd(store::etcd::EtcdTarget),
+}
+
+impl StoreArg {
+    fn parse(s: &str) -> Result<Self, String> {
+        if s == "embedded" {
+            return Ok(StoreArg::Embedded);
+        }
+        store::etcd::EtcdTarget::parse(s).map(StoreArg::Etcd)
+    }
+}
+
+/// How to reach etcd (with `--store etcd://...`, and for `migrate`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct EtcdArgs {
+    /// CA certificate (PEM) of etcd's server certificates; the connection to etcd uses TLS
+    #[arg(long, value_name = "FILE")]
+    pub etcd_ca: Option<PathBuf>,
+    /// Client certificate (PEM), where etcd authenticates clients by certificate
+    #[arg(long, value_name = "FILE", requires = "etcd_key")]
+    pub etcd_cert: Option<PathBuf>,
+    /// Private key (PEM) of --etcd-cert
+    #[arg(long, value_name = "FILE", requires = "etcd_cert")]
+    pub etcd_key: Option<PathBuf>,
+    /// etcd user, where etcd has authentication enabled
+    #[arg(long, value_name = "NAME", requires = "etcd_password_file")]
+    pub etcd_user: Option<String>,
+    /// File holding --etcd-user's password (one line)
+    #[arg(long, value_name = "FILE", requires = "etcd_user")]
+    pub etcd_password_file: Option<PathBuf>,
+    /// Requests are refused (503) once etcd has not confirmed for this long that this
+    /// replica's view is current (etcd lost its quorum, or every endpoint is down)
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = positive_duration)]
+    pub max_staleness: Duration,
+}
+
+impl EtcdArgs {
+    pub fn options(&self) -> store::etcd::EtcdOptions {
+        store::etcd::EtcdOptions {
+            ca: self.etcd_ca.clone(),
+            cert: self.etcd_cert.clone(),
+            key: self.etcd_key.clone(),
+            user: self.etcd_user.clone(),
+            password_file: self.etcd_password_file.clone(),
+            max_staleness: self.max_staleness,
+        }
+    }
+}
+
+/// Opens the store: the embedded one in `data_dir`, or etcd.
+pub async fn open_store(
+    which: &StoreArg,
+    data_dir: &Path,
+    etcd: &store::etcd::EtcdOptions,
+) -> anyhow::Result<Arc<dyn store::Store>> {
+    Ok(match which {
+        StoreArg::Embedded => {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(data_dir)
+                .with_context(|| format!("creating data directory '{}'", data_dir.display()))?;
+            Arc::new(
+                store::embedded::EmbeddedStore::open(&data_dir.join("secrets.redb"))
+                    .with_context(|| format!("opening the store in '{}'", data_dir.display()))?,
+            )
+        }
+        StoreArg::Etcd(target) => Arc::new(
+            store::etcd::EtcdStore::open(target.clone(), etcd)
+                .await
+                .with_context(|| format!("opening the store at {target}"))?,
+        ),
+    })
+}
+
+/// The key check value's name in the store's settings.
+const KEY_CHECK: &str = "master-key-check";
+
+/// Loads the master key (creating it for a new store) and checks it against the store's key
+/// check value, which the first start stores. A key that does not match stops the start before
+/// anything is written.
+async fn master_key(store: &dyn store::Store, path: &Path) -> anyhow::Result<(crypto::Keys, bool)> {
+    use store::Table;
+    let stored = store.get(Table::Meta, KEY_CHECK).await?;
+    if stored.is_some() && !path.exists() {
+        bail!(
+            "the master key '{}' does not exist, but the store holds data sealed with one: copy \
+             master.key from a replica of this store (or pass --master-key FILE); nothing was \
+             written",
+            path.display()
+        );
+    }
+    let (keys, created) = crypto::Keys::load_or_create(path)?;
+    let mismatch = |path: &Path| {
+        anyhow::anyhow!(
+            "the master key '{}' does not match the store's: every replica needs the same \
+             master.key (copy it from the replica that created the store); nothing was written",
+            path.display()
+        )
+    };
+    let undo = |created: bool| {
+        if created {
+            let _ = std::fs::remove_file(path);
+        }
+    };
+    let ours = keys.check_value().as_bytes();
+    match stored {
+        Some(v) if v != ours => {
+            undo(created);
+            return Err(mismatch(path));
+        }
+        Some(_) => {}
+        None => {
+            if !store.insert_new(Table::Meta, KEY_CHECK, ours).await? {
+                // Another replica stored its check value first.
+                let now = store.get(Table::Meta, KEY_CHECK).await?;
+                if now.as_deref() != Some(ours) {
+                    undo(created);
+                    return Err(mismatch(path));
+                }
+            }
+        }
+    }
+    Ok((keys, created))
+}
+
+/// Opens (or creates) the data directory and everything in it, on the embedded store.
 pub async fn open_service(
     data_dir: &Path,
+    cluster: ClusterName,
+    audit_log: Option<PathBuf>,
+) -> anyhow::Result<Service> {
+    let store = open_store(&StoreArg::Embedded, data_dir, &Default::default()).await?;
+    open_service_on(store, data_dir, None, cluster, audit_log).await
+}
+
+/// Opens the service on `store`: the data directory (master key, operator token, audit log),
+/// the key check, and the operator token of a new store.
+pub async fn open_service_on(
+    store: Arc<dyn store::Store>,
+    data_dir: &Path,
+    master_key_path: Option<PathBuf>,
     cluster: ClusterName,
     audit_log: Option<PathBuf>,
 ) -> anyhow::Result<Service> {
@@ -128,45 +342,57 @@ pub async fn open_service(
         .mode(0o700)
         .create(data_dir)
         .with_context(|| format!("creating data directory '{}'", data_dir.display()))?;
-    let (keys, created) = crypto::Keys::load_or_create(&data_dir.join("master.key"))?;
-    let store: Arc<dyn store::Store> = Arc::new(
-        store::embedded::EmbeddedStore::open(&data_dir.join("secrets.redb"))
-            .with_context(|| format!("opening the store in '{}'", data_dir.display()))?,
-    );
+    let key_path = master_key_path.unwrap_or_else(|| data_dir.join("master.key"));
+    let (keys, created) = master_key(store.as_ref(), &key_path).await?;
+    let shared = store.changes().is_some();
     let admin_path = data_dir.join("admin.token");
     if admin_path.exists() {
         crypto::check_private(&admin_path, "operator token")?;
-    }
-    if created || !admin_path.exists() {
-        if !created {
-            bail!(
+    } else if created || shared {
+        match auth::issue_operator(store.as_ref(), &keys).await? {
+            Some(token) => {
+                let line = zeroize::Zeroizing::new(format!("{}\n", token.expose()));
+                crypto::create_private(&admin_path, line.as_bytes())
+                    .with_context(|| format!("creating '{}'", admin_path.display()))?;
+                tracing::info!(path = %admin_path.display(), "created the operator token");
+            }
+            None if shared => tracing::info!(
+                "the operator token exists already (another replica created it); copy its \
+                 admin.token to '{}' to log in as the operator with this replica's hint",
+                admin_path.display()
+            ),
+            None => bail!(
                 "'{}' is missing; restore it, or start with a new data directory",
                 admin_path.display()
-            );
+            ),
         }
-        let (_, token) = auth::issue(
-            store.as_ref(),
-            &keys,
-            records::Subject::Operator,
-            None,
-            None,
-        )
-        .await?;
-        let line = zeroize::Zeroizing::new(format!("{}\n", token.expose()));
-        crypto::create_private(&admin_path, line.as_bytes())
-            .with_context(|| format!("creating '{}'", admin_path.display()))?;
-        tracing::info!(path = %admin_path.display(), "created the operator token");
+    } else {
+        bail!(
+            "'{}' is missing; restore it, or start with a new data directory",
+            admin_path.display()
+        );
     }
     let audit_path = audit_log.unwrap_or_else(|| data_dir.join("audit.log"));
     let audit = audit::Audit::open(&audit_path)
         .with_context(|| format!("opening audit log '{}'", audit_path.display()))?;
+    let changed = tokio::sync::watch::channel(0).0;
+    if let Some(mut rx) = store.changes() {
+        // Changes made through other replicas wake this one's watchers.
+        let tx = changed.clone();
+        tokio::spawn(async move {
+            while rx.changed().await.is_ok() {
+                let rev = *rx.borrow_and_update();
+                tx.send_replace(rev);
+            }
+        });
+    }
     Ok(Service {
         store,
         keys,
         cluster,
         audit,
         auth: auth::Authenticator::default(),
-        changed: tokio::sync::watch::channel(0).0,
+        changed,
         inflight: admit::InFlight::default(),
         answers: admit::AnswerBudget::default(),
     })
@@ -222,8 +448,44 @@ fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     sock.listen(1024)
 }
 
-/// Runs the service until SIGTERM or SIGINT.
-pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+/// Copies every record of `--from` into `--to`, then compares counts and checksums.
+pub async fn migrate(m: MigrateArgs) -> anyhow::Result<ExitCode> {
+    let from = m.from.open(&m.etcd).await?;
+    let to = m.to.open(&m.etcd).await?;
+    if !to.is_empty().await? {
+        bail!(
+            "the target {} is not empty; migrate only into an empty store",
+            m.to.describe()
+        );
+    }
+    let records = from.export().await?;
+    let before = store::Summary::of(&records);
+    to.import(records).await?;
+    let after = store::Summary::of(&to.export().await?);
+    if before != after {
+        bail!(
+            "the copy differs from the source: source {before}, target {after}; the target {} \
+             holds a partial copy: empty it before trying again",
+            m.to.describe()
+        );
+    }
+    println!(
+        "copied {} to {}: {after}",
+        m.from.describe(),
+        m.to.describe()
+    );
+    println!(
+        "values stay sealed: start secretd on the target with the same master.key (--master-key \
+         or DATA_DIR/master.key)"
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs the service until SIGTERM or SIGINT, or runs `migrate`.
+pub async fn run(mut args: Args) -> anyhow::Result<ExitCode> {
+    if let Some(Command::Migrate(m)) = args.command.take() {
+        return migrate(m).await;
+    }
     if args.idle_timeout > args.header_timeout {
         bail!(
             "--idle-timeout ({}) must not be longer than --header-timeout ({})",
@@ -248,7 +510,16 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         (Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),
         _ => None,
     };
-    let mut service = open_service(&data_dir, args.cluster.clone(), args.audit_log).await?;
+    let which = args.store.clone().unwrap_or(StoreArg::Embedded);
+    let store = open_store(&which, &data_dir, &args.etcd.options()).await?;
+    let mut service = open_service_on(
+        store,
+        &data_dir,
+        args.master_key.clone(),
+        args.cluster.clone(),
+        args.audit_log,
+    )
+    .await?;
     service.inflight = admit::InFlight::sized_for(max_connections);
     let (per_token, per_user) = service.inflight.limits();
     let router = app(Arc::new(service));
@@ -270,9 +541,17 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         per_user,
         "serving"
     );
+    let admin_token = data_dir.join("admin.token");
+    if !admin_token.exists() {
+        eprintln!(
+            "The operator token was created by another replica of this store: copy its \
+             admin.token to '{}' to use the hint below here.",
+            admin_token.display()
+        );
+    }
     eprintln!(
         "Log in as the operator with:\n  neuro login --url {scheme}://{addr} --token \"$(cat {})\"\nthen create users with: neuro admin user add NAME",
-        data_dir.join("admin.token").display()
+        admin_token.display()
     );
     serve::serve(listener, router, tls, limits, shutdown_signal()).await?;
     tracing::info!("stopped");

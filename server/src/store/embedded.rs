@@ -17,9 +17,12 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{
+    Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata as _,
+    TableDefinition,
+};
 
-use super::{Change, Store, StoreError, StoredSecret, Table};
+use super::{Change, Record, Store, StoreError, StoredSecret, Table};
 
 const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
 const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
@@ -494,6 +497,66 @@ impl Store for EmbeddedStore {
         })
         .await
         .map_err(|e| e.to_string())
+    }
+
+    async fn is_empty(&self) -> Result<bool, StoreError> {
+        self.read(|tx| {
+            for t in Table::ALL {
+                if tx.open_table(def(t)).map_err(io)?.len().map_err(io)? > 0 {
+                    return Ok(false);
+                }
+            }
+            Ok(tx.open_table(SECRETS).map_err(io)?.len().map_err(io)? == 0)
+        })
+    }
+
+    async fn export(&self) -> Result<Vec<Record>, StoreError> {
+        self.read(|tx| {
+            let mut out = Vec::new();
+            for table in Table::ALL {
+                let t = tx.open_table(def(table)).map_err(io)?;
+                for (key, value) in Self::scan_table(&t, "")? {
+                    out.push(Record::Row { table, key, value });
+                }
+            }
+            let t = tx.open_table(SECRETS).map_err(io)?;
+            for (key, raw) in Self::scan_table(&t, "")? {
+                let sealed = decode_secret(&key, &raw)?.sealed;
+                out.push(Record::Secret { key, sealed });
+            }
+            Ok(out)
+        })
+    }
+
+    async fn import(&self, records: Vec<Record>) -> Result<(), StoreError> {
+        self.write(move |tx| {
+            for r in &records {
+                match r {
+                    Record::Row { table, key, value } => {
+                        let mut t = tx.open_table(def(*table)).map_err(io)?;
+                        if t.insert(key.as_str(), value.as_slice())
+                            .map_err(io)?
+                            .is_some()
+                        {
+                            return Err(StoreError::Engine(format!(
+                                "{}/{key} is already in the target",
+                                table.name()
+                            )));
+                        }
+                    }
+                    Record::Secret { key, sealed } => {
+                        let rev = bump(tx, key, false)?;
+                        let mut t = tx.open_table(SECRETS).map_err(io)?;
+                        let mut rec = Vec::with_capacity(8 + sealed.len());
+                        rec.extend_from_slice(&rev.to_le_bytes());
+                        rec.extend_from_slice(sealed);
+                        t.insert(key.as_str(), rec.as_slice()).map_err(io)?;
+                    }
+                }
+            }
+            Ok(())
+        })
+        .await
     }
 }
 

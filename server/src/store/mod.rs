@@ -5,6 +5,7 @@
 //! change atomically. Values reach the store already sealed (see `crypto`).
 
 pub mod embedded;
+pub mod etcd;
 
 use async_trait::async_trait;
 
@@ -14,6 +15,10 @@ pub enum StoreError {
     /// The disk failed under the store (full, I/O error): the database must be re-opened.
     #[error("storage I/O: {0}")]
     Io(String),
+    /// The storage cannot be reached or cannot show that what it reads is current (etcd lost
+    /// its quorum): the request may succeed later (503).
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
     /// Any other failure of the storage engine.
     #[error("storage: {0}")]
     Engine(String),
@@ -42,6 +47,15 @@ pub enum Table {
 }
 
 impl Table {
+    pub const ALL: [Table; 6] = [
+        Table::Users,
+        Table::Tokens,
+        Table::Grants,
+        Table::Jobs,
+        Table::Sessions,
+        Table::Meta,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Table::Users => "users",
@@ -68,6 +82,71 @@ pub struct Change {
     /// `OWNER/KEY`
     pub key: String,
     pub deleted: bool,
+}
+
+/// One record, as `secretd migrate` copies it: a row of a plain table or a sealed secret. The
+/// change log and secret versions are not copied: the target numbers its own revisions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    Row {
+        table: Table,
+        key: String,
+        value: Vec<u8>,
+    },
+    Secret {
+        /// `OWNER/KEY`
+        key: String,
+        sealed: Vec<u8>,
+    },
+}
+
+/// Counts by kind and a checksum of every record's table, key and bytes, in key order: what
+/// `secretd migrate` compares between source and target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    pub counts: Vec<(&'static str, usize)>,
+    pub checksum: String,
+}
+
+impl Summary {
+    pub fn of(records: &[Record]) -> Self {
+        let mut rows: Vec<(&'static str, &str, &[u8])> = records
+            .iter()
+            .map(|r| match r {
+                Record::Row { table, key, value } => (table.name(), key.as_str(), value.as_slice()),
+                Record::Secret { key, sealed } => ("secrets", key.as_str(), sealed.as_slice()),
+            })
+            .collect();
+        rows.sort();
+        let mut h = blake3::Hasher::new();
+        let mut counts: Vec<(&'static str, usize)> = Table::ALL
+            .iter()
+            .map(|t| (t.name(), 0))
+            .chain([("secrets", 0)])
+            .collect();
+        for (table, key, bytes) in &rows {
+            for part in [table.as_bytes(), key.as_bytes(), bytes] {
+                h.update(&(part.len() as u64).to_le_bytes());
+                h.update(part);
+            }
+            if let Some(c) = counts.iter_mut().find(|(t, _)| t == table) {
+                c.1 += 1;
+            }
+        }
+        Self {
+            counts,
+            checksum: h.finalize().to_hex().to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (t, n) in &self.counts {
+            write!(f, "{t} {n}, ")?;
+        }
+        write!(f, "checksum {}", &self.checksum[..16])
+    }
 }
 
 /// Storage for the service. Implementations must make an acknowledged write durable.
@@ -101,4 +180,27 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// succeeded since); implementations may try a write to find out whether it recovered.
     /// The reason names the failure, never stored data.
     async fn health(&self) -> Result<(), String>;
+
+    /// Returns once reads reflect every write acknowledged (by any replica) before the call;
+    /// `Unavailable` when the store cannot show that. A request calls it once, first.
+    async fn sync(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// Revisions of changes made elsewhere (other replicas), for waking watchers; `None` when
+    /// every write goes through this process.
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
+    /// Moves on whenever a user, token or job record was changed or removed by someone else, so
+    /// that cached verifications of tokens are dropped.
+    fn revocation_epoch(&self) -> u64 {
+        0
+    }
+
+    /// Whether the store holds no record at all.
+    async fn is_empty(&self) -> Result<bool, StoreError>;
+    /// Every record (plain tables and secrets), in key order.
+    async fn export(&self) -> Result<Vec<Record>, StoreError>;
+    /// Writes `records` into this store; each row must be new.
+    async fn import(&self, records: Vec<Record>) -> Result<(), StoreError>;
 }

@@ -1,0 +1,1131 @@
+//! The etcd store: any number of `secretd` replicas share one etcd cluster.
+//!
+//! Layout under `/PREFIX/`: `users/NAME`, `tokens/ID`, `grants/…`, `jobs/ID`, `sessions/…` and
+//! `settings/NAME` (the plain tables); `secrets/OWNER/KEY` (the sealed value; its version is
+//! the key's mod revision, etcd's revision of the write, so versions compare across replicas);
+//! `deleted/OWNER/KEY` (an empty tombstone written in the same transaction as a secret's
+//! deletion, so the change feed can tell a watcher that was away that it is gone); and
+//! `markers/MARKER` (touched when someone's grants change). The change feed is the set of
+//! those three kinds of keys ordered by mod revision: a watcher learns the newest state of
+//! every secret that changed after its revision, wherever the change was made.
+//!
+//! Reads come from a copy of the whole prefix in memory, loaded at start and kept current by
+//! one etcd watch. Before a request is served, `sync` proves the copy is current: a barrier
+//! reads etcd's revision with a linearizable read and waits until the watch has applied it;
+//! one barrier serves every request that arrived before it started. While etcd cannot
+//! confirm (no quorum, no endpoint), requests are served for at most `max_staleness` after
+//! the last confirmation, then refused with 503. Writes go to etcd and return once the watch
+//! has applied them, so a replica reads its own writes at once.
+//!
+//! One client per endpoint: etcd-client's balancer keeps choosing a dead endpoint (upstream
+//! issue 39), so on an unavailable endpoint the store moves to the next one itself.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, KvClient, Txn, TxnOp,
+    WatchOptions, WatchResponse,
+};
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+
+use super::{Change, Record, Store, StoreError, StoredSecret, Table};
+
+/// The key prefix when `--store` names none.
+pub const DEFAULT_PREFIX: &str = "neuro-secrets";
+/// Records per page of the start-up load (a secret is at most ~1.4 MiB in etcd).
+const PAGE: i64 = 32;
+/// The largest gRPC message accepted from etcd (a page, a batch of watch events).
+const MAX_MESSAGE: usize = 256 << 20;
+/// One attempt of one etcd call, at most.
+const ATTEMPT: Duration = Duration::from_secs(2);
+/// All attempts of one call, endpoint after endpoint, at most: a write fails with 503 by then.
+const DEADLINE: Duration = Duration::from_secs(4);
+/// A barrier (linearizable read, then the watch catching up) must end within this.
+const BARRIER: Duration = Duration::from_secs(1);
+/// Without requests, a barrier still runs this often, so `health` knows.
+const HEARTBEAT: Duration = Duration::from_millis(500);
+/// How long a request waits for a barrier that started after it arrived.
+const SYNC_WAIT: Duration = Duration::from_secs(3);
+/// How long a request waits for a new barrier while the last one failed.
+const SYNC_WAIT_FAILING: Duration = Duration::from_millis(300);
+
+/// Where the store lives: `etcd://HOST:PORT[,HOST:PORT...][/PREFIX]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdTarget {
+    pub endpoints: Vec<String>,
+    pub prefix: String,
+}
+
+impl EtcdTarget {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let rest = s.strip_prefix("etcd://").ok_or_else(|| {
+            format!("'{s}' is not an etcd://HOST:PORT[,HOST:PORT...][/PREFIX] URL")
+        })?;
+        let (hosts, prefix) = match rest.split_once('/') {
+            Some((h, p)) => (h, p.trim_end_matches('/')),
+            None => (rest, DEFAULT_PREFIX),
+        };
+        let prefix = if prefix.is_empty() {
+            DEFAULT_PREFIX
+        } else {
+            prefix
+        };
+        if !prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-/".contains(&b))
+            || prefix.contains("//")
+        {
+            return Err(format!(
+                "the key prefix '{prefix}' in '{s}' may hold only letters, digits, '.', '_', '-' and single '/'"
+            ));
+        }
+        let mut endpoints = Vec::new();
+        for h in hosts.split(',') {
+            let ok = h.rsplit_once(':').is_some_and(|(host, port)| {
+                !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+            });
+            if !ok {
+                return Err(format!(
+                    "'{h}' in '{s}' is not HOST:PORT (etcd's client port, usually 2379)"
+                ));
+            }
+            endpoints.push(h.to_owned());
+        }
+        Ok(Self {
+            endpoints,
+            prefix: prefix.to_owned(),
+        })
+    }
+}
+
+impl std::fmt::Display for EtcdTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "etcd://{}/{}", self.endpoints.join(","), self.prefix)
+    }
+}
+
+/// How to reach etcd: TLS and authentication where etcd asks for them.
+#[derive(Debug, Clone)]
+pub struct EtcdOptions {
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub user: Option<String>,
+    pub password_file: Option<PathBuf>,
+    /// Requests are refused once etcd has not confirmed this replica's view for this long.
+    pub max_staleness: Duration,
+}
+
+impl Default for EtcdOptions {
+    fn default() -> Self {
+        Self {
+            ca: None,
+            cert: None,
+            key: None,
+            user: None,
+            password_file: None,
+            max_staleness: Duration::from_secs(5),
+        }
+    }
+}
+
+impl EtcdOptions {
+    fn connect_options(&self) -> Result<(ConnectOptions, bool), StoreError> {
+        let file = |what: &str, p: &PathBuf| {
+            std::fs::read(p).map_err(|e| {
+                StoreError::File(format!("reading etcd {what} '{}': {e}", p.display()))
+            })
+        };
+        let mut o = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(1))
+            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
+            .with_keep_alive_while_idle(true)
+            .with_require_leader(true);
+        let tls = self.ca.is_some() || self.cert.is_some();
+        if tls {
+            let mut t = etcd_client::TlsOptions::new();
+            if let Some(ca) = &self.ca {
+                t = t.ca_certificate(etcd_client::Certificate::from_pem(file("CA", ca)?));
+            }
+            match (&self.cert, &self.key) {
+                (Some(c), Some(k)) => {
+                    t = t.identity(etcd_client::Identity::from_pem(
+                        file("certificate", c)?,
+                        file("key", k)?,
+                    ));
+                }
+                (None, None) => {}
+                _ => {
+                    return Err(StoreError::File(
+                        "--etcd-cert and --etcd-key go together".into(),
+                    ));
+                }
+            }
+            o = o.with_tls(t);
+        }
+        if let Some(user) = &self.user {
+            let p = self
+                .password_file
+                .as_ref()
+                .ok_or_else(|| StoreError::File("--etcd-user needs --etcd-password-file".into()))?;
+            let pw = zeroize::Zeroizing::new(file("password file", p)?);
+            let pw = std::str::from_utf8(&pw)
+                .map_err(|_| {
+                    StoreError::File(format!("etcd password file '{}' is not UTF-8", p.display()))
+                })?
+                .trim_end_matches(['\n', '\r']);
+            o = o.with_user(user.clone(), pw.to_owned());
+        }
+        Ok((o, tls))
+    }
+}
+
+/// One etcd endpoint and its client, connected on first use.
+struct Endpoint {
+    url: String,
+    options: ConnectOptions,
+    client: tokio::sync::Mutex<Option<Client>>,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint").field("url", &self.url).finish()
+    }
+}
+
+impl Endpoint {
+    async fn client(&self) -> Result<Client, etcd_client::Error> {
+        let mut slot = self.client.lock().await;
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        let c = Client::connect([self.url.as_str()], Some(self.options.clone())).await?;
+        *slot = Some(c.clone());
+        Ok(c)
+    }
+
+    async fn kv(&self) -> Result<KvClient, etcd_client::Error> {
+        Ok(self
+            .client()
+            .await?
+            .kv_client()
+            .max_decoding_message_size(MAX_MESSAGE))
+    }
+}
+
+/// Failures after which another endpoint may do better.
+fn transient(e: &etcd_client::Error) -> bool {
+    use etcd_client::Error as E;
+    match e {
+        E::TransportError(_) | E::IoError(_) | E::WatchError(_) => true,
+        E::GRpcStatus(s) => matches!(
+            s.code(),
+            tonic::Code::Unavailable
+                | tonic::Code::Unknown
+                | tonic::Code::DeadlineExceeded
+                | tonic::Code::Cancelled
+                | tonic::Code::Aborted
+        ),
+        _ => false,
+    }
+}
+
+/// Whether a call may be sent again after an attempt that timed out (it may have been applied).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    Always,
+    UnlessTimedOut,
+}
+
+/// One cached record.
+#[derive(Debug)]
+struct Entry {
+    value: Vec<u8>,
+    revision: u64,
+}
+
+/// The in-memory copy of the prefix.
+#[derive(Debug, Default)]
+struct Cache {
+    map: BTreeMap<String, Entry>,
+    /// `(mod revision, key)` of every secret, tombstone and marker: the change feed.
+    feed: BTreeSet<(u64, String)>,
+    /// The revision up to which every event has been applied.
+    revision: u64,
+}
+
+const SECRETS: &str = "secrets/";
+const TOMBSTONES: &str = "deleted/";
+const MARKERS: &str = "markers/";
+
+fn in_feed(key: &str) -> bool {
+    key.starts_with(SECRETS) || key.starts_with(TOMBSTONES) || key.starts_with(MARKERS)
+}
+
+/// Keys whose change or removal may end a token's validity.
+fn revokes(key: &str) -> bool {
+    ["users/", "tokens/", "jobs/"]
+        .iter()
+        .any(|p| key.starts_with(p))
+}
+
+fn row_key(table: Table, key: &str) -> String {
+    format!("{}/{key}", table.name())
+}
+
+impl Cache {
+    fn put(&mut self, key: String, value: Vec<u8>, revision: u64) {
+        if in_feed(&key) {
+            self.feed.insert((revision, key.clone()));
+        }
+        if let Some(old) = self.map.insert(key.clone(), Entry { value, revision }) {
+            if old.revision != revision {
+                self.feed.remove(&(old.revision, key));
+            }
+        }
+    }
+
+    fn delete(&mut self, key: &str) {
+        if let Some(old) = self.map.remove(key) {
+            self.feed.remove(&(old.revision, key.to_owned()));
+        }
+    }
+
+    fn range(&self, prefix: &str) -> impl Iterator<Item = (&String, &Entry)> {
+        self.map
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
+            .take_while(move |(k, _)| k.starts_with(prefix))
+    }
+}
+
+/// What the newest barrier found.
+#[derive(Debug, Clone, Copy)]
+struct Confirmed {
+    /// When the newest successful barrier started: every write acknowledged before that
+    /// instant is in the cache.
+    at: Instant,
+    /// The last barrier failed.
+    failing: bool,
+}
+
+/// The etcd-backed store.
+#[derive(Debug, Clone)]
+pub struct EtcdStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    target: EtcdTarget,
+    /// `/PREFIX/`
+    root: String,
+    endpoints: Vec<Endpoint>,
+    current: AtomicUsize,
+    cache: RwLock<Cache>,
+    /// The cache's revision, after every applied batch.
+    applied: watch::Sender<u64>,
+    confirmed: watch::Sender<Confirmed>,
+    /// Asks the barrier task for a barrier now.
+    demand: Notify,
+    /// Asks the watch task for a progress report.
+    progress: Notify,
+    /// Why the last write failed; `None` once one succeeds.
+    write_failure: Mutex<Option<String>>,
+    /// Why the last barrier failed.
+    barrier_failure: Mutex<Option<String>>,
+    revocations: AtomicU64,
+    max_staleness: Duration,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The first key after every key that starts with `prefix`.
+fn range_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+fn header_revision(h: Option<&etcd_client::ResponseHeader>) -> Result<u64, StoreError> {
+    h.map(|h| h.revision())
+        .and_then(|r| u64::try_from(r).ok())
+        .ok_or_else(|| StoreError::Engine("etcd answered without a revision".into()))
+}
+
+impl EtcdStore {
+    /// Connects, loads the prefix and starts the watch and barrier tasks. Fails when no
+    /// endpoint answers within a few seconds.
+    pub async fn open(target: EtcdTarget, opts: &EtcdOptions) -> Result<Self, StoreError> {
+        let (options, tls) = opts.connect_options()?;
+        let scheme = if tls { "https" } else { "http" };
+        let endpoints = target
+            .endpoints
+            .iter()
+            .map(|e| Endpoint {
+                url: format!("{scheme}://{e}"),
+                options: options.clone(),
+                client: tokio::sync::Mutex::new(None),
+            })
+            .collect();
+        let now = Instant::now();
+        let inner = Arc::new(Inner {
+            root: format!("/{}/", target.prefix),
+            target,
+            endpoints,
+            current: AtomicUsize::new(0),
+            cache: RwLock::new(Cache::default()),
+            applied: watch::channel(0).0,
+            confirmed: watch::channel(Confirmed {
+                at: now,
+                failing: false,
+            })
+            .0,
+            demand: Notify::new(),
+            progress: Notify::new(),
+            write_failure: Mutex::new(None),
+            barrier_failure: Mutex::new(None),
+            revocations: AtomicU64::new(0),
+            max_staleness: opts.max_staleness,
+        });
+        inner.reload().await?;
+        inner.confirmed.send_replace(Confirmed {
+            at: now,
+            failing: false,
+        });
+        tokio::spawn(inner.clone().watch_loop());
+        tokio::spawn(inner.clone().barrier_loop());
+        Ok(Self { inner })
+    }
+
+    pub fn target(&self) -> &EtcdTarget {
+        &self.inner.target
+    }
+}
+
+impl Inner {
+    fn cache(&self) -> std::sync::RwLockReadGuard<'_, Cache> {
+        self.cache
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn cache_mut(&self) -> std::sync::RwLockWriteGuard<'_, Cache> {
+        self.cache
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn rotate(&self, from: usize) {
+        let next = (from + 1) % self.endpoints.len();
+        let _ = self
+            .current
+            .compare_exchange(from, next, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// Runs `f` against the current endpoint, moving on to the next one after a transient
+    /// failure, until `DEADLINE`.
+    async fn call<T, F, Fut>(&self, what: &str, retry: Retry, f: F) -> Result<T, StoreError>
+    where
+        F: Fn(KvClient) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let deadline = Instant::now() + DEADLINE;
+        let mut pause = Duration::from_millis(20);
+        let mut last = String::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(StoreError::Unavailable(format!(
+                    "etcd {what} failed on every endpoint for {}s; last: {last}",
+                    DEADLINE.as_secs()
+                )));
+            }
+            let i = self.current.load(Ordering::Relaxed) % self.endpoints.len();
+            let ep = &self.endpoints[i];
+            let attempt = async { f(ep.kv().await?).await };
+            match tokio::time::timeout(left.min(ATTEMPT), attempt).await {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e)) if transient(&e) => {
+                    last = format!("{}: {e}", ep.url);
+                    self.rotate(i);
+                }
+                Ok(Err(e)) => {
+                    return Err(StoreError::Engine(format!(
+                        "etcd {what} on {}: {e}",
+                        ep.url
+                    )));
+                }
+                Err(_) => {
+                    self.rotate(i);
+                    if retry == Retry::UnlessTimedOut {
+                        return Err(StoreError::Unavailable(format!(
+                            "etcd {what} on {} did not answer within {}s",
+                            ep.url,
+                            ATTEMPT.as_secs()
+                        )));
+                    }
+                    last = format!("{} did not answer within {}s", ep.url, ATTEMPT.as_secs());
+                }
+            }
+            tokio::time::sleep(pause.min(left)).await;
+            pause = (pause * 2).min(Duration::from_millis(250));
+        }
+    }
+
+    /// A write: remembered for `health`, and returned only once the watch applied it.
+    async fn write<T, F, Fut>(
+        &self,
+        what: &str,
+        f: F,
+        revision: impl Fn(&T) -> Result<u64, StoreError>,
+    ) -> Result<T, StoreError>
+    where
+        F: Fn(KvClient) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let out = match self.call(what, Retry::UnlessTimedOut, f).await {
+            Ok(v) => {
+                *lock(&self.write_failure) = None;
+                v
+            }
+            Err(e) => {
+                *lock(&self.write_failure) = Some(e.to_string());
+                return Err(e);
+            }
+        };
+        let rev = revision(&out)?;
+        if let Err(e) = self.wait_applied(rev, DEADLINE).await {
+            // The write is in etcd; only this replica's copy lags.
+            tracing::warn!(revision = rev, error = %e, "a write is not in this replica's cache yet");
+        }
+        Ok(out)
+    }
+
+    /// Loads the whole prefix at one revision and replaces the cache.
+    async fn reload(&self) -> Result<(), StoreError> {
+        let end = range_end(&self.root);
+        let mut map = Cache::default();
+        let mut from = self.root.clone().into_bytes();
+        let mut at = 0i64;
+        loop {
+            let mut opts = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
+            if at > 0 {
+                opts = opts.with_revision(at);
+            }
+            let key = from.clone();
+            let resp = self
+                .call("load", Retry::Always, move |mut kv| {
+                    let (key, opts) = (key.clone(), opts.clone());
+                    async move { kv.get(key, Some(opts)).await }
+                })
+                .await?;
+            if at == 0 {
+                at = resp.header().map_or(0, |h| h.revision());
+            }
+            for kv in resp.kvs() {
+                let Some(k) = self.local_key(kv.key()) else {
+                    continue;
+                };
+                map.put(
+                    k,
+                    kv.value().to_vec(),
+                    u64::try_from(kv.mod_revision()).unwrap_or(0),
+                );
+            }
+            match resp.kvs().last() {
+                Some(last) if resp.more() => {
+                    from = last.key().to_vec();
+                    from.push(0);
+                }
+                _ => break,
+            }
+        }
+        map.revision = u64::try_from(at).unwrap_or(0);
+        let rev = map.revision;
+        *self.cache_mut() = map;
+        self.revocations.fetch_add(1, Ordering::Relaxed);
+        self.applied.send_replace(rev);
+        Ok(())
+    }
+
+    fn local_key(&self, key: &[u8]) -> Option<String> {
+        let k = key.strip_prefix(self.root.as_bytes())?;
+        std::str::from_utf8(k).ok().map(str::to_owned)
+    }
+
+    fn apply(&self, resp: &WatchResponse) {
+        let mut revoked = false;
+        let rev = {
+            let mut cache = self.cache_mut();
+            let mut top = cache.revision;
+            for ev in resp.events() {
+                let Some(kv) = ev.kv() else { continue };
+                let rev = u64::try_from(kv.mod_revision()).unwrap_or(0);
+                top = top.max(rev);
+                let Some(key) = self.local_key(kv.key()) else {
+                    continue;
+                };
+                match ev.event_type() {
+                    EventType::Put => {
+                        revoked |= kv.version() > 1 && revokes(&key);
+                        cache.put(key, kv.value().to_vec(), rev);
+                    }
+                    EventType::Delete => {
+                        revoked |= revokes(&key);
+                        cache.delete(&key);
+                    }
+                }
+            }
+            cache.revision = top;
+            top
+        };
+        if revoked {
+            self.revocations.fetch_add(1, Ordering::Relaxed);
+        }
+        self.applied.send_replace(rev);
+    }
+
+    /// A progress report: every event up to `rev` has been delivered.
+    fn progressed(&self, rev: u64) {
+        let mut cache = self.cache_mut();
+        if rev > cache.revision {
+            cache.revision = rev;
+            drop(cache);
+            self.applied.send_replace(rev);
+        }
+    }
+
+    /// Follows the prefix from the cache's revision, forever, moving to another endpoint when
+    /// one fails and reloading everything when etcd compacted past the cache.
+    async fn watch_loop(self: Arc<Self>) {
+        let mut pause = Duration::from_millis(50);
+        loop {
+            let i = self.current.load(Ordering::Relaxed) % self.endpoints.len();
+            match self.watch_once(i).await {
+                Ok(()) => {
+                    tracing::warn!("etcd compacted past this replica's copy; reloading it");
+                    if let Err(e) = self.reload().await {
+                        tracing::error!(error = %e, "reloading from etcd failed");
+                        tokio::time::sleep(pause).await;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(endpoint = %self.endpoints[i].url, error = %e, "the etcd watch failed; trying the next endpoint");
+                    self.rotate(i);
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            }
+            pause = Duration::from_millis(50);
+        }
+    }
+
+    /// One watch stream; `Ok` when etcd compacted past the cache, `Err` when the stream failed.
+    async fn watch_once(&self, i: usize) -> Result<(), String> {
+        let client = self.endpoints[i]
+            .client()
+            .await
+            .map_err(|e| e.to_string())?;
+        let start = self.cache().revision + 1;
+        let opts = WatchOptions::new()
+            .with_range(range_end(&self.root))
+            .with_start_revision(i64::try_from(start).unwrap_or(i64::MAX));
+        let mut stream = tokio::time::timeout(
+            ATTEMPT,
+            client
+                .watch_client()
+                .max_decoding_message_size(MAX_MESSAGE)
+                .watch(self.root.clone(), Some(opts)),
+        )
+        .await
+        .map_err(|_| format!("no watch within {}s", ATTEMPT.as_secs()))?
+        .map_err(|e| e.to_string())?;
+        loop {
+            tokio::select! {
+                m = stream.message() => {
+                    let resp = m.map_err(|e| e.to_string())?.ok_or("the watch stream ended")?;
+                    if resp.canceled() {
+                        if resp.compact_revision() > 0 {
+                            return Ok(());
+                        }
+                        return Err(format!("etcd cancelled the watch: {}", resp.cancel_reason()));
+                    }
+                    if resp.created() {
+                        continue;
+                    }
+                    if resp.events().is_empty() {
+                        if let Ok(rev) = header_revision(resp.header()) {
+                            self.progressed(rev);
+                        }
+                    } else {
+                        self.apply(&resp);
+                    }
+                }
+                () = self.progress.notified() => {
+                    stream.request_progress().await.map_err(|e| e.to_string())?;
+                }
+            }
+        }
+    }
+
+    /// Waits until the cache has applied `rev`, asking the watch for a progress report when
+    /// the events stop short of it (writes outside the prefix move etcd's revision too).
+    async fn wait_applied(&self, rev: u64, within: Duration) -> Result<(), StoreError> {
+        let mut rx = self.applied.subscribe();
+        let deadline = Instant::now() + within;
+        let mut asked = false;
+        loop {
+            if self.cache().revision >= rev {
+                return Ok(());
+            }
+            let step = if asked {
+                deadline
+            } else {
+                (Instant::now() + Duration::from_millis(20)).min(deadline)
+            };
+            match tokio::time::timeout_at(step, rx.changed()).await {
+                Ok(_) => {}
+                Err(_) if Instant::now() >= deadline => {
+                    return Err(StoreError::Unavailable(format!(
+                        "the etcd watch has not reached revision {rev} within {}ms",
+                        within.as_millis()
+                    )));
+                }
+                Err(_) => {
+                    asked = true;
+                    self.progress.notify_one();
+                }
+            }
+        }
+    }
+
+    /// etcd's current revision, by a linearizable read on the current endpoint.
+    async fn current_revision(&self) -> Result<u64, StoreError> {
+        let i = self.current.load(Ordering::Relaxed) % self.endpoints.len();
+        let ep = &self.endpoints[i];
+        let key = format!("{}settings/", self.root);
+        let r = async {
+            ep.kv()
+                .await?
+                .get(key, Some(GetOptions::new().with_count_only()))
+                .await
+        }
+        .await;
+        match r {
+            Ok(resp) => header_revision(resp.header()),
+            Err(e) => {
+                if transient(&e) {
+                    self.rotate(i);
+                }
+                Err(StoreError::Unavailable(format!("{}: {e}", ep.url)))
+            }
+        }
+    }
+
+    async fn barrier(&self) -> Result<(), StoreError> {
+        let rev = self.current_revision().await?;
+        self.wait_applied(rev, BARRIER).await
+    }
+
+    /// Runs barriers on demand, and every `HEARTBEAT` without.
+    async fn barrier_loop(self: Arc<Self>) {
+        loop {
+            tokio::select! {
+                () = self.demand.notified() => {}
+                () = tokio::time::sleep(HEARTBEAT) => {}
+            }
+            let started = Instant::now();
+            let outcome = match tokio::time::timeout(BARRIER, self.barrier()).await {
+                Ok(r) => r,
+                Err(_) => {
+                    let i = self.current.load(Ordering::Relaxed) % self.endpoints.len();
+                    self.rotate(i);
+                    Err(StoreError::Unavailable(format!(
+                        "etcd did not confirm the current revision within {}ms",
+                        BARRIER.as_millis()
+                    )))
+                }
+            };
+            match outcome {
+                Ok(()) => {
+                    if lock(&self.barrier_failure).take().is_some() {
+                        tracing::info!("etcd confirms this replica's view again");
+                    }
+                    self.confirmed.send_replace(Confirmed {
+                        at: started,
+                        failing: false,
+                    });
+                }
+                Err(e) => {
+                    let first = lock(&self.barrier_failure).replace(e.to_string()).is_none();
+                    if first {
+                        tracing::warn!(error = %e, "etcd cannot confirm this replica's view");
+                    }
+                    self.confirmed.send_modify(|c| c.failing = true);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    /// `Ok` when a confirmation no older than `max_staleness` exists.
+    fn within_staleness(&self, c: Confirmed) -> Result<(), StoreError> {
+        let age = c.at.elapsed();
+        if age <= self.max_staleness {
+            return Ok(());
+        }
+        let why = lock(&self.barrier_failure)
+            .clone()
+            .unwrap_or_else(|| "no answer".into());
+        Err(StoreError::Unavailable(format!(
+            "etcd has not confirmed this replica's view for {:.1}s (--max-staleness {}s): {why}",
+            age.as_secs_f64(),
+            self.max_staleness.as_secs_f64()
+        )))
+    }
+}
+
+#[async_trait]
+impl Store for EtcdStore {
+    async fn get(&self, table: Table, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .inner
+            .cache()
+            .map
+            .get(&row_key(table, key))
+            .map(|e| e.value.clone()))
+    }
+
+    async fn scan(&self, table: Table, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let p = row_key(table, prefix);
+        let skip = table.name().len() + 1;
+        Ok(self
+            .inner
+            .cache()
+            .range(&p)
+            .map(|(k, e)| (k[skip..].to_owned(), e.value.clone()))
+            .collect())
+    }
+
+    async fn put(&self, table: Table, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        let k = format!("{}{}", self.inner.root, row_key(table, key));
+        let v = value.to_vec();
+        self.inner
+            .write(
+                "put",
+                move |mut kv| {
+                    let (k, v) = (k.clone(), v.clone());
+                    async move { kv.put(k, v, None).await }
+                },
+                |r| header_revision(r.header()),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn insert_new(&self, table: Table, key: &str, value: &[u8]) -> Result<bool, StoreError> {
+        let k = format!("{}{}", self.inner.root, row_key(table, key));
+        let v = value.to_vec();
+        let r = self
+            .inner
+            .write(
+                "insert",
+                move |mut kv| {
+                    let txn = Txn::new()
+                        .when([Compare::create_revision(k.clone(), CompareOp::Equal, 0)])
+                        .and_then([TxnOp::put(k.clone(), v.clone(), None)]);
+                    async move { kv.txn(txn).await }
+                },
+                |r| header_revision(r.header()),
+            )
+            .await?;
+        Ok(r.succeeded())
+    }
+
+    async fn delete(&self, table: Table, key: &str) -> Result<bool, StoreError> {
+        let k = format!("{}{}", self.inner.root, row_key(table, key));
+        let r = self
+            .inner
+            .write(
+                "delete",
+                move |mut kv| {
+                    let k = k.clone();
+                    async move { kv.delete(k, None).await }
+                },
+                |r| header_revision(r.header()),
+            )
+            .await?;
+        Ok(r.deleted() > 0)
+    }
+
+    async fn get_secret(&self, key: &str) -> Result<Option<StoredSecret>, StoreError> {
+        Ok(self
+            .inner
+            .cache()
+            .map
+            .get(&format!("{SECRETS}{key}"))
+            .map(|e| StoredSecret {
+                version: e.revision,
+                sealed: e.value.clone(),
+            }))
+    }
+
+    async fn list_secrets(&self, prefix: &str) -> Result<Vec<(String, u64)>, StoreError> {
+        Ok(self
+            .inner
+            .cache()
+            .range(&format!("{SECRETS}{prefix}"))
+            .map(|(k, e)| (k[SECRETS.len()..].to_owned(), e.revision))
+            .collect())
+    }
+
+    async fn put_secret(&self, key: &str, sealed: &[u8]) -> Result<u64, StoreError> {
+        let root = &self.inner.root;
+        let (k, tomb) = (
+            format!("{root}{SECRETS}{key}"),
+            format!("{root}{TOMBSTONES}{key}"),
+        );
+        let v = sealed.to_vec();
+        let r = self
+            .inner
+            .write(
+                "secret write",
+                move |mut kv| {
+                    let txn = Txn::new().and_then([
+                        TxnOp::put(k.clone(), v.clone(), None),
+                        TxnOp::delete(tomb.clone(), None),
+                    ]);
+                    async move { kv.txn(txn).await }
+                },
+                |r| header_revision(r.header()),
+            )
+            .await?;
+        header_revision(r.header())
+    }
+
+    async fn delete_secret(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        let root = &self.inner.root;
+        let (k, tomb) = (
+            format!("{root}{SECRETS}{key}"),
+            format!("{root}{TOMBSTONES}{key}"),
+        );
+        let r = self
+            .inner
+            .write(
+                "secret delete",
+                move |mut kv| {
+                    let txn = Txn::new()
+                        .when([Compare::create_revision(k.clone(), CompareOp::Greater, 0)])
+                        .and_then([
+                            TxnOp::delete(k.clone(), None),
+                            TxnOp::put(tomb.clone(), Vec::new(), None),
+                        ]);
+                    async move { kv.txn(txn).await }
+                },
+                |r| header_revision(r.header()),
+            )
+            .await?;
+        if r.succeeded() {
+            Ok(Some(header_revision(r.header())?))
+        } else {
+            Ok(None)
+        }
+    }
+
+    async fn changes_since(&self, revision: u64, limit: usize) -> Result<Vec<Change>, StoreError> {
+        let cache = self.inner.cache();
+        Ok(cache
+            .feed
+            .range((revision.saturating_add(1), String::new())..)
+            .take(limit)
+            .filter_map(|(rev, k)| {
+                let (key, deleted) = if let Some(k) = k.strip_prefix(SECRETS) {
+                    (k, false)
+                } else if let Some(k) = k.strip_prefix(TOMBSTONES) {
+                    (k, true)
+                } else {
+                    (k.strip_prefix(MARKERS)?, false)
+                };
+                Some(Change {
+                    revision: *rev,
+                    key: key.to_owned(),
+                    deleted,
+                })
+            })
+            .collect())
+    }
+
+    async fn revision(&self) -> Result<u64, StoreError> {
+        Ok(self.inner.cache().revision)
+    }
+
+    async fn touch(&self, marker: &str) -> Result<u64, StoreError> {
+        let k = format!("{}{MARKERS}{marker}", self.inner.root);
+        let r = self
+            .inner
+            .write(
+                "marker write",
+                move |mut kv| {
+                    let k = k.clone();
+                    async move { kv.put(k, Vec::new(), None).await }
+                },
+                |r| header_revision(r.header()),
+            )
+            .await?;
+        header_revision(r.header())
+    }
+
+    async fn health(&self) -> Result<(), String> {
+        if let Some(why) = lock(&self.inner.barrier_failure).clone() {
+            return Err(format!("etcd is unavailable: {why}"));
+        }
+        if let Some(why) = lock(&self.inner.write_failure).clone() {
+            return Err(why);
+        }
+        Ok(())
+    }
+
+    async fn sync(&self) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        let t0 = Instant::now();
+        let mut rx = inner.confirmed.subscribe();
+        inner.demand.notify_one();
+        let mut deadline = None;
+        loop {
+            let c = *rx.borrow_and_update();
+            if c.at >= t0 {
+                return Ok(());
+            }
+            let d = *deadline.get_or_insert_with(|| {
+                t0 + if c.failing {
+                    SYNC_WAIT_FAILING
+                } else {
+                    SYNC_WAIT
+                }
+            });
+            match tokio::time::timeout_at(d, rx.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return inner.within_staleness(*rx.borrow()),
+            }
+        }
+    }
+
+    fn changes(&self) -> Option<watch::Receiver<u64>> {
+        Some(self.inner.applied.subscribe())
+    }
+
+    fn revocation_epoch(&self) -> u64 {
+        self.inner.revocations.load(Ordering::Relaxed)
+    }
+
+    async fn is_empty(&self) -> Result<bool, StoreError> {
+        Ok(self.inner.cache().map.is_empty())
+    }
+
+    async fn export(&self) -> Result<Vec<Record>, StoreError> {
+        let cache = self.inner.cache();
+        let mut out = Vec::new();
+        for (k, e) in &cache.map {
+            if let Some(key) = k.strip_prefix(SECRETS) {
+                out.push(Record::Secret {
+                    key: key.to_owned(),
+                    sealed: e.value.clone(),
+                });
+                continue;
+            }
+            let Some((table, key)) = k.split_once('/') else {
+                continue;
+            };
+            if let Some(table) = Table::ALL.iter().find(|t| t.name() == table) {
+                out.push(Record::Row {
+                    table: *table,
+                    key: key.to_owned(),
+                    value: e.value.clone(),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    async fn import(&self, records: Vec<Record>) -> Result<(), StoreError> {
+        for r in records {
+            match r {
+                Record::Row { table, key, value } => {
+                    if !self.insert_new(table, &key, &value).await? {
+                        return Err(StoreError::Engine(format!(
+                            "{}/{key} appeared in the target during the copy",
+                            table.name()
+                        )));
+                    }
+                }
+                Record::Secret { key, sealed } => {
+                    self.put_secret(&key, &sealed).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_parse() {
+        let t = EtcdTarget::parse("etcd://127.0.0.1:2379").unwrap();
+        assert_eq!(t.endpoints, ["127.0.0.1:2379"]);
+        assert_eq!(t.prefix, DEFAULT_PREFIX);
+        let t = EtcdTarget::parse("etcd://a:1,b:2,[::1]:3/team/prod/").unwrap();
+        assert_eq!(t.endpoints, ["a:1", "b:2", "[::1]:3"]);
+        assert_eq!(t.prefix, "team/prod");
+        assert_eq!(t.to_string(), "etcd://a:1,b:2,[::1]:3/team/prod");
+        for bad in [
+            "http://a:1",
+            "etcd://",
+            "etcd://a",
+            "etcd://a:0",
+            "etcd://a:99999",
+            "etcd://a:1,,b:2",
+            "etcd://a:1/x y",
+            "etcd://a:1/x//y",
+        ] {
+            assert!(EtcdTarget::parse(bad).is_err(), "{bad} parsed");
+        }
+    }
+
+    #[test]
+    fn the_feed_keeps_the_newest_state_of_each_key() {
+        let mut c = Cache::default();
+        c.put("secrets/alice/k".into(), vec![1], 5);
+        c.put("users/alice".into(), vec![2], 6);
+        c.put("secrets/alice/k".into(), vec![3], 7);
+        c.put("deleted/bob/x".into(), vec![], 8);
+        assert_eq!(
+            c.feed.iter().cloned().collect::<Vec<_>>(),
+            [(7, "secrets/alice/k".into()), (8, "deleted/bob/x".into())]
+        );
+        c.delete("secrets/alice/k");
+        assert_eq!(c.feed.len(), 1);
+        assert_eq!(c.range("secrets/").count(), 0);
+        assert_eq!(c.range("users/").count(), 1);
+        assert_eq!(range_end("/p/"), b"/p0".to_vec());
+    }
+}
