@@ -10,7 +10,10 @@
 #   openssl              makes the certificate of the README's HTTPS recipe in the TLS test
 set -euo pipefail
 
-packages=(ca-certificates pkg-config util-linux binutils podman runc catatonit busybox-static openssl)
+# etcd-server and etcd-client: the etcd backend's tests; protobuf-compiler: the etcd-client
+# crate's build script needs protoc.
+packages=(ca-certificates pkg-config util-linux binutils podman runc catatonit busybox-static openssl
+  etcd-server etcd-client protobuf-compiler)
 if [[ "${1:-}" == "--bench" ]]; then
   packages+=(nginx-light wrk bc python3)
 fi

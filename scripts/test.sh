@@ -7,5 +7,8 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo build --locked --workspace --bins
 cargo test --locked --workspace
+# The end-to-end suite again with every secretd on etcd (one member shared by the tests, a key
+# prefix per server); the replica tests (etcd_cluster) run their own 3-member clusters above.
+NEURO_TEST_STORE=etcd cargo test --locked -p secrets-tests --test e2e -- --skip etcd_cluster::
 cargo fmt --all -- --check
 cargo clippy --locked --workspace --all-targets -- -D warnings

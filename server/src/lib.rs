@@ -306,7 +306,9 @@ async fn master_key(store: &dyn store::Store, path: &Path) -> anyhow::Result<(cr
         Some(_) => {}
         None => {
             if !store.insert_new(Table::Meta, KEY_CHECK, ours).await? {
-                // Another replica stored its check value first.
+                // Another replica stored its check value first: read it once this replica's
+                // copy of the store has caught up.
+                store.sync().await?;
                 let now = store.get(Table::Meta, KEY_CHECK).await?;
                 if now.as_deref() != Some(ours) {
                     undo(created);

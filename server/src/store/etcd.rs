@@ -263,6 +263,8 @@ struct Cache {
 const SECRETS: &str = "secrets/";
 const TOMBSTONES: &str = "deleted/";
 const MARKERS: &str = "markers/";
+/// The key every write transaction also writes (see `Inner::tick`).
+const CLOCK: &str = "clock";
 
 fn in_feed(key: &str) -> bool {
     key.starts_with(SECRETS) || key.starts_with(TOMBSTONES) || key.starts_with(MARKERS)
@@ -336,8 +338,6 @@ struct Inner {
     confirmed: watch::Sender<Confirmed>,
     /// Asks the barrier task for a barrier now.
     demand: Notify,
-    /// Asks the watch task for a progress report.
-    progress: Notify,
     /// Why the last write failed; `None` once one succeeds.
     write_failure: Mutex<Option<String>>,
     /// Why the last barrier failed.
@@ -397,7 +397,6 @@ impl EtcdStore {
             })
             .0,
             demand: Notify::new(),
-            progress: Notify::new(),
             write_failure: Mutex::new(None),
             barrier_failure: Mutex::new(None),
             revocations: AtomicU64::new(0),
@@ -488,18 +487,17 @@ impl Inner {
         }
     }
 
-    /// A write: remembered for `health`, and returned only once the watch applied it.
-    async fn write<T, F, Fut>(
-        &self,
-        what: &str,
-        f: F,
-        revision: impl Fn(&T) -> Result<u64, StoreError>,
-    ) -> Result<T, StoreError>
-    where
-        F: Fn(KvClient) -> Fut,
-        Fut: Future<Output = Result<T, etcd_client::Error>>,
-    {
-        let out = match self.call(what, Retry::UnlessTimedOut, f).await {
+    /// A write transaction (each writes the clock key, so it has an event in the prefix):
+    /// remembered for `health`, and returned only once the watch applied it, so that this
+    /// replica reads its own writes.
+    async fn txn(&self, what: &str, txn: Txn) -> Result<etcd_client::TxnResponse, StoreError> {
+        let r = self
+            .call(what, Retry::UnlessTimedOut, move |mut kv| {
+                let txn = txn.clone();
+                async move { kv.txn(txn).await }
+            })
+            .await;
+        let out = match r {
             Ok(v) => {
                 *lock(&self.write_failure) = None;
                 v
@@ -509,7 +507,7 @@ impl Inner {
                 return Err(e);
             }
         };
-        let rev = revision(&out)?;
+        let rev = header_revision(out.header())?;
         if let Err(e) = self.wait_applied(rev, DEADLINE).await {
             // The write is in etcd; only this replica's copy lags.
             tracing::warn!(revision = rev, error = %e, "a write is not in this replica's cache yet");
@@ -601,16 +599,6 @@ impl Inner {
         self.applied.send_replace(rev);
     }
 
-    /// A progress report: every event up to `rev` has been delivered.
-    fn progressed(&self, rev: u64) {
-        let mut cache = self.cache_mut();
-        if rev > cache.revision {
-            cache.revision = rev;
-            drop(cache);
-            self.applied.send_replace(rev);
-        }
-    }
-
     /// Follows the prefix from the cache's revision, forever, moving to another endpoint when
     /// one fails and reloading everything when etcd compacted past the cache.
     async fn watch_loop(self: Arc<Self>) {
@@ -658,78 +646,62 @@ impl Inner {
         .map_err(|_| format!("no watch within {}s", ATTEMPT.as_secs()))?
         .map_err(|e| e.to_string())?;
         loop {
-            tokio::select! {
-                m = stream.message() => {
-                    let resp = m.map_err(|e| e.to_string())?.ok_or("the watch stream ended")?;
-                    if resp.canceled() {
-                        if resp.compact_revision() > 0 {
-                            return Ok(());
-                        }
-                        return Err(format!("etcd cancelled the watch: {}", resp.cancel_reason()));
-                    }
-                    if resp.created() {
-                        continue;
-                    }
-                    if resp.events().is_empty() {
-                        if let Ok(rev) = header_revision(resp.header()) {
-                            self.progressed(rev);
-                        }
-                    } else {
-                        self.apply(&resp);
-                    }
+            let resp = stream
+                .message()
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or("the watch stream ended")?;
+            if resp.canceled() {
+                if resp.compact_revision() > 0 {
+                    return Ok(());
                 }
-                () = self.progress.notified() => {
-                    stream.request_progress().await.map_err(|e| e.to_string())?;
-                }
+                return Err(format!(
+                    "etcd cancelled the watch: {}",
+                    resp.cancel_reason()
+                ));
+            }
+            // Progress reports are not used: etcd 3.4 sends them before an unsynced watcher
+            // has caught up. The clock key gives every write of ours an event instead.
+            if !resp.events().is_empty() {
+                self.apply(&resp);
             }
         }
     }
 
-    /// Waits until the cache has applied `rev`, asking the watch for a progress report when
-    /// the events stop short of it (writes outside the prefix move etcd's revision too).
+    /// Waits until the cache has applied `rev`.
     async fn wait_applied(&self, rev: u64, within: Duration) -> Result<(), StoreError> {
         let mut rx = self.applied.subscribe();
         let deadline = Instant::now() + within;
-        let mut asked = false;
         loop {
             if self.cache().revision >= rev {
                 return Ok(());
             }
-            let step = if asked {
-                deadline
-            } else {
-                (Instant::now() + Duration::from_millis(20)).min(deadline)
-            };
-            match tokio::time::timeout_at(step, rx.changed()).await {
-                Ok(_) => {}
-                Err(_) if Instant::now() >= deadline => {
-                    return Err(StoreError::Unavailable(format!(
-                        "the etcd watch has not reached revision {rev} within {}ms",
-                        within.as_millis()
-                    )));
-                }
-                Err(_) => {
-                    asked = true;
-                    self.progress.notify_one();
-                }
+            if tokio::time::timeout_at(deadline, rx.changed())
+                .await
+                .is_err()
+            {
+                return Err(StoreError::Unavailable(format!(
+                    "the etcd watch has not reached revision {rev} within {}ms",
+                    within.as_millis()
+                )));
             }
         }
     }
 
-    /// etcd's current revision, by a linearizable read on the current endpoint.
+    /// The revision of the newest write to the prefix: the clock key's mod revision, by a
+    /// linearizable read on the current endpoint. (etcd's own revision would do only if
+    /// nothing else wrote to this etcd: the watch never sees writes outside the prefix.)
     async fn current_revision(&self) -> Result<u64, StoreError> {
         let i = self.current.load(Ordering::Relaxed) % self.endpoints.len();
         let ep = &self.endpoints[i];
-        let key = format!("{}settings/", self.root);
-        let r = async {
-            ep.kv()
-                .await?
-                .get(key, Some(GetOptions::new().with_count_only()))
-                .await
-        }
-        .await;
+        let key = self.clock_key();
+        let r = async { ep.kv().await?.get(key, None).await }.await;
         match r {
-            Ok(resp) => header_revision(resp.header()),
+            Ok(resp) => Ok(resp
+                .kvs()
+                .first()
+                .and_then(|kv| u64::try_from(kv.mod_revision()).ok())
+                .unwrap_or(0)),
             Err(e) => {
                 if transient(&e) {
                     self.rotate(i);
@@ -737,6 +709,16 @@ impl Inner {
                 Err(StoreError::Unavailable(format!("{}: {e}", ep.url)))
             }
         }
+    }
+
+    /// Written by every write transaction of the store, so that each has an event in the
+    /// prefix and the newest one's revision can be read.
+    fn clock_key(&self) -> String {
+        format!("{}{CLOCK}", self.root)
+    }
+
+    fn tick(&self) -> TxnOp {
+        TxnOp::put(self.clock_key(), Vec::new(), None)
     }
 
     async fn barrier(&self) -> Result<(), StoreError> {
@@ -826,53 +808,27 @@ impl Store for EtcdStore {
 
     async fn put(&self, table: Table, key: &str, value: &[u8]) -> Result<(), StoreError> {
         let k = format!("{}{}", self.inner.root, row_key(table, key));
-        let v = value.to_vec();
-        self.inner
-            .write(
-                "put",
-                move |mut kv| {
-                    let (k, v) = (k.clone(), v.clone());
-                    async move { kv.put(k, v, None).await }
-                },
-                |r| header_revision(r.header()),
-            )
-            .await?;
+        let txn = Txn::new().and_then([TxnOp::put(k, value.to_vec(), None), self.inner.tick()]);
+        self.inner.txn("put", txn).await?;
         Ok(())
     }
 
     async fn insert_new(&self, table: Table, key: &str, value: &[u8]) -> Result<bool, StoreError> {
         let k = format!("{}{}", self.inner.root, row_key(table, key));
-        let v = value.to_vec();
-        let r = self
-            .inner
-            .write(
-                "insert",
-                move |mut kv| {
-                    let txn = Txn::new()
-                        .when([Compare::create_revision(k.clone(), CompareOp::Equal, 0)])
-                        .and_then([TxnOp::put(k.clone(), v.clone(), None)]);
-                    async move { kv.txn(txn).await }
-                },
-                |r| header_revision(r.header()),
-            )
-            .await?;
-        Ok(r.succeeded())
+        let txn = Txn::new()
+            .when([Compare::create_revision(k.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(k, value.to_vec(), None), self.inner.tick()])
+            .or_else([self.inner.tick()]);
+        Ok(self.inner.txn("insert", txn).await?.succeeded())
     }
 
     async fn delete(&self, table: Table, key: &str) -> Result<bool, StoreError> {
         let k = format!("{}{}", self.inner.root, row_key(table, key));
-        let r = self
-            .inner
-            .write(
-                "delete",
-                move |mut kv| {
-                    let k = k.clone();
-                    async move { kv.delete(k, None).await }
-                },
-                |r| header_revision(r.header()),
-            )
-            .await?;
-        Ok(r.deleted() > 0)
+        let txn = Txn::new().and_then([TxnOp::delete(k, None), self.inner.tick()]);
+        let r = self.inner.txn("delete", txn).await?;
+        Ok(r.op_responses()
+            .iter()
+            .any(|op| matches!(op, etcd_client::TxnOpResponse::Delete(d) if d.deleted() > 0)))
     }
 
     async fn get_secret(&self, key: &str) -> Result<Option<StoredSecret>, StoreError> {
@@ -898,50 +854,27 @@ impl Store for EtcdStore {
 
     async fn put_secret(&self, key: &str, sealed: &[u8]) -> Result<u64, StoreError> {
         let root = &self.inner.root;
-        let (k, tomb) = (
-            format!("{root}{SECRETS}{key}"),
-            format!("{root}{TOMBSTONES}{key}"),
-        );
-        let v = sealed.to_vec();
-        let r = self
-            .inner
-            .write(
-                "secret write",
-                move |mut kv| {
-                    let txn = Txn::new().and_then([
-                        TxnOp::put(k.clone(), v.clone(), None),
-                        TxnOp::delete(tomb.clone(), None),
-                    ]);
-                    async move { kv.txn(txn).await }
-                },
-                |r| header_revision(r.header()),
-            )
-            .await?;
+        let txn = Txn::new().and_then([
+            TxnOp::put(format!("{root}{SECRETS}{key}"), sealed.to_vec(), None),
+            TxnOp::delete(format!("{root}{TOMBSTONES}{key}"), None),
+            self.inner.tick(),
+        ]);
+        let r = self.inner.txn("secret write", txn).await?;
         header_revision(r.header())
     }
 
     async fn delete_secret(&self, key: &str) -> Result<Option<u64>, StoreError> {
         let root = &self.inner.root;
-        let (k, tomb) = (
-            format!("{root}{SECRETS}{key}"),
-            format!("{root}{TOMBSTONES}{key}"),
-        );
-        let r = self
-            .inner
-            .write(
-                "secret delete",
-                move |mut kv| {
-                    let txn = Txn::new()
-                        .when([Compare::create_revision(k.clone(), CompareOp::Greater, 0)])
-                        .and_then([
-                            TxnOp::delete(k.clone(), None),
-                            TxnOp::put(tomb.clone(), Vec::new(), None),
-                        ]);
-                    async move { kv.txn(txn).await }
-                },
-                |r| header_revision(r.header()),
-            )
-            .await?;
+        let k = format!("{root}{SECRETS}{key}");
+        let txn = Txn::new()
+            .when([Compare::create_revision(k.clone(), CompareOp::Greater, 0)])
+            .and_then([
+                TxnOp::delete(k, None),
+                TxnOp::put(format!("{root}{TOMBSTONES}{key}"), Vec::new(), None),
+                self.inner.tick(),
+            ])
+            .or_else([self.inner.tick()]);
+        let r = self.inner.txn("secret delete", txn).await?;
         if r.succeeded() {
             Ok(Some(header_revision(r.header())?))
         } else {
@@ -978,17 +911,8 @@ impl Store for EtcdStore {
 
     async fn touch(&self, marker: &str) -> Result<u64, StoreError> {
         let k = format!("{}{MARKERS}{marker}", self.inner.root);
-        let r = self
-            .inner
-            .write(
-                "marker write",
-                move |mut kv| {
-                    let k = k.clone();
-                    async move { kv.put(k, Vec::new(), None).await }
-                },
-                |r| header_revision(r.header()),
-            )
-            .await?;
+        let txn = Txn::new().and_then([TxnOp::put(k, Vec::new(), None), self.inner.tick()]);
+        let r = self.inner.txn("marker write", txn).await?;
         header_revision(r.header())
     }
 
@@ -1036,7 +960,7 @@ impl Store for EtcdStore {
     }
 
     async fn is_empty(&self) -> Result<bool, StoreError> {
-        Ok(self.inner.cache().map.is_empty())
+        Ok(self.inner.cache().map.keys().all(|k| k == CLOCK))
     }
 
     async fn export(&self) -> Result<Vec<Record>, StoreError> {

@@ -16,6 +16,16 @@ pub fn require_root(why: &str) {
     assert!(euid.is_root(), "this test needs root ({why}); euid {euid}");
 }
 
+/// The store every `Server` runs on unless a test names one: `NEURO_TEST_STORE` (`embedded`,
+/// the default, or `etcd`, a key prefix per server on one etcd member shared by the tests).
+pub fn store_under_test() -> String {
+    match std::env::var("NEURO_TEST_STORE") {
+        Ok(s) if s == "etcd" || s == "embedded" => s,
+        Ok(s) if !s.is_empty() => panic!("NEURO_TEST_STORE={s}: expected embedded or etcd"),
+        _ => "embedded".into(),
+    }
+}
+
 /// Where cargo put the workspace's binaries: next to this test's `deps/` directory.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
@@ -107,12 +117,27 @@ impl Server {
 
     pub fn start_with(extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
+        let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        if store_under_test() == "etcd" && !extra.iter().any(|a| a == "--store") {
+            // Each server gets its own key prefix on the shared etcd member.
+            let name = dir
+                .path()
+                .file_name()
+                .expect("tempdir name")
+                .to_string_lossy();
+            let prefix: String = name.chars().filter(char::is_ascii_alphanumeric).collect();
+            extra.push("--store".into());
+            extra.push(format!(
+                "etcd://{}/test-{prefix}",
+                crate::etcd::shared_endpoint()
+            ));
+        }
         let mut s = Server {
             dir,
             url: String::new(),
             addr: "127.0.0.1:0".into(),
             child: None,
-            extra: extra.iter().map(|s| s.to_string()).collect(),
+            extra,
             transcript: Transcript::default(),
         };
         s.spawn();
@@ -134,7 +159,10 @@ impl Server {
             .arg(self.data_dir())
             .args(["--listen", &self.addr])
             .args(&self.extra)
-            .env("RUST_LOG", "debug")
+            .env(
+                "RUST_LOG",
+                "debug,h2=info,tower=info,hyper_util=info,tonic=info",
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr)

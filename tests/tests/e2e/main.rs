@@ -3,12 +3,14 @@
 // A test fails by panicking; unwrap is its assertion. Case tables are wide tuples on purpose.
 #![allow(clippy::unwrap_used, clippy::type_complexity)]
 
+mod etcd;
 mod harness;
 
 mod audit_fail_closed;
 mod authz;
 mod bad_input;
 mod crash;
+mod etcd_cluster;
 mod hardening;
 mod inject;
 mod inject_hardening;

@@ -640,7 +640,9 @@ fn kill_9_leaves_a_stale_mount_the_next_start_clears() {
 #[test]
 fn a_store_restored_from_a_backup_keeps_rotation_going_without_polling() {
     require_root_fuse();
-    let (mut srv, t) = Server::start_with_users(&["alice"]);
+    // A backup of the embedded store's file (etcd has its own snapshots).
+    let mut srv = Server::start_with(&["--cluster", "neuro-compute", "--store", "embedded"]);
+    let t = srv.add_users(&["alice"]);
     let alice = t[0].clone();
     srv.put(&alice, "k", b"v1");
     let backup = tempfile::tempdir().unwrap();
