@@ -243,6 +243,57 @@ enum Retry {
     UnlessTimedOut,
 }
 
+/// A failed call: timed out (the request may have been applied), or failed otherwise.
+#[derive(Debug)]
+enum CallError {
+    TimedOut(String),
+    Failed(StoreError),
+}
+
+impl CallError {
+    fn into_store(self) -> StoreError {
+        match self {
+            CallError::TimedOut(why) => StoreError::Unavailable(why),
+            CallError::Failed(e) => e,
+        }
+    }
+}
+
+/// What a write leaves behind if it was applied: a value no other write produces (sealed
+/// values and token records hold random bytes), or the key's absence.
+#[derive(Debug)]
+enum Landed {
+    Value { key: String, value: Vec<u8> },
+    Absent { key: String },
+    Unknown,
+}
+
+/// The outcome of a write transaction.
+#[derive(Debug, Clone, Copy)]
+struct Written {
+    /// The transaction's condition held (always, without one).
+    succeeded: bool,
+    revision: u64,
+    /// A delete removed something.
+    deleted: bool,
+}
+
+impl From<&etcd_client::TxnResponse> for Written {
+    fn from(r: &etcd_client::TxnResponse) -> Self {
+        Written {
+            succeeded: r.succeeded(),
+            revision: r
+                .header()
+                .and_then(|h| u64::try_from(h.revision()).ok())
+                .unwrap_or(0),
+            deleted: r
+                .op_responses()
+                .iter()
+                .any(|op| matches!(op, etcd_client::TxnOpResponse::Delete(d) if d.deleted() > 0)),
+        }
+    }
+}
+
 /// One cached record.
 #[derive(Debug)]
 struct Entry {
@@ -362,12 +413,6 @@ fn range_end(prefix: &str) -> Vec<u8> {
     vec![0]
 }
 
-fn header_revision(h: Option<&etcd_client::ResponseHeader>) -> Result<u64, StoreError> {
-    h.map(|h| h.revision())
-        .and_then(|r| u64::try_from(r).ok())
-        .ok_or_else(|| StoreError::Engine("etcd answered without a revision".into()))
-}
-
 impl EtcdStore {
     /// Connects, loads the prefix and starts the watch and barrier tasks. Fails when no
     /// endpoint answers within a few seconds.
@@ -439,21 +484,38 @@ impl Inner {
 
     /// Runs `f` against the current endpoint, moving on to the next one after a transient
     /// failure, until `DEADLINE`.
-    async fn call<T, F, Fut>(&self, what: &str, retry: Retry, f: F) -> Result<T, StoreError>
+    async fn call<T, F, Fut>(&self, what: &str, f: F) -> Result<T, StoreError>
     where
         F: Fn(KvClient) -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
         let deadline = Instant::now() + DEADLINE;
+        self.call_until(deadline, what, Retry::Always, f)
+            .await
+            .map_err(CallError::into_store)
+    }
+
+    /// `call` until `deadline`; with `Retry::UnlessTimedOut`, an attempt that timed out ends
+    /// it (the request may have been applied).
+    async fn call_until<T, F, Fut>(
+        &self,
+        deadline: Instant,
+        what: &str,
+        retry: Retry,
+        f: F,
+    ) -> Result<T, CallError>
+    where
+        F: Fn(KvClient) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
         let mut pause = Duration::from_millis(20);
-        let mut last = String::new();
+        let mut last = String::from("no attempt");
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(StoreError::Unavailable(format!(
-                    "etcd {what} failed on every endpoint for {}s; last: {last}",
-                    DEADLINE.as_secs()
-                )));
+                return Err(CallError::Failed(StoreError::Unavailable(format!(
+                    "etcd {what} failed on every endpoint until its deadline; last: {last}"
+                ))));
             }
             let i = self.current.load(Ordering::Relaxed) % self.endpoints.len();
             let ep = &self.endpoints[i];
@@ -465,21 +527,21 @@ impl Inner {
                     self.rotate(i);
                 }
                 Ok(Err(e)) => {
-                    return Err(StoreError::Engine(format!(
+                    return Err(CallError::Failed(StoreError::Engine(format!(
                         "etcd {what} on {}: {e}",
                         ep.url
-                    )));
+                    ))));
                 }
                 Err(_) => {
                     self.rotate(i);
+                    last = format!(
+                        "{} did not answer within {}ms",
+                        ep.url,
+                        left.min(ATTEMPT).as_millis()
+                    );
                     if retry == Retry::UnlessTimedOut {
-                        return Err(StoreError::Unavailable(format!(
-                            "etcd {what} on {} did not answer within {}s",
-                            ep.url,
-                            ATTEMPT.as_secs()
-                        )));
+                        return Err(CallError::TimedOut(last));
                     }
-                    last = format!("{} did not answer within {}s", ep.url, ATTEMPT.as_secs());
                 }
             }
             tokio::time::sleep(pause.min(left)).await;
@@ -489,30 +551,98 @@ impl Inner {
 
     /// A write transaction (each writes the clock key, so it has an event in the prefix):
     /// remembered for `health`, and returned only once the watch applied it, so that this
-    /// replica reads its own writes.
-    async fn txn(&self, what: &str, txn: Txn) -> Result<etcd_client::TxnResponse, StoreError> {
-        let r = self
-            .call(what, Retry::UnlessTimedOut, move |mut kv| {
-                let txn = txn.clone();
-                async move { kv.txn(txn).await }
-            })
-            .await;
-        let out = match r {
-            Ok(v) => {
+    /// replica reads its own writes. When an attempt's answer is lost (the leader died under
+    /// it), `landed` tells whether it was applied; if not, it is sent again.
+    async fn txn(&self, what: &str, txn: Txn, landed: Landed) -> Result<Written, StoreError> {
+        let deadline = Instant::now() + DEADLINE;
+        let r = loop {
+            let t = txn.clone();
+            let sent = self
+                .call_until(deadline, what, Retry::UnlessTimedOut, move |mut kv| {
+                    let t = t.clone();
+                    async move { kv.txn(t).await }
+                })
+                .await;
+            match sent {
+                Ok(resp) => break Ok(Written::from(&resp)),
+                Err(CallError::TimedOut(why)) => match self.landed(&landed, deadline).await {
+                    Ok(Some(w)) => break Ok(w),
+                    Ok(None) => {
+                        tracing::info!(what, %why, "an etcd write's answer was lost and it did not land; sending it again");
+                    }
+                    Err(e) => break Err(e),
+                },
+                Err(CallError::Failed(e)) => break Err(e),
+            }
+        };
+        let w = match r {
+            Ok(w) => {
                 *lock(&self.write_failure) = None;
-                v
+                w
             }
             Err(e) => {
                 *lock(&self.write_failure) = Some(e.to_string());
                 return Err(e);
             }
         };
-        let rev = header_revision(out.header())?;
-        if let Err(e) = self.wait_applied(rev, DEADLINE).await {
+        if let Err(e) = self.wait_applied(w.revision, DEADLINE).await {
             // The write is in etcd; only this replica's copy lags.
-            tracing::warn!(revision = rev, error = %e, "a write is not in this replica's cache yet");
+            tracing::warn!(revision = w.revision, error = %e, "a write is not in this replica's cache yet");
         }
-        Ok(out)
+        Ok(w)
+    }
+
+    /// Whether a write whose answer was lost was applied: `Some` with its outcome when it
+    /// was, `None` when it was not (or cannot be told, for `Landed::Unknown`).
+    async fn landed(
+        &self,
+        landed: &Landed,
+        deadline: Instant,
+    ) -> Result<Option<Written>, StoreError> {
+        let (key, want) = match landed {
+            Landed::Unknown => return Ok(None),
+            Landed::Value { key, value } => (key.clone(), Some(value.clone())),
+            Landed::Absent { key } => (key.clone(), None),
+        };
+        let clock = self.clock_key();
+        let txn = Txn::new().and_then([TxnOp::get(key, None), TxnOp::get(clock, None)]);
+        let resp = self
+            .call_until(deadline, "check", Retry::Always, move |mut kv| {
+                let t = txn.clone();
+                async move { kv.txn(t).await }
+            })
+            .await
+            .map_err(CallError::into_store)?;
+        let gets: Vec<_> = resp
+            .op_responses()
+            .into_iter()
+            .filter_map(|op| match op {
+                etcd_client::TxnOpResponse::Get(g) => Some(g),
+                _ => None,
+            })
+            .collect();
+        let [found, clock] = gets.as_slice() else {
+            return Err(StoreError::Engine("etcd answered a check oddly".into()));
+        };
+        let now = found.kvs().first();
+        let there = match (&want, now) {
+            (Some(v), Some(kv)) => kv.value() == v.as_slice(),
+            (None, None) => true,
+            _ => false,
+        };
+        if !there {
+            return Ok(None);
+        }
+        let revision = now
+            .map(|kv| kv.mod_revision())
+            .or_else(|| clock.kvs().first().map(|kv| kv.mod_revision()))
+            .and_then(|r| u64::try_from(r).ok())
+            .unwrap_or(0);
+        Ok(Some(Written {
+            succeeded: true,
+            revision,
+            deleted: want.is_none(),
+        }))
     }
 
     /// Loads the whole prefix at one revision and replaces the cache.
@@ -528,7 +658,7 @@ impl Inner {
             }
             let key = from.clone();
             let resp = self
-                .call("load", Retry::Always, move |mut kv| {
+                .call("load", move |mut kv| {
                     let (key, opts) = (key.clone(), opts.clone());
                     async move { kv.get(key, Some(opts)).await }
                 })
@@ -808,8 +938,15 @@ impl Store for EtcdStore {
 
     async fn put(&self, table: Table, key: &str, value: &[u8]) -> Result<(), StoreError> {
         let k = format!("{}{}", self.inner.root, row_key(table, key));
-        let txn = Txn::new().and_then([TxnOp::put(k, value.to_vec(), None), self.inner.tick()]);
-        self.inner.txn("put", txn).await?;
+        let txn = Txn::new().and_then([
+            TxnOp::put(k.clone(), value.to_vec(), None),
+            self.inner.tick(),
+        ]);
+        let landed = Landed::Value {
+            key: k,
+            value: value.to_vec(),
+        };
+        self.inner.txn("put", txn, landed).await?;
         Ok(())
     }
 
@@ -817,18 +954,23 @@ impl Store for EtcdStore {
         let k = format!("{}{}", self.inner.root, row_key(table, key));
         let txn = Txn::new()
             .when([Compare::create_revision(k.clone(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(k, value.to_vec(), None), self.inner.tick()])
+            .and_then([
+                TxnOp::put(k.clone(), value.to_vec(), None),
+                self.inner.tick(),
+            ])
             .or_else([self.inner.tick()]);
-        Ok(self.inner.txn("insert", txn).await?.succeeded())
+        let landed = Landed::Value {
+            key: k,
+            value: value.to_vec(),
+        };
+        Ok(self.inner.txn("insert", txn, landed).await?.succeeded)
     }
 
     async fn delete(&self, table: Table, key: &str) -> Result<bool, StoreError> {
         let k = format!("{}{}", self.inner.root, row_key(table, key));
-        let txn = Txn::new().and_then([TxnOp::delete(k, None), self.inner.tick()]);
-        let r = self.inner.txn("delete", txn).await?;
-        Ok(r.op_responses()
-            .iter()
-            .any(|op| matches!(op, etcd_client::TxnOpResponse::Delete(d) if d.deleted() > 0)))
+        let txn = Txn::new().and_then([TxnOp::delete(k.clone(), None), self.inner.tick()]);
+        let landed = Landed::Absent { key: k };
+        Ok(self.inner.txn("delete", txn, landed).await?.deleted)
     }
 
     async fn get_secret(&self, key: &str) -> Result<Option<StoredSecret>, StoreError> {
@@ -854,13 +996,17 @@ impl Store for EtcdStore {
 
     async fn put_secret(&self, key: &str, sealed: &[u8]) -> Result<u64, StoreError> {
         let root = &self.inner.root;
+        let k = format!("{root}{SECRETS}{key}");
         let txn = Txn::new().and_then([
-            TxnOp::put(format!("{root}{SECRETS}{key}"), sealed.to_vec(), None),
+            TxnOp::put(k.clone(), sealed.to_vec(), None),
             TxnOp::delete(format!("{root}{TOMBSTONES}{key}"), None),
             self.inner.tick(),
         ]);
-        let r = self.inner.txn("secret write", txn).await?;
-        header_revision(r.header())
+        let landed = Landed::Value {
+            key: k,
+            value: sealed.to_vec(),
+        };
+        Ok(self.inner.txn("secret write", txn, landed).await?.revision)
     }
 
     async fn delete_secret(&self, key: &str) -> Result<Option<u64>, StoreError> {
@@ -869,17 +1015,16 @@ impl Store for EtcdStore {
         let txn = Txn::new()
             .when([Compare::create_revision(k.clone(), CompareOp::Greater, 0)])
             .and_then([
-                TxnOp::delete(k, None),
+                TxnOp::delete(k.clone(), None),
                 TxnOp::put(format!("{root}{TOMBSTONES}{key}"), Vec::new(), None),
                 self.inner.tick(),
             ])
             .or_else([self.inner.tick()]);
-        let r = self.inner.txn("secret delete", txn).await?;
-        if r.succeeded() {
-            Ok(Some(header_revision(r.header())?))
-        } else {
-            Ok(None)
-        }
+        let w = self
+            .inner
+            .txn("secret delete", txn, Landed::Absent { key: k })
+            .await?;
+        Ok(w.succeeded.then_some(w.revision))
     }
 
     async fn changes_since(&self, revision: u64, limit: usize) -> Result<Vec<Change>, StoreError> {
@@ -912,8 +1057,12 @@ impl Store for EtcdStore {
     async fn touch(&self, marker: &str) -> Result<u64, StoreError> {
         let k = format!("{}{MARKERS}{marker}", self.inner.root);
         let txn = Txn::new().and_then([TxnOp::put(k, Vec::new(), None), self.inner.tick()]);
-        let r = self.inner.txn("marker write", txn).await?;
-        header_revision(r.header())
+        // Sending a marker twice does no harm.
+        Ok(self
+            .inner
+            .txn("marker write", txn, Landed::Unknown)
+            .await?
+            .revision)
     }
 
     async fn health(&self) -> Result<(), String> {
