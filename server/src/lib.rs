@@ -4,6 +4,7 @@ pub mod admit;
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod console;
 pub mod crypto;
 pub mod error;
 pub mod health;
@@ -169,6 +170,7 @@ pub async fn open_service(
         changed: tokio::sync::watch::channel(0).0,
         inflight: admit::InFlight::default(),
         answers: admit::AnswerBudget::default(),
+        console: console::LoginLimiter::default(),
     })
 }
 
