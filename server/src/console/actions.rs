@@ -138,7 +138,7 @@ pub(super) async fn share(
         return json_error(StatusCode::BAD_REQUEST, "enter the user to share with");
     }
     let path = format!("/api/v1/users/{}/permissions", enc(user));
-    let req = json!({"uri": format!("secret:{}", b.key), "action": b.action});
+    let req = json!([{"uri": format!("secret:{}", b.key), "action": b.action}]);
     relay(c.call(&s.principal, Method::POST, &path, Some(req)).await)
 }
 

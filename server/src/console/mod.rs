@@ -102,45 +102,39 @@ async fn headers(req: Request, next: Next) -> Response {
     resp
 }
 
-/// Refuses a state-changing request that a page of another origin may have sent: it must
-/// say it is same-origin (`Sec-Fetch-Site`) or carry an `Origin` equal to this host. Both
-/// are set by the browser and cannot be forged by a page. Requests from tools that send
-/// neither are refused too: the console is for browsers; tools have the API.
+/// Refuses a state-changing request that a page of another origin may have sent: the
+/// browser must say it is same-origin (`Sec-Fetch-Site: same-origin`), or, from a browser
+/// without fetch metadata, send an `Origin` equal to this host. A page cannot forge either.
+/// (`Origin` may be `null` from our own pages: they send no referrer.) Requests from tools
+/// that send neither are refused too: the console is for browsers; tools have the API.
 fn same_origin(h: &HeaderMap) -> Result<(), ApiError> {
-    let refuse = |why: &str| ApiError::forbidden(format!("cross-origin request refused: {why}"));
-    if let Some(site) = h.get("sec-fetch-site") {
-        return match site.as_bytes() {
-            b"same-origin" => origin_matches(h).map_err(|e| refuse(&e)),
-            other => Err(refuse(&format!(
-                "Sec-Fetch-Site is '{}'",
-                String::from_utf8_lossy(other)
-            ))),
-        };
-    }
-    origin_matches(h).map_err(|e| refuse(&e))
-}
-
-/// `Origin`, when present, must name this host; without `Sec-Fetch-Site` it must be present.
-fn origin_matches(h: &HeaderMap) -> Result<(), String> {
+    let refuse = |why: String| ApiError::forbidden(format!("cross-origin request refused: {why}"));
     let host = h
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
-        .ok_or("the request has no Host")?;
-    let Some(origin) = h.get(header::ORIGIN) else {
-        return match h.contains_key("sec-fetch-site") {
-            true => Ok(()),
-            false => Err("the request has neither Origin nor Sec-Fetch-Site".into()),
-        };
-    };
-    let origin = origin.to_str().unwrap_or("");
-    let authority = origin
-        .strip_prefix("http://")
-        .or_else(|| origin.strip_prefix("https://"))
-        .unwrap_or("");
-    if authority.eq_ignore_ascii_case(host) {
-        Ok(())
-    } else {
-        Err(format!("Origin '{origin}' is not this service ('{host}')"))
+        .ok_or_else(|| refuse("the request has no Host".into()))?;
+    let origin = h.get(header::ORIGIN).map(|v| v.to_str().unwrap_or("?"));
+    if let Some(o) = origin.filter(|o| *o != "null") {
+        let authority = o
+            .strip_prefix("http://")
+            .or_else(|| o.strip_prefix("https://"))
+            .unwrap_or("");
+        if !authority.eq_ignore_ascii_case(host) {
+            return Err(refuse(format!(
+                "Origin '{o}' is not this service ('{host}')"
+            )));
+        }
+    }
+    match h.get("sec-fetch-site").map(|v| v.as_bytes()) {
+        Some(b"same-origin") => Ok(()),
+        Some(other) => Err(refuse(format!(
+            "Sec-Fetch-Site is '{}'",
+            String::from_utf8_lossy(other)
+        ))),
+        None if origin.is_some_and(|o| o != "null") => Ok(()),
+        None => Err(refuse(
+            "the request has neither Sec-Fetch-Site nor an Origin of this service".into(),
+        )),
     }
 }
 

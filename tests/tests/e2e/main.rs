@@ -8,6 +8,7 @@ mod harness;
 mod audit_fail_closed;
 mod authz;
 mod bad_input;
+mod console;
 mod crash;
 mod hardening;
 mod inject;
