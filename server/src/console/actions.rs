@@ -65,9 +65,15 @@ macro_rules! begin {
 }
 
 /// The body of a console request; a malformed one gets the parser's message.
-fn body<T: serde::de::DeserializeOwned>(raw: &[u8]) -> Result<T, Response> {
-    serde_json::from_slice(raw)
-        .map_err(|e| json_error(StatusCode::BAD_REQUEST, &format!("invalid request: {e}")))
+macro_rules! body {
+    ($raw:expr) => {
+        match serde_json::from_slice(&$raw) {
+            Ok(b) => b,
+            Err(e) => {
+                return json_error(StatusCode::BAD_REQUEST, &format!("invalid request: {e}"));
+            }
+        }
+    };
 }
 
 #[derive(Debug, Deserialize)]
@@ -84,10 +90,7 @@ pub(super) async fn add_secret(
     raw: axum::body::Bytes,
 ) -> Response {
     let (s, _place) = begin!(c, h);
-    let b: AddSecret = match body(&raw) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+    let b: AddSecret = body!(raw);
     let req = json!({"key": b.key, "value": b.value});
     relay(
         c.call(&s.principal, Method::POST, "/api/v1/secrets", Some(req))
@@ -107,10 +110,7 @@ pub(super) async fn delete_secret(
     raw: axum::body::Bytes,
 ) -> Response {
     let (s, _place) = begin!(c, h);
-    let b: KeyOnly = match body(&raw) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+    let b: KeyOnly = body!(raw);
     let path = format!("/api/v1/secrets/{}/{}", enc(&s.user), enc(&b.key));
     relay(c.call(&s.principal, Method::DELETE, &path, None).await)
 }
@@ -129,10 +129,7 @@ pub(super) async fn share(
     raw: axum::body::Bytes,
 ) -> Response {
     let (s, _place) = begin!(c, h);
-    let b: Share = match body(&raw) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+    let b: Share = body!(raw);
     let user = b.user.trim();
     if user.is_empty() {
         return json_error(StatusCode::BAD_REQUEST, "enter the user to share with");
@@ -155,10 +152,7 @@ pub(super) async fn revoke_grant(
     raw: axum::body::Bytes,
 ) -> Response {
     let (s, _place) = begin!(c, h);
-    let b: Revoke = match body(&raw) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+    let b: Revoke = body!(raw);
     let path = format!(
         "/api/v1/users/{}/permissions?uri={}",
         enc(&b.user),
@@ -208,10 +202,7 @@ pub(super) async fn run_job(
     raw: axum::body::Bytes,
 ) -> Response {
     let (s, _place) = begin!(c, h);
-    let b: Launch = match body(&raw) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+    let b: Launch = body!(raw);
     let bad = |m: String| json_error(StatusCode::BAD_REQUEST, &m);
     let command: Vec<String> = b.command.split_whitespace().map(str::to_owned).collect();
     if command.is_empty() {
@@ -361,10 +352,7 @@ pub(super) async fn revoke_job(
     raw: axum::body::Bytes,
 ) -> Response {
     let (s, _place) = begin!(c, h);
-    let b: JobOnly = match body(&raw) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+    let b: JobOnly = body!(raw);
     let path = format!("/api/v1/jobs/{}", enc(&b.job_id));
     relay(c.call(&s.principal, Method::DELETE, &path, None).await)
 }
