@@ -403,3 +403,84 @@ fn console_sessions_headers_and_login_limit() {
         (303, Some("/"))
     );
 }
+
+/// One request over TLS with `openssl s_client` (the request, tokens included, goes on its
+/// standard input, never in argv); returns the raw answer.
+fn https(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> String {
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    let mut child = Command::new("openssl")
+        .args(["s_client", "-quiet", "-connect", addr])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("openssl (scripts/setup.sh installs it)");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(req.as_bytes()).unwrap();
+    // -quiet implies -ign_eof: the answer is read to the server's close.
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Over HTTPS the session cookie is also `Secure`.
+#[test]
+fn console_cookie_is_secure_over_https() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = crate::harness::self_signed_localhost_cert(dir.path());
+    let srv = Server::start_with(&[
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ]);
+    let admin = format!("Bearer {}", srv.admin_token());
+    let json = [
+        ("Authorization", admin.as_str()),
+        ("Content-Type", "application/json"),
+    ];
+    let r = https(
+        &srv.addr,
+        "POST",
+        "/api/v1/admin/users",
+        &json,
+        r#"{"name":"alice"}"#,
+    );
+    assert!(r.starts_with("HTTP/1.1 201"), "{r}");
+    let r = https(
+        &srv.addr,
+        "POST",
+        "/api/v1/admin/users/alice/tokens",
+        &json,
+        "",
+    );
+    let body = r.split_once("\r\n\r\n").unwrap().1;
+    let token = serde_json::from_str::<serde_json::Value>(body).unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let origin = format!("https://{}", srv.addr);
+    let form = [
+        ("Origin", origin.as_str()),
+        ("Content-Type", "application/x-www-form-urlencoded"),
+    ];
+    let text = https(
+        &srv.addr,
+        "POST",
+        "/login",
+        &form,
+        &format!("token={token}"),
+    );
+    assert!(text.starts_with("HTTP/1.1 303"), "{text}");
+    let set = text
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+        .unwrap_or_else(|| panic!("no cookie: {text}"));
+    for attr in ["HttpOnly", "SameSite=Strict", "; Secure"] {
+        assert!(set.contains(attr), "{set}");
+    }
+}
