@@ -8,12 +8,16 @@
 #   catatonit            the pause process of podman's pods
 #   busybox-static       the shell of the pod test's job image (nothing can be pulled)
 #   openssl              makes the certificate of the README's HTTPS recipe in the TLS test
+#   chromium nodejs npm  the web console's browser tests (tests/console, playwright-core from
+#                        npm, installed below with `npm ci` from its package-lock.json)
+#   etcd-server etcd-client  real etcd members for the etcd backend's tests (etcdctl looks in)
+#   protobuf-compiler    protoc, which the etcd-client crate's build script needs
 set -euo pipefail
 
-# etcd-server and etcd-client: the etcd backend's tests; protobuf-compiler: the etcd-client
-# crate's build script needs protoc.
 packages=(ca-certificates pkg-config util-linux binutils podman runc catatonit busybox-static openssl
-  etcd-server etcd-client protobuf-compiler)
+  chromium nodejs etcd-server etcd-client protobuf-compiler)
+# Debian's npm is a separate package; a nodejs that bundles npm (NodeSource's) conflicts with it.
+command -v npm >/dev/null || packages+=(npm)
 if [[ "${1:-}" == "--bench" ]]; then
   packages+=(nginx-light wrk bc python3)
 fi
@@ -29,3 +33,9 @@ if ((${#missing[@]})); then
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 command -v cargo >/dev/null || { echo "setup: cargo is missing (the machine's Rust toolchain)"; exit 1; }
+# The console tests' one npm package, at the version package-lock.json pins.
+console_dir="$(dirname "$0")/../tests/console"
+if [[ ! -f "$console_dir/node_modules/playwright-core/package.json" ]]; then
+  echo "setup: installing playwright-core in tests/console"
+  (cd "$console_dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+fi

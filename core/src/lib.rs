@@ -9,6 +9,7 @@ pub mod client;
 pub mod conn;
 pub mod exit;
 pub mod handoff;
+pub mod manifest;
 pub mod mapping;
 pub mod names;
 pub mod secret;

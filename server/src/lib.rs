@@ -4,6 +4,7 @@ pub mod admit;
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod console;
 pub mod crypto;
 pub mod error;
 pub mod health;
@@ -397,6 +398,7 @@ pub async fn open_service_on(
         changed,
         inflight: admit::InFlight::default(),
         answers: admit::AnswerBudget::default(),
+        console: console::LoginLimiter::default(),
     })
 }
 

@@ -384,13 +384,17 @@ async fn serve_conn(shared: Arc<Shared>, tcp: TcpStream, slot: OwnedSemaphorePer
 }
 
 async fn serve_socket(shared: &Shared, conn: &Arc<Conn>, tcp: TcpStream) {
+    let mut peer = Peer {
+        addr: tcp.peer_addr().ok(),
+        tls: false,
+    };
     let io = Metered {
         inner: tcp,
         conn: conn.clone(),
         epoch: shared.registry.epoch,
     };
     let Some(acceptor) = shared.tls.clone() else {
-        return serve_http(shared, conn, io).await;
+        return serve_http(shared, conn, io, peer).await;
     };
     let mut stop = shared.stop.clone();
     let tls = tokio::select! {
@@ -408,10 +412,19 @@ async fn serve_socket(shared: &Shared, conn: &Arc<Conn>, tcp: TcpStream) {
         () = conn.close.notified() => return,
         _ = stop.wait_for(|s| *s) => return,
     };
-    serve_http(shared, conn, tls).await;
+    peer.tls = true;
+    serve_http(shared, conn, tls, peer).await;
 }
 
-async fn serve_http<S>(shared: &Shared, conn: &Arc<Conn>, io: S)
+/// Where a request came from, in its extensions: the client's address (the console's
+/// per-address log-in limit) and whether it arrived over TLS (its cookie's `Secure`).
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    pub addr: Option<std::net::SocketAddr>,
+    pub tls: bool,
+}
+
+async fn serve_http<S>(shared: &Shared, conn: &Arc<Conn>, io: S, peer: Peer)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -420,6 +433,7 @@ where
         inner: TowerToHyperService::new(shared.router.clone()),
         conn: conn.clone(),
         epoch: shared.registry.epoch,
+        peer,
     };
     let hconn = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -530,6 +544,7 @@ struct Tracked {
     inner: TowerToHyperService<Router>,
     conn: Arc<Conn>,
     epoch: Instant,
+    peer: Peer,
 }
 
 type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
@@ -554,12 +569,13 @@ impl hyper::service::Service<Request<Incoming>> for Tracked {
                 Ok(r)
             });
         };
-        let req = req.map(|inner| {
+        let mut req = req.map(|inner| {
             Body::new(WatchedBody {
                 inner,
                 conn: self.conn.clone(),
             })
         });
+        req.extensions_mut().insert(self.peer);
         let fut = hyper::service::Service::call(&self.inner, req);
         Box::pin(async move {
             let r = fut.await;

@@ -59,6 +59,8 @@ pub struct Service {
     pub inflight: crate::admit::InFlight,
     /// Bytes of answers waiting to be sent (`admit::ANSWER_BUDGET`).
     pub answers: crate::admit::AnswerBudget,
+    /// Failed console log-ins per client address.
+    pub console: crate::console::LoginLimiter,
 }
 
 pub type AppState = Arc<Service>;
@@ -213,7 +215,7 @@ async fn wrong_method(method: Method, uri: Uri) -> Response {
 
 /// The whole HTTP API, ready to serve or to drive in tests without a socket.
 pub fn app(state: AppState) -> Router {
-    Router::new()
+    let api = Router::new()
         .route("/api/v1/ping", get(crate::health::ping))
         .route("/api/v1/whoami", get(whoami))
         .route(
@@ -244,7 +246,16 @@ pub fn app(state: AppState) -> Router {
             "/api/v1/admin/users/{user}/tokens",
             post(admin::issue_token).get(admin::list_tokens),
         )
-        .route("/api/v1/admin/tokens/{id}", delete(admin::revoke_token))
+        .route("/api/v1/admin/tokens/{id}", delete(admin::revoke_token));
+    // The console calls the API's handlers in process, past the admission layer (it admits
+    // its own requests by session).
+    let inner = api
+        .clone()
+        .fallback(no_route)
+        .method_not_allowed_fallback(wrong_method)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state.clone());
+    api.merge(crate::console::routes(state.clone(), inner))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(MAX_BODY))

@@ -9,6 +9,7 @@ mod harness;
 mod audit_fail_closed;
 mod authz;
 mod bad_input;
+mod console;
 mod crash;
 mod etcd_cluster;
 mod hardening;
