@@ -20,3 +20,15 @@ start_secretd() {
   "$R/neuro" login --url "http://127.0.0.1:$port" --token "$(cat "$work/data/admin.token")" 2>/dev/null
   token=$("$R/neuro" admin user add bench)
 }
+
+wrk_run() { # THREADS CONNS SECONDS URL [TOKEN] -> "rps p99_ms"; wrk's report on stderr
+  local args=(-t"$1" -c"$2" -d"${3}s" --latency)
+  [[ -n "${5:-}" ]] && args+=(-H "Authorization: Bearer $5")
+  local out
+  out=$(wrk "${args[@]}" "$4")
+  echo "$out" >&2
+  local rps p99
+  rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
+  p99=$(awk '$1 == "99%" {v=$2; if (v ~ /us$/) {sub(/us$/,"",v); v=v/1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v=v*1000}; print v}' <<<"$out")
+  echo "$rps $p99"
+}

@@ -40,17 +40,7 @@ start_secretd 18480
 for _ in $(seq 50); do [[ -s "$work/nginx/nginx.pid" ]] && break; sleep 0.1; done
 NEURO_TOKEN=$token "$R/neuro" secret add blob "@$work/www/secret"
 
-run() { # URL [TOKEN] -> "rps p99_ms"
-  local args=(-t"$threads" -c"$conns" -d"${secs}s" --latency)
-  [[ -n "${2:-}" ]] && args+=(-H "Authorization: Bearer $2")
-  local out
-  out=$(wrk "${args[@]}" "$1")
-  echo "$out" >&2
-  local rps p99
-  rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
-  p99=$(awk '$1 == "99%" {v=$2; if (v ~ /us$/) {sub(/us$/,"",v); v=v/1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v=v*1000}; print v}' <<<"$out")
-  echo "$rps $p99"
-}
+run() { wrk_run "$threads" "$conns" "$secs" "$@"; }
 
 # Both wrk runs hit a warm server; the secretd run checks that answers are 200s.
 curl -fsS -o /dev/null -H "Authorization: Bearer $token" http://127.0.0.1:18480/api/v1/secrets/bench/blob

@@ -37,7 +37,12 @@ pub use api::{AppState, Service, app};
                   reads what, and serves the HTTP API that `neuro`, secretfs and secret-inject \
                   use.\n\nOn first start it creates DATA_DIR, the master key \
                   (DATA_DIR/master.key) and the operator token (DATA_DIR/admin.token), both \
-                  mode 0600.",
+                  mode 0600.\n\nWith --store etcd://HOST:PORT,...[/PREFIX], any number of \
+                  replicas share one etcd cluster: each needs the same master key (a copy of \
+                  master.key, or --master-key FILE; one that does not match the store's check \
+                  value stops the start before anything is written), the first one creates \
+                  the operator token, and `secretd migrate` moves a data directory's store to \
+                  etcd and back.",
     after_help = "Connection limits: at most --max-connections (default 4096) client connections \
                   are open at once, and never more than the open-file limit minus 64 (secretd \
                   raises its soft limit to the hard one at start and logs the cap). At the cap, \

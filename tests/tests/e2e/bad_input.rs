@@ -270,7 +270,7 @@ fn api_rejects_bad_requests_with_json_errors() {
             404,
             "no route for GET /api/v1/nope",
         ),
-        ("GET", "/", None, 404, "no route"),
+        ("GET", "/nope", None, 404, "no route"),
         (
             "PUT",
             "/api/v1/secrets",

@@ -304,7 +304,7 @@ fn console_sessions_headers_and_login_limit() {
     let page = raw(&srv.addr, "GET", "/secrets", &[("Cookie", &cookie)], b"");
     assert_eq!(page.status, 200, "{}", page.body);
     assert!(page.body.contains("alice"));
-    let store = std::fs::read(srv.data_dir().join("secrets.redb")).unwrap();
+    let store = srv.store_bytes();
     assert!(
         !contains(&store, id.as_bytes()),
         "the session id is stored in clear"

@@ -190,10 +190,6 @@ impl EtcdCluster {
         assert!(self.members[i].child.is_none(), "member {i} is running");
         self.spawn(i, None);
     }
-
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
-    }
 }
 
 impl Drop for EtcdCluster {

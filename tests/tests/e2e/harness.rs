@@ -196,6 +196,29 @@ impl Server {
         std::fs::read_to_string(self.dir.path().join("secretd.stderr")).unwrap_or_default()
     }
 
+    /// Every byte the store holds: the embedded store's file, or `etcdctl get --prefix` of the
+    /// server's prefix on etcd. Tests search it for values, tokens and session ids.
+    pub fn store_bytes(&self) -> Vec<u8> {
+        let store = self
+            .extra
+            .iter()
+            .position(|a| a == "--store")
+            .and_then(|i| self.extra.get(i + 1));
+        match store.and_then(|s| s.strip_prefix("etcd://")) {
+            Some(rest) => {
+                let (eps, prefix) = rest.split_once('/').expect("etcd URL with a prefix");
+                let out = Command::new("etcdctl")
+                    .env("ETCDCTL_API", "3")
+                    .args(["--endpoints", eps, "get", "--prefix", &format!("/{prefix}/")])
+                    .output()
+                    .expect("etcdctl runs");
+                assert!(out.status.success(), "etcdctl get failed");
+                out.stdout
+            }
+            None => std::fs::read(self.data_dir().join("secrets.redb")).expect("secrets.redb"),
+        }
+    }
+
     pub fn audit_log(&self) -> String {
         std::fs::read_to_string(self.data_dir().join("audit.log")).unwrap_or_default()
     }
