@@ -209,7 +209,13 @@ impl Server {
                 let (eps, prefix) = rest.split_once('/').expect("etcd URL with a prefix");
                 let out = Command::new("etcdctl")
                     .env("ETCDCTL_API", "3")
-                    .args(["--endpoints", eps, "get", "--prefix", &format!("/{prefix}/")])
+                    .args([
+                        "--endpoints",
+                        eps,
+                        "get",
+                        "--prefix",
+                        &format!("/{prefix}/"),
+                    ])
                     .output()
                     .expect("etcdctl runs");
                 assert!(out.status.success(), "etcdctl get failed");
