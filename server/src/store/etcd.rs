@@ -180,7 +180,10 @@ impl EtcdOptions {
                     StoreError::File(format!("etcd password file '{}' is not UTF-8", p.display()))
                 })?
                 .trim_end_matches(['\n', '\r']);
-            o = o.with_user(user.clone(), pw.to_owned());
+            // etcd's auth tokens expire (5 min by default): log in again when one has.
+            o = o
+                .with_user(user.clone(), pw.to_owned())
+                .with_auto_token_refresh(true);
         }
         Ok((o, tls))
     }
@@ -757,9 +760,11 @@ impl Inner {
 
     /// One watch stream; `Ok` when etcd compacted past the cache, `Err` when the stream failed.
     async fn watch_once(&self, i: usize) -> Result<(), String> {
-        let client = self.endpoints[i]
-            .client()
+        // Connecting logs in when etcd wants a password: bounded, a hung member must not stop
+        // the watch from moving on.
+        let client = tokio::time::timeout(ATTEMPT, self.endpoints[i].client())
             .await
+            .map_err(|_| format!("no connection within {}s", ATTEMPT.as_secs()))?
             .map_err(|e| e.to_string())?;
         let start = self.cache().revision + 1;
         let opts = WatchOptions::new()

@@ -204,7 +204,22 @@ fn secretd_talks_to_etcd_over_tls_with_a_client_certificate() {
 
 #[test]
 fn secretd_logs_in_to_etcd_with_a_user_and_password_file() {
-    let etcd = Member::start("http", &[]);
+    // JWT tokens that expire 1 s after the log-in, whatever happens meanwhile.
+    let keys = tempfile::tempdir().unwrap();
+    let (private, public) = (keys.path().join("jwt.key"), keys.path().join("jwt.pub"));
+    for args in [
+        vec!["genrsa", "-out", s(&private), "2048"],
+        vec!["rsa", "-in", s(&private), "-pubout", "-out", s(&public)],
+    ] {
+        let ok = Command::new("openssl").args(&args).output().unwrap();
+        assert!(ok.status.success(), "openssl {args:?}");
+    }
+    let jwt = format!(
+        "jwt,pub-key={},priv-key={},sign-method=RS256,ttl=1s",
+        s(&public),
+        s(&private)
+    );
+    let etcd = Member::start("http", &["--auth-token", &jwt]);
     etcd.wait(&[]);
     etcd.ctl(&[], &["user", "add", "root:root-pw"]);
     etcd.ctl(&[], &["user", "add", "secretd:s3cret-pw"]);
@@ -236,6 +251,10 @@ fn secretd_logs_in_to_etcd_with_a_user_and_password_file() {
     ]);
     let alice = srv.add_users(&["alice"]).remove(0);
     srv.put(&alice, "k", b"with a password");
+    assert_eq!(srv.get(&alice, "/api/v1/secrets/alice/k").status, 200);
+    // After etcd's token expired, secretd logs in again by itself.
+    std::thread::sleep(Duration::from_millis(2500));
+    srv.put(&alice, "k", b"after the token expired");
     assert_eq!(srv.get(&alice, "/api/v1/secrets/alice/k").status, 200);
     assert!(
         !srv.stderr().contains("s3cret-pw"),
