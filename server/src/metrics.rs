@@ -3,7 +3,7 @@
 //! requests and watches in flight, console sessions, the audit queue.
 //!
 //! Labels never hold a secret name, user name or raw path: a request is counted under the
-//! route template it matched (`/api/v1/secrets/{owner}/{key}`), `unmatched` otherwise, and its
+//! route template it matched (`/api/v1/secrets/:owner/:key`), `unmatched` otherwise, and its
 //! method under one of the standard names or `other`, so a client cannot grow the label set.
 //! The counters are process-wide (one `secretd` per process): `global()`.
 
@@ -118,6 +118,12 @@ fn method_label(m: &Method) -> &'static str {
     }
 }
 
+/// A route template as a label: `{owner}` becomes `:owner`, since some text parsers end a
+/// label set at the first `}` even inside quotes.
+fn route_label(template: &str) -> String {
+    escape(&template.replace('{', ":").replace('}', ""))
+}
+
 /// Escapes a label value (`\`, `"`, newline).
 fn escape(v: &str) -> String {
     v.replace('\\', "\\\\")
@@ -204,7 +210,7 @@ impl Metrics {
                 let _ = writeln!(
                     o,
                     "secretd_http_requests_total{{route=\"{}\",method=\"{m}\",status=\"{status}\"}} {c}",
-                    escape(n)
+                    route_label(n)
                 );
             }
         }
@@ -213,7 +219,7 @@ impl Metrics {
             let mut lat: Vec<&(&str, Histogram)> = routes[*n].latency.iter().collect();
             lat.sort_by_key(|(m, _)| *m);
             for (m, h) in lat {
-                let labels = format!("route=\"{}\",method=\"{m}\"", escape(n));
+                let labels = format!("route=\"{}\",method=\"{m}\"", route_label(n));
                 h.render(o, "secretd_http_request_duration_seconds", &labels);
             }
         }
@@ -222,7 +228,7 @@ impl Metrics {
             let _ = writeln!(
                 o,
                 "secretd_http_requests_in_flight{{route=\"{}\"}} {}",
-                escape(n),
+                route_label(n),
                 routes[*n].in_flight
             );
         }
@@ -391,5 +397,6 @@ mod tests {
         let odd = Method::from_bytes(b"SECRETNAME").unwrap_or(Method::GET);
         assert_eq!(method_label(&odd), "other");
         assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+        assert_eq!(route_label("/api/v1/secrets/{owner}/{key}"), "/api/v1/secrets/:owner/:key");
     }
 }
