@@ -424,7 +424,11 @@ fn read_value(value: OsString) -> anyhow::Result<SecretBytes> {
 }
 
 /// Writes `cmd`'s completion script for `shell` (the binary's name is the command's).
-pub fn completion(shell: clap_complete::Shell, cmd: &mut clap::Command, out: &mut dyn std::io::Write) {
+pub fn completion(
+    shell: clap_complete::Shell,
+    cmd: &mut clap::Command,
+    out: &mut dyn std::io::Write,
+) {
     let name = cmd.get_name().to_owned();
     clap_complete::generate(shell, cmd, name, out);
 }
@@ -456,7 +460,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
     }
     if let Command::Completion { shell } = &cli.command {
         let mut out = std::io::stdout().lock();
-        completion(*shell, &mut <Cli as clap::CommandFactory>::command(), &mut out);
+        completion(
+            *shell,
+            &mut <Cli as clap::CommandFactory>::command(),
+            &mut out,
+        );
         out.flush()?;
         return Ok(0);
     }

@@ -428,7 +428,6 @@ pub async fn open_service_on(
     })
 }
 
-
 /// Reads the certificate chain and key for HTTPS (HTTP/1.1 only).
 fn tls_acceptor(cert: &Path, key: &Path) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
     use rustls::pki_types::pem::PemObject as _;
@@ -549,9 +548,7 @@ pub async fn run(mut args: Args) -> anyhow::Result<ExitCode> {
     let state = Arc::new(service);
     let router = app(state.clone());
     let ops = match args.metrics_listen {
-        Some(a) => Some(
-            listen(a).with_context(|| format!("listening on {a} (--metrics-listen)"))?,
-        ),
+        Some(a) => Some(listen(a).with_context(|| format!("listening on {a} (--metrics-listen)"))?),
         None => None,
     };
     let listener = listen(args.listen).with_context(|| format!("listening on {}", args.listen))?;

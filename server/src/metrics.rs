@@ -60,7 +60,11 @@ impl Histogram {
             acc += n;
             let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {acc}");
         }
-        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}", self.count);
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}",
+            self.count
+        );
         let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum);
         let _ = writeln!(out, "{name}_count{{{labels}}} {}", self.count);
     }
@@ -202,7 +206,12 @@ impl Metrics {
         let mut names: Vec<&String> = routes.keys().collect();
         names.sort();
 
-        head(o, "secretd_http_requests_total", "counter", "HTTP requests answered, by route template, method and status");
+        head(
+            o,
+            "secretd_http_requests_total",
+            "counter",
+            "HTTP requests answered, by route template, method and status",
+        );
         for n in &names {
             let mut st = routes[*n].statuses.clone();
             st.sort();
@@ -214,7 +223,12 @@ impl Metrics {
                 );
             }
         }
-        head(o, "secretd_http_request_duration_seconds", "histogram", "Time from the request head to the response head, by route template and method");
+        head(
+            o,
+            "secretd_http_request_duration_seconds",
+            "histogram",
+            "Time from the request head to the response head, by route template and method",
+        );
         for n in &names {
             let mut lat: Vec<&(&str, Histogram)> = routes[*n].latency.iter().collect();
             lat.sort_by_key(|(m, _)| *m);
@@ -223,7 +237,12 @@ impl Metrics {
                 h.render(o, "secretd_http_request_duration_seconds", &labels);
             }
         }
-        head(o, "secretd_http_requests_in_flight", "gauge", "Requests whose handler is running, by route template");
+        head(
+            o,
+            "secretd_http_requests_in_flight",
+            "gauge",
+            "Requests whose handler is running, by route template",
+        );
         for n in &names {
             let _ = writeln!(
                 o,
@@ -234,30 +253,90 @@ impl Metrics {
         }
         let watchers = routes.get(WATCH_ROUTE).map_or(0, |s| s.in_flight);
         drop(routes);
-        head(o, "secretd_watchers", "gauge", "Watches of the change feed waiting");
+        head(
+            o,
+            "secretd_watchers",
+            "gauge",
+            "Watches of the change feed waiting",
+        );
         let _ = writeln!(o, "secretd_watchers {watchers}");
 
         let store = lock(&self.store);
         let mut ops: Vec<&&str> = store.keys().collect();
         ops.sort();
-        head(o, "secretd_store_operation_duration_seconds", "histogram", "Store operations, by operation");
+        head(
+            o,
+            "secretd_store_operation_duration_seconds",
+            "histogram",
+            "Store operations, by operation",
+        );
         for op in &ops {
-            store[**op].latency.render(o, "secretd_store_operation_duration_seconds", &format!("op=\"{op}\""));
+            store[**op].latency.render(
+                o,
+                "secretd_store_operation_duration_seconds",
+                &format!("op=\"{op}\""),
+            );
         }
-        head(o, "secretd_store_errors_total", "counter", "Store operations that failed, by operation");
+        head(
+            o,
+            "secretd_store_errors_total",
+            "counter",
+            "Store operations that failed, by operation",
+        );
         for op in &ops {
-            let _ = writeln!(o, "secretd_store_errors_total{{op=\"{op}\"}} {}", store[**op].errors);
+            let _ = writeln!(
+                o,
+                "secretd_store_errors_total{{op=\"{op}\"}} {}",
+                store[**op].errors
+            );
         }
         drop(store);
 
         let simple: [(&str, &str, &str, String); 7] = [
-            ("secretd_connections_open", "gauge", "Client connections open", self.connections_open.load(Ordering::Relaxed).to_string()),
-            ("secretd_connections_accepted_total", "counter", "Client connections accepted", self.connections_accepted.load(Ordering::Relaxed).to_string()),
-            ("secretd_console_sessions_created_total", "counter", "Console sessions opened (log-ins)", self.sessions_created.load(Ordering::Relaxed).to_string()),
-            ("secretd_console_sessions_ended_total", "counter", "Console sessions ended by a log-out", self.sessions_ended.load(Ordering::Relaxed).to_string()),
-            ("secretd_audit_queue_depth", "gauge", "Audit lines queued or reserved, not yet written", audit_queue.to_string()),
-            ("secretd_audit_writable", "gauge", "1 while the audit log takes lines, 0 while it fails closed", u8::from(audit_writable).to_string()),
-            ("secretd_audit_lines_written_total", "counter", "Audit lines written to the file", self.audit_lines_written.load(Ordering::Relaxed).to_string()),
+            (
+                "secretd_connections_open",
+                "gauge",
+                "Client connections open",
+                self.connections_open.load(Ordering::Relaxed).to_string(),
+            ),
+            (
+                "secretd_connections_accepted_total",
+                "counter",
+                "Client connections accepted",
+                self.connections_accepted
+                    .load(Ordering::Relaxed)
+                    .to_string(),
+            ),
+            (
+                "secretd_console_sessions_created_total",
+                "counter",
+                "Console sessions opened (log-ins)",
+                self.sessions_created.load(Ordering::Relaxed).to_string(),
+            ),
+            (
+                "secretd_console_sessions_ended_total",
+                "counter",
+                "Console sessions ended by a log-out",
+                self.sessions_ended.load(Ordering::Relaxed).to_string(),
+            ),
+            (
+                "secretd_audit_queue_depth",
+                "gauge",
+                "Audit lines queued or reserved, not yet written",
+                audit_queue.to_string(),
+            ),
+            (
+                "secretd_audit_writable",
+                "gauge",
+                "1 while the audit log takes lines, 0 while it fails closed",
+                u8::from(audit_writable).to_string(),
+            ),
+            (
+                "secretd_audit_lines_written_total",
+                "counter",
+                "Audit lines written to the file",
+                self.audit_lines_written.load(Ordering::Relaxed).to_string(),
+            ),
         ];
         for (name, kind, help, v) in simple {
             head(o, name, kind, help);
@@ -326,7 +405,12 @@ pub async fn track(req: Request, next: Next) -> Response {
     let start = Instant::now();
     let guard = m.begin(&route);
     let resp = next.run(req).await;
-    m.end(route.as_str(), method, resp.status().as_u16(), start.elapsed());
+    m.end(
+        route.as_str(),
+        method,
+        resp.status().as_u16(),
+        start.elapsed(),
+    );
     drop(guard);
     for c in resp.headers().get_all(header::SET_COOKIE) {
         let Some(v) = c.to_str().ok().and_then(|v| v.strip_prefix(SESSION_COOKIE)) else {
@@ -345,7 +429,10 @@ pub async fn track(req: Request, next: Next) -> Response {
 pub async fn scrape(State(s): State<AppState>) -> Response {
     let body = global().render(s.audit.queue_depth(), s.audit.check().is_ok());
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         body,
     )
         .into_response()
@@ -385,10 +472,19 @@ mod tests {
         }
         let mut out = String::new();
         h.render(&mut out, "x", "op=\"get\"");
-        assert!(out.contains("x_bucket{op=\"get\",le=\"0.0005\"} 1\n"), "{out}");
-        assert!(out.contains("x_bucket{op=\"get\",le=\"0.005\"} 3\n"), "{out}");
+        assert!(
+            out.contains("x_bucket{op=\"get\",le=\"0.0005\"} 1\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("x_bucket{op=\"get\",le=\"0.005\"} 3\n"),
+            "{out}"
+        );
         assert!(out.contains("x_bucket{op=\"get\",le=\"10\"} 4\n"), "{out}");
-        assert!(out.contains("x_bucket{op=\"get\",le=\"+Inf\"} 5\n"), "{out}");
+        assert!(
+            out.contains("x_bucket{op=\"get\",le=\"+Inf\"} 5\n"),
+            "{out}"
+        );
         assert!(out.contains("x_count{op=\"get\"} 5\n"), "{out}");
     }
 
@@ -397,6 +493,9 @@ mod tests {
         let odd = Method::from_bytes(b"SECRETNAME").unwrap_or(Method::GET);
         assert_eq!(method_label(&odd), "other");
         assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
-        assert_eq!(route_label("/api/v1/secrets/{owner}/{key}"), "/api/v1/secrets/:owner/:key");
+        assert_eq!(
+            route_label("/api/v1/secrets/{owner}/{key}"),
+            "/api/v1/secrets/:owner/:key"
+        );
     }
 }

@@ -88,7 +88,10 @@ fn metrics_count_requests_by_route_and_name_no_secret() {
         1.0
     );
     let lat = "secretd_http_request_duration_seconds";
-    assert_eq!(value(&after, lat, &route) - value(&before, lat, &route), 4.0);
+    assert_eq!(
+        value(&after, lat, &route) - value(&before, lat, &route),
+        4.0
+    );
     let store = "secretd_store_operation_duration_seconds";
     let op = [("op", "get_secret")];
     assert!(value(&after, store, &op) - value(&before, store, &op) >= 4.0);
@@ -97,7 +100,10 @@ fn metrics_count_requests_by_route_and_name_no_secret() {
     assert!(value(&after, acc, &[]) - value(&before, acc, &[]) >= 4.0);
     assert_eq!(value(&after, "secretd_audit_writable", &[]), 1.0);
     assert!(text.contains("\nsecretd_audit_queue_depth "), "{text}");
-    assert!(text.contains("\nsecretd_console_sessions_created_total "), "{text}");
+    assert!(
+        text.contains("\nsecretd_console_sessions_created_total "),
+        "{text}"
+    );
     // Labels hold route templates, never a user or secret name.
     for name in ["alice", "db-password", "nope"] {
         assert!(!text.contains(name), "'{name}' in the metrics:\n{text}");
@@ -110,7 +116,9 @@ fn metrics_count_requests_by_route_and_name_no_secret() {
     let (addr, a) = (srv.addr.clone(), alice.clone());
     let watch = std::thread::spawn(move || {
         let path = format!("/api/v1/secrets/watch?since={rev}&timeout_s=3");
-        http_json(&addr, "GET", &path, Some(&a), None).unwrap().status
+        http_json(&addr, "GET", &path, Some(&a), None)
+            .unwrap()
+            .status
     });
     let t0 = Instant::now();
     while value(&scrape(&m, None).0, "secretd_watchers", &[]) != 1.0 {
@@ -243,9 +251,18 @@ fn readyz_is_unready_while_the_store_cannot_write_root() {
     assert_eq!(ready["ready"], true, "{ready}");
 
     in_ns(r#"cat /dev/zero > "$0/filler" 2>/dev/null; true"#);
-    let big = format!(r#"{{"key":"big","value":"{}"}}"#, b64(vec![b'z'; 512 * 1024]));
+    let big = format!(
+        r#"{{"key":"big","value":"{}"}}"#,
+        b64(vec![b'z'; 512 * 1024])
+    );
     let failed = (0..16).any(|_| {
-        let r = http_json(&srv.addr, "POST", "/api/v1/secrets", Some(&alice), Some(&big));
+        let r = http_json(
+            &srv.addr,
+            "POST",
+            "/api/v1/secrets",
+            Some(&alice),
+            Some(&big),
+        );
         r.unwrap().status == 500
     });
     assert!(failed, "no write failed on the full disk");
@@ -255,7 +272,11 @@ fn readyz_is_unready_while_the_store_cannot_write_root() {
     assert!(why.contains("the store cannot write"), "{body}");
     assert_eq!(body["audit"], "ok", "{body}");
     let h = http_json(&srv.addr, "GET", "/healthz", None, None).unwrap();
-    assert_eq!(h.status, 200, "healthz must not look at the store: {}", h.body);
+    assert_eq!(
+        h.status, 200,
+        "healthz must not look at the store: {}",
+        h.body
+    );
 
     let freed = in_ns(r#"rm "$0/filler""#);
     assert!(freed.status.success(), "cannot free the space");
@@ -318,12 +339,12 @@ fn log_format_json_writes_one_object_a_line() {
     let check = |text: &str| -> Vec<serde_json::Value> {
         let lines: Vec<serde_json::Value> = text
             .lines()
-            .map(|l| {
-                serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l:?}"))
-            })
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l:?}")))
             .collect();
         for l in &lines {
-            let level = l["level"].as_str().unwrap_or_else(|| panic!("no level: {l}"));
+            let level = l["level"]
+                .as_str()
+                .unwrap_or_else(|| panic!("no level: {l}"));
             assert!(
                 ["TRACE", "DEBUG", "INFO", "WARN", "ERROR"].contains(&level),
                 "{l}"
@@ -334,9 +355,9 @@ fn log_format_json_writes_one_object_a_line() {
     };
     let lines = check(&srv.stderr());
     let has = |level: &str, needle: &str| {
-        lines.iter().any(|l| {
-            l["level"] == level && l["message"].as_str().unwrap_or("").contains(needle)
-        })
+        lines
+            .iter()
+            .any(|l| l["level"] == level && l["message"].as_str().unwrap_or("").contains(needle))
     };
     assert!(has("INFO", "neuro login --url"), "{}", srv.stderr());
     assert!(has("INFO", "stopped"), "{}", srv.stderr());
@@ -348,7 +369,12 @@ fn log_format_json_writes_one_object_a_line() {
         .arg("--data-dir")
         .arg(dir.path())
         .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
-        .args(["--tls-cert", "/nonexistent/cert.pem", "--tls-key", "/nonexistent/k"])
+        .args([
+            "--tls-cert",
+            "/nonexistent/cert.pem",
+            "--tls-key",
+            "/nonexistent/k",
+        ])
         .env("RUST_LOG", "warn")
         .output()
         .unwrap();
@@ -407,7 +433,11 @@ fn completions_and_man_pages_generate_for_every_binary() {
         .args(["completion", "tcsh"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2), "an unknown shell is a usage error");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "an unknown shell is a usage error"
+    );
 
     let man = dir.path().join("man");
     run_ok(Command::new(bin("neuro-docs")).arg("man").arg(&man));
@@ -448,7 +478,9 @@ fn completions_and_man_pages_generate_for_every_binary() {
 /// The keys of every object of a JSON array.
 fn fields(json: &str) -> BTreeSet<String> {
     let v: serde_json::Value = serde_json::from_str(json).unwrap();
-    let arr = v.as_array().unwrap_or_else(|| panic!("not an array: {json}"));
+    let arr = v
+        .as_array()
+        .unwrap_or_else(|| panic!("not an array: {json}"));
     assert!(!arr.is_empty(), "empty list: {json}");
     let mut all = BTreeSet::new();
     for o in arr {
@@ -474,11 +506,27 @@ fn neuro_listings_print_json_with_stable_fields() {
     alice.ok(&["share", "secret:k", "bob"]);
     let op = srv.user("operator", &srv.admin_token());
     for (who, args, want) in [
-        (&alice, &["secret", "ls", "-o", "json"][..], &["key", "owner", "uri", "version"][..]),
-        (&bob, &["secret", "list", "--output", "json"], &["key", "owner", "uri", "version"]),
+        (
+            &alice,
+            &["secret", "ls", "-o", "json"][..],
+            &["key", "owner", "uri", "version"][..],
+        ),
+        (
+            &bob,
+            &["secret", "list", "--output", "json"],
+            &["key", "owner", "uri", "version"],
+        ),
         (&bob, &["acl", "ls", "-o", "json"], &["uri", "action"]),
-        (&alice, &["acl", "list", "--shared", "-o", "json"], &["uri", "action", "user"]),
-        (&op, &["admin", "token", "ls", "alice", "-o", "json"], &["id", "user", "created_at", "revoked"]),
+        (
+            &alice,
+            &["acl", "list", "--shared", "-o", "json"],
+            &["uri", "action", "user"],
+        ),
+        (
+            &op,
+            &["admin", "token", "ls", "alice", "-o", "json"],
+            &["id", "user", "created_at", "revoked"],
+        ),
     ] {
         let out = who.ok(args);
         assert_eq!(fields(&out.stdout_str()), set(want), "neuro {args:?}");
@@ -509,7 +557,11 @@ fn read_answer(s: &mut TcpStream) -> Outcome {
     };
     let len = head
         .lines()
-        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length: ").map(str::to_owned))
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length: ")
+                .map(str::to_owned)
+        })
         .and_then(|v| v.trim().parse::<usize>().ok());
     if r.is_err() || len.is_some_and(|n| n != body.len()) {
         return Outcome::Broken(format!("{r:?}: {text:?}"));
@@ -563,7 +615,9 @@ fn sigterm_finishes_requests_in_flight_and_writes_out_the_audit_log() {
                     };
                     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
                     let (head, body) = put_request(&addr, &token, &key);
-                    let sent = s.write_all(head.as_bytes()).and_then(|()| s.write_all(&body));
+                    let sent = s
+                        .write_all(head.as_bytes())
+                        .and_then(|()| s.write_all(&body));
                     let outcome = read_answer(&mut s);
                     if sent.is_err() && outcome != Outcome::NotTaken {
                         seen.push((key, Outcome::Broken(format!("{sent:?}"))));
