@@ -88,6 +88,15 @@ pub enum Command {
     /// Operator commands (log in with the token in DATA_DIR/admin.token)
     #[command(subcommand)]
     Admin(AdminCmd),
+    /// Print a shell completion script for neuro
+    #[command(
+        after_help = "Examples:\n  neuro completion bash > /etc/bash_completion.d/neuro\n  neuro completion zsh > \"${fpath[1]}/_neuro\"\n  neuro completion fish > ~/.config/fish/completions/neuro.fish"
+    )]
+    Completion {
+        /// bash, zsh, fish, elvish or powershell
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -226,7 +235,11 @@ pub enum AdminTokenCmd {
     Add { user: UserName },
     /// List USER's tokens and those of the jobs USER created (ids, never the tokens); JOB names
     /// the job of a job token
-    Ls { user: UserName },
+    Ls {
+        user: UserName,
+        #[command(flatten)]
+        output: OutputArg,
+    },
     /// Revoke a token by its id (from `neuro admin token ls`)
     Revoke { id: String },
 }
@@ -410,6 +423,16 @@ fn read_value(value: OsString) -> anyhow::Result<SecretBytes> {
     })
 }
 
+/// Writes `cmd`'s completion script for `shell` (the binary's name is the command's).
+pub fn completion(
+    shell: clap_complete::Shell,
+    cmd: &mut clap::Command,
+    out: &mut dyn std::io::Write,
+) {
+    let name = cmd.get_name().to_owned();
+    clap_complete::generate(shell, cmd, name, out);
+}
+
 fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     serde_json::to_writer_pretty(&mut out, v)?;
@@ -435,10 +458,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
     if let Command::Login { token } = &cli.command {
         return login(&cli, token.clone()).await.map(|()| 0);
     }
+    if let Command::Completion { shell } = &cli.command {
+        let mut out = std::io::stdout().lock();
+        completion(
+            *shell,
+            &mut <Cli as clap::CommandFactory>::command(),
+            &mut out,
+        );
+        out.flush()?;
+        return Ok(0);
+    }
     let s = Session::new(&cli)?;
     let client = s.client()?;
     match &cli.command {
-        Command::Login { .. } => unreachable!("handled above"),
+        Command::Login { .. } | Command::Completion { .. } => unreachable!("handled above"),
         Command::Run(args) => run::run(&client, &s.connection(), args).await,
         Command::Secret(cmd) => secret(&s, &client, cmd).await.map(|()| 0),
         Command::Share { uri, user, action } => {
@@ -621,8 +654,11 @@ async fn admin(client: &Client, cmd: &AdminCmd) -> anyhow::Result<()> {
             let issued = client.admin_issue_token(user).await?;
             println!("{}", issued.token.expose());
         }
-        AdminCmd::Token(AdminTokenCmd::Ls { user }) => {
+        AdminCmd::Token(AdminTokenCmd::Ls { user, output }) => {
             let list = client.admin_list_tokens(user).await?;
+            if output.output == Output::Json {
+                return print_json(&list);
+            }
             let rows: Vec<Vec<String>> = list
                 .into_iter()
                 .map(|t| {

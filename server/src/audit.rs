@@ -132,6 +132,10 @@ struct Health {
     busy_since: AtomicU64,
     /// A stall was reported to the service log and has not ended.
     stall_logged: AtomicBool,
+    /// Lines handed to the queue (counted before they are sent).
+    sent: AtomicU64,
+    /// Lines written to the file, or dropped for good (`MAX_PENDING`).
+    done: AtomicU64,
 }
 
 impl Health {
@@ -142,10 +146,11 @@ impl Health {
 
 /// A place in the queue, taken before a change so that its line cannot be refused after it.
 #[derive(Debug)]
-pub struct Slot(mpsc::OwnedPermit<AuditEvent>);
+pub struct Slot(mpsc::OwnedPermit<AuditEvent>, Arc<Health>);
 
 impl Slot {
     pub fn record(self, ev: AuditEvent) {
+        self.1.sent.fetch_add(1, Ordering::AcqRel);
         self.0.send(ev);
     }
 }
@@ -172,6 +177,8 @@ impl Audit {
             failed: AtomicBool::new(false),
             busy_since: AtomicU64::new(0),
             stall_logged: AtomicBool::new(false),
+            sent: AtomicU64::new(0),
+            done: AtomicU64::new(0),
         });
         let h = health.clone();
         let rt = tokio::runtime::Handle::current();
@@ -217,7 +224,7 @@ impl Audit {
         self.tx
             .clone()
             .try_reserve_owned()
-            .map(Slot)
+            .map(|p| Slot(p, self.health.clone()))
             .map_err(|_| self.queue_full())
     }
 
@@ -234,7 +241,47 @@ impl Audit {
     /// Queues a line, or refuses: a read must not be answered when this fails.
     pub fn record(&self, ev: AuditEvent) -> Result<(), AuditUnavailable> {
         self.check()?;
-        self.tx.try_send(ev).map_err(|_| self.queue_full())
+        self.health.sent.fetch_add(1, Ordering::AcqRel);
+        self.tx.try_send(ev).map_err(|_| {
+            self.health.sent.fetch_sub(1, Ordering::AcqRel);
+            self.queue_full()
+        })
+    }
+
+    /// Lines queued or reserved and not yet taken by the writer.
+    pub fn queue_depth(&self) -> usize {
+        QUEUE - self.tx.capacity()
+    }
+
+    /// Waits until every line queued before the call has been written to the file (then
+    /// syncs a regular file to disk), at most `within`. `false` when some are not written.
+    pub async fn flush(&self, within: Duration) -> bool {
+        let want = self.health.sent.load(Ordering::Acquire);
+        let deadline = tokio::time::Instant::now() + within;
+        while self.health.done.load(Ordering::Acquire) < want {
+            if tokio::time::Instant::now() >= deadline {
+                let left = want - self.health.done.load(Ordering::Acquire);
+                tracing::error!(path = %self.path.display(), lines = left, "audit lines not written at shutdown");
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Only a regular file: opening a FIFO would wait for a writer.
+        let path = self.path.clone();
+        let synced = tokio::task::spawn_blocking(move || {
+            if !std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file()) {
+                return Ok(());
+            }
+            std::fs::File::open(&path)?.sync_data()
+        });
+        match tokio::time::timeout_at(deadline, synced).await {
+            Ok(Ok(Ok(()))) => true,
+            Ok(Ok(Err(e))) => {
+                tracing::error!(path = %self.path.display(), error = %e, "cannot sync the audit log");
+                false
+            }
+            _ => false,
+        }
     }
 
     /// Queues a line when it can; for requests that are refused anyway.
@@ -255,6 +302,7 @@ fn writer(
     path: &Path,
 ) {
     let mut pending: Vec<u8> = Vec::new();
+    let mut pending_lines: u64 = 0;
     let mut dropped: u64 = 0;
     let mut open = true;
     while open || !pending.is_empty() {
@@ -267,11 +315,13 @@ fn writer(
         let mut add = |ev: AuditEvent| {
             if pending.len() >= MAX_PENDING {
                 dropped += 1;
+                h.done.fetch_add(1, Ordering::AcqRel);
                 return;
             }
             if serde_json::to_writer(&mut pending, &ev).is_ok() {
                 pending.push(b'\n');
             }
+            pending_lines += 1;
         };
         match first {
             Some(ev) => {
@@ -301,6 +351,9 @@ fn writer(
         }
         match write_pending(&mut file, &mut pending, h) {
             Ok(()) => {
+                h.done.fetch_add(pending_lines, Ordering::AcqRel);
+                crate::metrics::global().audit_written(pending_lines);
+                pending_lines = 0;
                 if h.failed.swap(false, Ordering::AcqRel) {
                     tracing::warn!(path = %path.display(), dropped, "the audit log is writable again; serving secret reads and changes");
                     dropped = 0;

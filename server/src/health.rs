@@ -1,4 +1,8 @@
-//! `GET /api/v1/ping`: "Pong" while the store can write, 503 with the reason when it cannot.
+//! Health: `GET /api/v1/ping` ("Pong" while the store can write), `GET /healthz` (the process
+//! answers; touches nothing) and `GET /readyz` (ready to serve: the store writable, the audit
+//! log writable, the master key loaded; 503 with the reasons otherwise). None needs a token:
+//! the answers name failures (an I/O error, the audit log's path), never a value or a name
+//! from the store.
 
 use axum::Json;
 use axum::extract::State;
@@ -22,4 +26,53 @@ pub async fn ping(State(s): State<AppState>) -> Response {
         )
             .into_response(),
     }
+}
+
+/// Liveness: 200 "ok" whenever the process answers HTTP; no store or file access.
+pub async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// The answer of `/readyz`: `ready`, and one entry per check, `"ok"` or why not.
+#[derive(Debug, serde::Serialize)]
+pub struct Readiness {
+    pub ready: bool,
+    pub store: String,
+    pub audit: String,
+    pub master_key: String,
+}
+
+/// The probe value sealed and opened by `/readyz`'s master key check.
+const PROBE: &[u8] = b"readyz";
+
+/// Readiness: 200 when the store can write (`Store::health`), the audit log takes lines and
+/// the master key seals and opens; 503 otherwise, with each check's reason.
+pub async fn readyz(State(s): State<AppState>) -> Response {
+    let ok = || "ok".to_owned();
+    let store = match s.store.health().await {
+        Ok(()) => ok(),
+        Err(why) => format!("the store cannot write: {why}"),
+    };
+    let audit = match s.audit.check() {
+        Ok(()) => ok(),
+        Err(e) => e.to_string(),
+    };
+    let sealed = s.keys.seal("readyz/probe", PROBE);
+    let master_key = match s.keys.open("readyz/probe", &sealed) {
+        Ok(p) if p.as_slice() == PROBE => ok(),
+        _ => "the master key does not open what it sealed".to_owned(),
+    };
+    let ready = [&store, &audit, &master_key].iter().all(|c| *c == "ok");
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = Readiness {
+        ready,
+        store,
+        audit,
+        master_key,
+    };
+    (status, Json(body)).into_response()
 }

@@ -8,6 +8,7 @@ pub mod console;
 pub mod crypto;
 pub mod error;
 pub mod health;
+pub mod metrics;
 pub mod records;
 pub mod serve;
 pub mod store;
@@ -51,8 +52,9 @@ pub use api::{AppState, Service, app};
                   head must arrive within --header-timeout (default 10s, at most 10s) of the \
                   connection's start or of the previous response, TLS handshake included; a \
                   connection silent for --idle-timeout (default 5s) without a request in flight \
-                  is closed. On SIGTERM or SIGINT it stops accepting and gives requests in \
-                  flight 5s to finish. One token may have at most 64 requests in flight (a \
+                  is closed. On SIGTERM or SIGINT it stops accepting, gives requests in \
+                  flight --shutdown-grace (default 5s) to finish, writes out the audit log and \
+                  exits 0. One token may have at most 64 requests in flight (a \
                   body being read, a watch waiting), one user with its jobs at most a quarter \
                   of the connection cap and at most 1024 (429 beyond); a request body must \
                   arrive within 30 s (408). A request counts as in flight until its answer \
@@ -97,6 +99,17 @@ pub struct Args {
     /// --header-timeout
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = positive_duration)]
     pub idle_timeout: Duration,
+    /// On SIGTERM or SIGINT, how long requests in flight may take to finish
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = positive_duration)]
+    pub shutdown_grace: Duration,
+    /// Also serve GET /metrics (and /healthz, /readyz) on this address, without a token; on the
+    /// API port /metrics needs the operator token
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// The service log's format on stderr: text, or json (one object a line); levels by
+    /// RUST_LOG (default info)
+    #[arg(long, value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// Where secrets and records live: `embedded` (DATA_DIR/secrets.redb, the default) or
     /// etcd://HOST:PORT[,HOST:PORT...][/PREFIX], shared by any number of replicas (each with
     /// the same master key)
@@ -110,6 +123,14 @@ pub struct Args {
     pub etcd: EtcdArgs,
     #[command(subcommand)]
     pub command: Option<Command>,
+}
+
+/// `secretd --log-format`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -407,15 +428,6 @@ pub async fn open_service_on(
     })
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-}
-
 /// Reads the certificate chain and key for HTTPS (HTTP/1.1 only).
 fn tls_acceptor(cert: &Path, key: &Path) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
     use rustls::pki_types::pem::PemObject as _;
@@ -509,7 +521,7 @@ pub async fn run(mut args: Args) -> anyhow::Result<ExitCode> {
         max_connections,
         header_timeout: args.header_timeout,
         idle_timeout: args.idle_timeout,
-        grace: Duration::from_secs(5),
+        grace: args.shutdown_grace,
     };
     let data_dir = match args.data_dir {
         Some(d) => d,
@@ -521,6 +533,7 @@ pub async fn run(mut args: Args) -> anyhow::Result<ExitCode> {
     };
     let which = args.store.clone().unwrap_or(StoreArg::Embedded);
     let store = open_store(&which, &data_dir, &args.etcd.options()).await?;
+    let store: Arc<dyn store::Store> = Arc::new(store::timed::Timed::new(store, metrics::global()));
     let mut service = open_service_on(
         store,
         &data_dir,
@@ -531,10 +544,20 @@ pub async fn run(mut args: Args) -> anyhow::Result<ExitCode> {
     .await?;
     service.inflight = admit::InFlight::sized_for(max_connections);
     let (per_token, per_user) = service.inflight.limits();
-    let router = app(Arc::new(service));
+    let audit = service.audit.clone();
+    let state = Arc::new(service);
+    let router = app(state.clone());
+    let ops = match args.metrics_listen {
+        Some(a) => Some(listen(a).with_context(|| format!("listening on {a} (--metrics-listen)"))?),
+        None => None,
+    };
     let listener = listen(args.listen).with_context(|| format!("listening on {}", args.listen))?;
     let addr = listener.local_addr()?;
     let scheme = if tls.is_some() { "https" } else { "http" };
+    // Caught from before the address is announced: a SIGTERM right after start is a clean stop.
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
     // The first stdout line is the contract tests and scripts read the address from.
     println!("secretd listening on {scheme}://{addr}");
     std::io::stdout().flush()?;
@@ -551,19 +574,64 @@ pub async fn run(mut args: Args) -> anyhow::Result<ExitCode> {
         "serving"
     );
     let admin_token = data_dir.join("admin.token");
+    let json = args.log_format == LogFormat::Json;
     if !admin_token.exists() {
-        eprintln!(
+        let hint = format!(
             "The operator token was created by another replica of this store: copy its \
              admin.token to '{}' to use the hint below here.",
             admin_token.display()
         );
+        if json {
+            tracing::info!("{hint}");
+        } else {
+            eprintln!("{hint}");
+        }
     }
-    eprintln!(
+    let hint = format!(
         "Log in as the operator with:\n  neuro login --url {scheme}://{addr} --token \"$(cat {})\"\nthen create users with: neuro admin user add NAME",
         admin_token.display()
     );
-    serve::serve(listener, router, tls, limits, shutdown_signal()).await?;
-    tracing::info!("stopped");
+    if json {
+        tracing::info!("{hint}");
+    } else {
+        eprintln!("{hint}");
+    }
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    if let Some(ops) = ops {
+        let ops_addr = ops.local_addr()?;
+        tracing::info!(addr = %ops_addr, "serving /metrics, /healthz and /readyz");
+        let router = api::ops_app(state.clone());
+        let mut stop = stop_rx.clone();
+        // The same accept loop, with its timeouts, and a small cap: scrapers and probes only.
+        let ops_limits = serve::Limits {
+            max_connections: 64,
+            ..limits
+        };
+        tokio::spawn(async move {
+            let done = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            if let Err(e) = serve::serve(ops, router, None, ops_limits, done).await {
+                tracing::error!(error = %e, "the metrics listener failed");
+            }
+        });
+    }
+    drop(state);
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::info!("stopping: no new connections; requests in flight may finish");
+        let _ = stop_tx.send(true);
+    };
+    serve::serve(listener, router, tls, limits, shutdown).await?;
+    drop(stop_rx);
+    if audit.flush(limits.grace).await {
+        tracing::info!("stopped; the audit log is written out");
+    } else {
+        tracing::error!("stopped; some audit lines could not be written");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

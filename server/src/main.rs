@@ -12,21 +12,35 @@ use clap::Parser as _;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
     let args = secrets_server::Args::parse();
+    let json = args.log_format == secrets_server::LogFormat::Json;
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    if json {
+        // One JSON object a line: timestamp, level, target and the event's fields, the message
+        // among them at the top level.
+        tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    } else {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("ERROR: cannot start the runtime: {e}");
+            fail(json, &format!("cannot start the runtime: {e}"));
             return ExitCode::FAILURE;
         }
     };
@@ -35,8 +49,17 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("ERROR: {e:#}");
+            fail(json, &format!("{e:#}"));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The last word of a failed start: a JSON log line with --log-format json, else `ERROR: ...`.
+fn fail(json: bool, message: &str) {
+    if json {
+        tracing::error!("{message}");
+    } else {
+        eprintln!("ERROR: {message}");
     }
 }

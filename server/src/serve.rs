@@ -347,6 +347,12 @@ impl Conn {
         Some(tokio::time::Instant::now() + Duration::from_millis(wait.max(1)))
     }
 
+    /// Whether no request has started on the connection yet (none is in flight).
+    fn unstarted(&self) -> bool {
+        let st = lock(&self.state);
+        !st.busy && st.started == 0
+    }
+
     /// Whether dropping the connection outright loses nothing: no request has started on it
     /// yet, or its one request waits for a body the client does not send.
     fn droppable(&self) -> bool {
@@ -368,6 +374,7 @@ impl Drop for Registered<'_> {
 }
 
 async fn serve_conn(shared: Arc<Shared>, tcp: TcpStream, slot: OwnedSemaphorePermit) {
+    let _open = crate::metrics::global().connection();
     let conn = shared.registry.add();
     {
         let _registered = Registered {
@@ -443,6 +450,7 @@ where
     tokio::pin!(hconn);
     let mut stop = shared.stop.clone();
     let mut idle_at = tokio::time::Instant::now() + limits.idle_timeout;
+    let mut stopping = false;
     loop {
         tokio::select! {
             r = hconn.as_mut() => {
@@ -454,6 +462,7 @@ where
             () = conn.close.notified() => break,
             _ = stop.wait_for(|s| *s) => {
                 lock(&conn.state).closing = true;
+                stopping = true;
                 break;
             }
             () = tokio::time::sleep_until(idle_at) => {
@@ -464,7 +473,14 @@ where
             }
         }
     }
-    if conn.droppable() {
+    // At shutdown, a request in flight is finished within the grace period even while its
+    // body is still arriving; only a connection that never started a request is dropped.
+    let drop_now = if stopping {
+        conn.unstarted()
+    } else {
+        conn.droppable()
+    };
+    if drop_now {
         return;
     }
     // A request was served here: let hyper finish the response in flight, if any, and close.

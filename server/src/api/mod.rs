@@ -255,6 +255,12 @@ pub fn app(state: AppState) -> Router {
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state.clone());
+    // Probes and metrics stay outside admission: they must answer without the store (healthz)
+    // and without a store sync (an etcd without quorum makes readyz say so, not fail).
+    let ops = Router::new()
+        .route("/healthz", get(crate::health::healthz))
+        .route("/readyz", get(crate::health::readyz))
+        .route("/metrics", get(crate::metrics::scrape_operator));
     api.merge(crate::console::routes(state.clone(), inner))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
@@ -263,5 +269,18 @@ pub fn app(state: AppState) -> Router {
             state.clone(),
             crate::admit::admit,
         ))
+        .merge(ops)
+        .layer(axum::middleware::from_fn(crate::metrics::track))
+        .with_state(state)
+}
+
+/// The router of `secretd --metrics-listen`: `/metrics` for anyone who reaches the address,
+/// and the probes.
+pub fn ops_app(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(crate::metrics::scrape))
+        .route("/healthz", get(crate::health::healthz))
+        .route("/readyz", get(crate::health::readyz))
+        .fallback(no_route)
         .with_state(state)
 }

@@ -6,6 +6,7 @@
 
 pub mod embedded;
 pub mod etcd;
+pub mod timed;
 
 use async_trait::async_trait;
 

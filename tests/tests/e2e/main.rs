@@ -18,6 +18,7 @@ mod inject;
 mod inject_hardening;
 mod jobs;
 mod limits_root;
+mod ops;
 mod pod_podman;
 mod podman;
 mod run_root;
