@@ -425,6 +425,7 @@ pub async fn open_service_on(
         inflight: admit::InFlight::default(),
         answers: admit::AnswerBudget::default(),
         console: console::LoginLimiter::default(),
+        stopping: Arc::default(),
     })
 }
 
@@ -616,7 +617,6 @@ pub async fn run(mut args: Args) -> anyhow::Result<ExitCode> {
             }
         });
     }
-    drop(state);
     let shutdown = async move {
         tokio::select! {
             _ = term.recv() => {}
@@ -624,6 +624,8 @@ pub async fn run(mut args: Args) -> anyhow::Result<ExitCode> {
         }
         tracing::info!("stopping: no new connections; requests in flight may finish");
         let _ = stop_tx.send(true);
+        state.stop_watchers();
+        drop(state);
     };
     serve::serve(listener, router, tls, limits, shutdown).await?;
     drop(stop_rx);

@@ -61,6 +61,9 @@ pub struct Service {
     pub answers: crate::admit::AnswerBudget,
     /// Failed console log-ins per client address.
     pub console: crate::console::LoginLimiter,
+    /// Set at SIGTERM: waiting watches answer at once instead of holding the shutdown for
+    /// the whole grace period.
+    pub stopping: Arc<std::sync::atomic::AtomicBool>,
 }
 
 pub type AppState = Arc<Service>;
@@ -177,6 +180,13 @@ impl Service {
                 Ok(())
             }
         }
+    }
+
+    /// Ends every waiting watch (at shutdown): each answers with what it has.
+    pub fn stop_watchers(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.wake_watchers();
     }
 
     /// Wakes every watcher without a new revision, so that each checks its caller again.

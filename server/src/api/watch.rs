@@ -1,6 +1,8 @@
 //! The change feed: a long poll that answers with the changes to secrets the caller may read
 //! since a revision, or that the caller's grants changed.
 
+use std::sync::atomic::Ordering;
+
 use axum::Json;
 use axum::extract::{Query, State};
 use secrets_core::api::{WatchEvent, WatchResponse};
@@ -79,7 +81,7 @@ pub(super) async fn watch(
                 }
             }
         }
-        if !out.events.is_empty() || out.acl_changed {
+        if !out.events.is_empty() || out.acl_changed || s.stopping.load(Ordering::SeqCst) {
             return Ok(Json(out));
         }
         since = out.revision;

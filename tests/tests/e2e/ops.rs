@@ -683,3 +683,44 @@ fn sigterm_finishes_requests_in_flight_and_writes_out_the_audit_log() {
         assert_eq!(r.status, 200, "{key}: {}", r.body);
     }
 }
+
+#[test]
+fn sigterm_ends_waiting_watches_at_once_instead_of_after_the_grace_period() {
+    let (mut srv, t) = Server::start_with_users(&["alice"]);
+    let addr = srv.addr.clone();
+    let token = t[0].clone();
+    let since = srv.get(&token, "/api/v1/secrets/watch").json()["revision"]
+        .as_u64()
+        .unwrap();
+    let watchers: Vec<_> = (0..4)
+        .map(|_| {
+            let (addr, token) = (addr.clone(), token.clone());
+            std::thread::spawn(move || {
+                http_json(
+                    &addr,
+                    "GET",
+                    &format!("/api/v1/secrets/watch?since={since}&timeout_s=60"),
+                    Some(&token),
+                    None,
+                )
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let t0 = Instant::now();
+    // The grace period is 5 s: a watch holding the shutdown would take that long.
+    let status = srv.stop_within(Duration::from_secs(3));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "secretd did not exit 0 within 3 s of SIGTERM with watches waiting"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    for w in watchers {
+        let r = w
+            .join()
+            .unwrap()
+            .expect("the watch got an answer, not a reset");
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.json()["revision"], since);
+    }
+}
