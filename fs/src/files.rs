@@ -607,7 +607,7 @@ impl Files {
         let revoked = self
             .current
             .iter()
-            .filter(|c| (*c.read().unwrap_or_else(|e| e.into_inner())).access != Access::Ok)
+            .filter(|c| c.read().unwrap_or_else(|e| e.into_inner()).access != Access::Ok)
             .count() as u64;
         family(
             "secretfs_files",
