@@ -3,7 +3,9 @@
 # plain /bin/true, in the same run (interleaved), secretd on loopback; then with no mapping
 # (start-up alone). Goal (issue 13): the added median at most 1.0x the plain exec's median.
 # Prints the binary's size and the machine's load, and repeats the comparison ROUNDS times.
-# Usage: bench/inject.sh [RUNS [ROUNDS]]
+# With BASE_INJECT=PATH (another build of secret-inject, e.g. main's), each round measures it
+# too, against the same /bin/true baseline.
+# Usage: [BASE_INJECT=PATH] bench/inject.sh [RUNS [ROUNDS]]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-300}
@@ -22,7 +24,14 @@ for r in $(seq "$rounds"); do
   echo "round $r, 10 mappings:"
   NEURO_TOKEN=$token $R/runtimes "$runs" /bin/true -- \
     $R/secret-inject --url http://127.0.0.1:18483 "${envs[@]}" -- /bin/true
+  if [[ -n "${BASE_INJECT:-}" ]]; then
+    NEURO_TOKEN=$token $R/runtimes "$runs" /bin/true -- \
+      "$BASE_INJECT" --url http://127.0.0.1:18483 "${envs[@]}" -- /bin/true
+  fi
 done
 echo "no mapping (start-up alone):"
 NEURO_TOKEN=$token $R/runtimes "$runs" /bin/true -- $R/secret-inject --url http://127.0.0.1:18483 -- /bin/true
+if [[ -n "${BASE_INJECT:-}" ]]; then
+  NEURO_TOKEN=$token $R/runtimes "$runs" /bin/true -- "$BASE_INJECT" --url http://127.0.0.1:18483 -- /bin/true
+fi
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -4,7 +4,8 @@
 # /bin/true; against COUNT plain /bin/true starts, same run, alternated REPEATS times. Reports
 # total time, p50/p99/max per start and secretd's CPU time (user+system) during each storm.
 # Every start must exit 0 and every audit line of a storm must say "ok", or the script fails.
-# Usage: bench/storm.sh [COUNT [CONCURRENCY [REPEATS]]]
+# With BASE_INJECT=PATH (another build of secret-inject), each repeat storms with it too.
+# Usage: [BASE_INJECT=PATH] bench/storm.sh [COUNT [CONCURRENCY [REPEATS]]]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 count=${1:-500}
@@ -62,5 +63,8 @@ echo "secret-inject: $(stat -c %s "$R/secret-inject") bytes"
 for _ in $(seq "$repeats"); do
   storm "/bin/true" /bin/true
   storm "secret-inject" $R/secret-inject --url "http://127.0.0.1:$port" "${envs[@]}" -- /bin/true
+  if [[ -n "${BASE_INJECT:-}" ]]; then
+    storm "base inject" "$BASE_INJECT" --url "http://127.0.0.1:$port" "${envs[@]}" -- /bin/true
+  fi
 done
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
