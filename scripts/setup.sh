@@ -19,7 +19,7 @@ packages=(ca-certificates pkg-config util-linux binutils podman runc catatonit b
 # Debian's npm is a separate package; a nodejs that bundles npm (NodeSource's) conflicts with it.
 command -v npm >/dev/null || packages+=(npm)
 if [[ "${1:-}" == "--bench" ]]; then
-  packages+=(nginx-light wrk bc python3)
+  packages+=(nginx-light wrk bc python3 linux-perf strace ltrace)
 fi
 
 missing=()

@@ -100,6 +100,12 @@ fn read_ca(path: &Path) -> Result<Vec<reqwest::Certificate>, ClientError> {
     Ok(certs)
 }
 
+/// Reads and parses a CA file as [`Client::new`] does, with the same errors, for callers that
+/// do not build a `Client` for every URL (secret-inject's plain-HTTP path).
+pub fn check_ca_file(path: &Path) -> Result<(), ClientError> {
+    read_ca(path).map(drop)
+}
+
 impl Client {
     pub fn new(cfg: &ClientConfig) -> Result<Self, ClientError> {
         let base = cfg.url.trim_end_matches('/').to_owned();
@@ -170,33 +176,7 @@ impl Client {
             url: self.base.clone(),
             detail: describe(&e),
         })?;
-        if status.is_success() {
-            let body: &[u8] = if status == StatusCode::NO_CONTENT || bytes.is_empty() {
-                b"null"
-            } else {
-                &bytes
-            };
-            return serde_json::from_slice(body).map_err(|e| ClientError::Protocol {
-                url: url.clone(),
-                detail: e.to_string(),
-            });
-        }
-        let err: ErrorBody = serde_json::from_slice(&bytes).unwrap_or_else(|_| ErrorBody {
-            error: format!("HTTP {status}"),
-            missing: vec![],
-        });
-        if status.is_server_error() {
-            return Err(ClientError::Status {
-                status: status.as_u16(),
-                message: format!("service error (HTTP {}): {}", status.as_u16(), err.error),
-                missing: vec![],
-            });
-        }
-        Err(ClientError::Status {
-            status: status.as_u16(),
-            message: err.error,
-            missing: err.missing,
-        })
+        answer(&url, status.as_u16(), &bytes)
     }
 
     async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
@@ -366,6 +346,49 @@ impl Client {
     }
 }
 
+/// The outcome of an answer with HTTP status `status` and body `bytes` to a request to `url`:
+/// the JSON body of a success (`null` when empty), else the service's error. Shared by
+/// [`Client`] and by callers that speak HTTP themselves (secret-inject's plain-HTTP path), so
+/// both read an answer the same way.
+pub fn answer<T: DeserializeOwned>(url: &str, status: u16, bytes: &[u8]) -> Result<T, ClientError> {
+    if (200..300).contains(&status) {
+        let body: &[u8] = if status == StatusCode::NO_CONTENT.as_u16() || bytes.is_empty() {
+            b"null"
+        } else {
+            bytes
+        };
+        return serde_json::from_slice(body).map_err(|e| ClientError::Protocol {
+            url: url.to_owned(),
+            detail: e.to_string(),
+        });
+    }
+    let text = StatusCode::from_u16(status)
+        .map(|s| s.to_string())
+        .unwrap_or_else(|_| status.to_string());
+    let err: ErrorBody = serde_json::from_slice(bytes).unwrap_or_else(|_| ErrorBody {
+        error: format!("HTTP {text}"),
+        missing: vec![],
+    });
+    if (500..600).contains(&status) {
+        return Err(ClientError::Status {
+            status,
+            message: format!("service error (HTTP {status}): {}", err.error),
+            missing: vec![],
+        });
+    }
+    Err(ClientError::Status {
+        status,
+        message: err.error,
+        missing: err.missing,
+    })
+}
+
+/// The detail of an answer that is not HTTP at all (`what` says what was seen instead): most
+/// often a TLS service behind an `http://` URL.
+pub fn not_http(what: impl std::fmt::Display) -> String {
+    format!("the answer is not HTTP ({what})\nhint: is the URL https://?")
+}
+
 /// A short cause for a transport error, without the URL's query (which never holds a secret,
 /// but keep messages short) and without the request body.
 /// Why a failed request cannot succeed by trying again, when that is so: a TLS failure (with
@@ -396,9 +419,7 @@ fn incompatible(e: &reqwest::Error) -> Option<String> {
         if let Some(h) = c.downcast_ref::<hyper::Error>()
             && h.is_parse()
         {
-            return Some(format!(
-                "the answer is not HTTP ({h})\nhint: is the URL https://?"
-            ));
+            return Some(not_http(h));
         }
         // rustls's error reaches us inside (nested) `io::Error`s, whose `source()` skips the
         // error they wrap: step into it instead.

@@ -13,7 +13,7 @@ use fuser::{
 };
 
 use crate::error::{FsError, Level, Op};
-use crate::files::{Attr, Files, Kind, Opened, Requester, STATUS_INO};
+use crate::files::{Attr, Files, Kind, Opened, Requester, is_generated};
 
 /// How long the kernel may trust attributes and names: long, because every change is pushed
 /// to it with an explicit invalidation.
@@ -63,9 +63,9 @@ fn attr(a: Attr) -> FileAttr {
     }
 }
 
-/// The status file changes on every look: never cached.
+/// The status area's files change on every look: never cached.
 fn ttl(ino: u64) -> Duration {
-    if ino == STATUS_INO {
+    if is_generated(ino) {
         Duration::ZERO
     } else {
         TTL

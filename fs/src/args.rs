@@ -80,7 +80,8 @@ pub struct Args {
     /// Created once every secret is served; removed at shutdown
     #[arg(long, value_name = "PATH")]
     pub ready_file: Option<PathBuf>,
-    /// Where the FUSE filesystem is mounted (holds the files and .status)
+    /// Where the FUSE filesystem is mounted (holds the files, .status and .metrics, the same
+    /// counters in the Prometheus text format)
     #[arg(long, value_name = "DIR", default_value = "/run/secretfs")]
     pub mount_root: PathBuf,
     /// Audit log of opens (JSON lines); default: standard error

@@ -15,8 +15,16 @@ use crate::error::{FsError, FsResult, Level, Op, worth_logging};
 
 pub const ROOT_INO: u64 = 1;
 pub const STATUS_INO: u64 = 2;
-const FIRST_FILE_INO: u64 = 3;
+pub const METRICS_INO: u64 = 3;
+const FIRST_FILE_INO: u64 = 4;
 pub const STATUS_NAME: &str = ".status";
+/// The status area's counters in the Prometheus text format (version 0.0.4).
+pub const METRICS_NAME: &str = ".metrics";
+
+/// Whether `ino` is one of the status area's files, generated on every open.
+pub fn is_generated(ino: u64) -> bool {
+    ino == STATUS_INO || ino == METRICS_INO
+}
 
 /// How opens and reads are served; ARCHITECTURE.md ("secretfs cache modes") weighs them and
 /// BENCHMARKS.md measures them.
@@ -282,6 +290,9 @@ impl Files {
         if name == STATUS_NAME {
             return self.attr(STATUS_INO);
         }
+        if name == METRICS_NAME {
+            return self.attr(METRICS_INO);
+        }
         let i: usize = name.parse().map_err(|_| missing())?;
         if Self::name_of(i) != name || i >= self.mappings.len() {
             return Err(missing());
@@ -310,8 +321,8 @@ impl Files {
                 perm: 0o755,
                 ..base
             }),
-            STATUS_INO => Ok(Attr {
-                size: self.status_json().len() as u64,
+            STATUS_INO | METRICS_INO => Ok(Attr {
+                size: self.generated(ino).len() as u64,
                 mtime: SystemTime::now(),
                 ..base
             }),
@@ -337,6 +348,7 @@ impl Files {
             (ROOT_INO, ".".to_owned(), Kind::Dir),
             (ROOT_INO, "..".to_owned(), Kind::Dir),
             (STATUS_INO, STATUS_NAME.to_owned(), Kind::File),
+            (METRICS_INO, METRICS_NAME.to_owned(), Kind::File),
         ];
         v.extend((0..self.mappings.len()).map(|i| (Self::ino_of(i), Self::name_of(i), Kind::File)));
         v
@@ -363,8 +375,8 @@ impl Files {
                 ),
             ));
         }
-        if ino == STATUS_INO {
-            let snapshot = Arc::new(SecretBytes::new(self.status_json().into_bytes()));
+        if is_generated(ino) {
+            let snapshot = Arc::new(SecretBytes::new(self.generated(ino).into_bytes()));
             return Ok(Opened::Direct(self.new_handle(snapshot)));
         }
         if self.mode_cache == CacheMode::Kernel {
@@ -454,9 +466,9 @@ impl Files {
             .unwrap_or_else(|e| e.into_inner())
             .get(&fh)
             .cloned();
-        let value = if ino == STATUS_INO {
+        let value = if is_generated(ino) {
             // In kernel mode opens are not sent at all, so there may be no handle.
-            handle.unwrap_or_else(|| Arc::new(SecretBytes::new(self.status_json().into_bytes())))
+            handle.unwrap_or_else(|| Arc::new(SecretBytes::new(self.generated(ino).into_bytes())))
         } else if self.mode_cache == CacheMode::Strict {
             handle.ok_or_else(|| {
                 FsError::new(
@@ -540,6 +552,97 @@ impl Files {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .is_some()
+    }
+
+    /// The contents of a generated file (`.status` or `.metrics`).
+    fn generated(&self, ino: u64) -> String {
+        if ino == METRICS_INO {
+            self.metrics()
+        } else {
+            self.status_json()
+        }
+    }
+
+    /// The counters of the status area in the Prometheus text format: operations and
+    /// failures by operation, files by state, open handles, staleness, start time. No label
+    /// holds a path or a URI: the names of secrets stay out of metrics.
+    pub fn metrics(&self) -> String {
+        use std::fmt::Write as _;
+        let c = &self.counters;
+        let f = &c.failed;
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut out = String::new();
+        let mut family = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            for (labels, v) in samples {
+                let _ = writeln!(out, "{name}{labels} {v}");
+            }
+        };
+        family(
+            "secretfs_operations_total",
+            "counter",
+            "FUSE requests the daemon answered, by operation.",
+            &[
+                (r#"{op="lookup"}"#, n(&c.lookup)),
+                (r#"{op="getattr"}"#, n(&c.getattr)),
+                (r#"{op="open"}"#, n(&c.open)),
+                (r#"{op="read"}"#, n(&c.read)),
+                (r#"{op="release"}"#, n(&c.release)),
+                (r#"{op="other"}"#, n(&c.other)),
+            ],
+        );
+        family(
+            "secretfs_operations_failed_total",
+            "counter",
+            "FUSE requests answered with an error, by operation.",
+            &[
+                (r#"{op="lookup"}"#, n(&f.lookup)),
+                (r#"{op="getattr"}"#, n(&f.getattr)),
+                (r#"{op="open"}"#, n(&f.open)),
+                (r#"{op="read"}"#, n(&f.read)),
+                (r#"{op="readdir"}"#, n(&f.readdir)),
+            ],
+        );
+        let revoked = self
+            .current
+            .iter()
+            .filter(|c| c.read().unwrap_or_else(|e| e.into_inner()).access != Access::Ok)
+            .count() as u64;
+        family(
+            "secretfs_files",
+            "gauge",
+            "Secret files served, by state.",
+            &[
+                (r#"{state="ok"}"#, self.mappings.len() as u64 - revoked),
+                (r#"{state="revoked"}"#, revoked),
+            ],
+        );
+        let handles = self.handles.lock().unwrap_or_else(|e| e.into_inner()).len() as u64;
+        family(
+            "secretfs_open_handles",
+            "gauge",
+            "Open file handles the daemon holds a snapshot for.",
+            &[("", handles)],
+        );
+        family(
+            "secretfs_stale",
+            "gauge",
+            "1 while the files may be out of date (the service cannot be reached), else 0.",
+            &[("", u64::from(self.status_is_stale()))],
+        );
+        let secs = |t: SystemTime| {
+            t.duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs()
+        };
+        family(
+            "secretfs_start_time_seconds",
+            "gauge",
+            "When the daemon started, in seconds since the Unix epoch.",
+            &[("", secs(self.started))],
+        );
+        out
     }
 
     /// The status area: each file's version and state, staleness, operation counters.
@@ -705,7 +808,7 @@ mod tests {
         assert_eq!(errno(f.lookup(ROOT_INO, "x")), libc::ENOENT);
         assert_eq!(errno(f.lookup(Files::ino_of(0), "0")), libc::ENOENT);
         assert_eq!(f.getattr(ROOT_INO).unwrap().kind, Kind::Dir);
-        assert_eq!(f.entries().len(), 5);
+        assert_eq!(f.entries().len(), 6);
     }
 
     #[test]
@@ -835,6 +938,100 @@ mod tests {
         f.set_stale(false);
         assert!(f.status_json().contains(r#""stale_since": null"#));
         assert!(!f.status_json().contains("alpha"));
+    }
+
+    /// Parses the Prometheus text format strictly enough to catch a malformed line: every
+    /// sample belongs to a family announced by `# HELP` and `# TYPE` (counter or gauge), names
+    /// and label names are valid, values are numbers. Returns `name{labels}` -> value.
+    pub(crate) fn parse_prometheus(text: &str) -> HashMap<String, f64> {
+        let valid = |n: &str| {
+            !n.is_empty()
+                && !n.starts_with(|c: char| c.is_ascii_digit())
+                && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        };
+        let mut typed = HashMap::new();
+        let mut out = HashMap::new();
+        assert!(text.ends_with('\n'), "{text}");
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').expect(line);
+                assert!(
+                    valid(name) && ["counter", "gauge"].contains(&kind),
+                    "{line}"
+                );
+                assert!(
+                    typed.insert(name.to_owned(), kind.to_owned()).is_none(),
+                    "{line}"
+                );
+                continue;
+            }
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                assert!(valid(rest.split(' ').next().unwrap()), "{line}");
+                continue;
+            }
+            let (series, value) = line.rsplit_once(' ').expect(line);
+            let name = series.split('{').next().unwrap();
+            let kind = typed.get(name).unwrap_or_else(|| panic!("untyped: {line}"));
+            if kind == "counter" {
+                assert!(name.ends_with("_total"), "{line}");
+            }
+            if let Some(labels) = series.strip_prefix(name).filter(|l| !l.is_empty()) {
+                let inner = labels.strip_prefix('{').and_then(|l| l.strip_suffix('}'));
+                for pair in inner.expect(line).split(',') {
+                    let (k, v) = pair.split_once('=').expect(line);
+                    assert!(valid(k) && v.len() >= 2, "{line}");
+                    assert!(v.starts_with('"') && v.ends_with('"'), "{line}");
+                    assert!(!v[1..v.len() - 1].contains(['"', '\\', '\n']), "{line}");
+                }
+            }
+            let v: f64 = value.parse().unwrap_or_else(|_| panic!("value: {line}"));
+            assert!(out.insert(series.to_owned(), v).is_none(), "twice: {line}");
+        }
+        out
+    }
+
+    #[test]
+    fn metrics_are_prometheus_text_and_follow_the_counters() {
+        let f = files_in(CacheMode::Strict, Box::new(|_| {}));
+        let m = parse_prometheus(&f.metrics());
+        assert_eq!(m[r#"secretfs_operations_total{op="open"}"#], 0.0);
+        assert_eq!(m[r#"secretfs_files{state="ok"}"#], 2.0);
+        assert_eq!(m["secretfs_open_handles"], 0.0);
+        assert_eq!(m["secretfs_stale"], 0.0);
+        let h = fh(f.open(Files::ino_of(0), false, who(1000, 1)).unwrap());
+        assert_eq!(read_all(&f, Files::ino_of(0), h), b"alpha");
+        assert_eq!(errno(f.lookup(ROOT_INO, "nope")), libc::ENOENT);
+        f.revoke(1, "403");
+        f.set_stale(true);
+        let m = parse_prometheus(&f.metrics());
+        assert_eq!(m[r#"secretfs_operations_total{op="open"}"#], 1.0);
+        assert_eq!(m[r#"secretfs_operations_total{op="lookup"}"#], 1.0);
+        assert!(m[r#"secretfs_operations_total{op="read"}"#] >= 1.0);
+        assert_eq!(m[r#"secretfs_files{state="revoked"}"#], 1.0);
+        assert_eq!(m["secretfs_open_handles"], 1.0);
+        assert_eq!(m["secretfs_stale"], 1.0);
+        f.release(h);
+        assert_eq!(parse_prometheus(&f.metrics())["secretfs_open_handles"], 0.0);
+        // The file itself: listed, looked up, opened and read like .status, never cached.
+        let a = f.lookup(ROOT_INO, METRICS_NAME).unwrap();
+        assert_eq!(a.ino, METRICS_INO);
+        assert!(
+            f.entries()
+                .iter()
+                .any(|(i, n, _)| *i == METRICS_INO && n == METRICS_NAME)
+        );
+        let o = f.open(METRICS_INO, false, who(1000, 1)).unwrap();
+        assert!(matches!(o, Opened::Direct(_)));
+        let text = read_all(&f, METRICS_INO, fh(o));
+        let text = String::from_utf8(text).unwrap();
+        assert!(
+            text.contains("# TYPE secretfs_operations_total counter"),
+            "{text}"
+        );
+        // No path, URI or value in any label.
+        for secret in ["/var/secrets/a", "secret:a", "bob", "alpha"] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
     }
 
     /// Every failed operation is counted in the status area, by operation; expected ones

@@ -8,6 +8,7 @@
 //! but the copies `Command` made of the environment are only freed, not wiped (the wrapper
 //! is not dumpable, so the job cannot read them through /proc).
 
+pub mod http;
 pub mod init;
 // The crate's one unsafe item: a clean signal mask at exec, and wiping its own credential.
 #[allow(unsafe_code)]
@@ -21,8 +22,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use secrets_core::api::{JobSpec, ResolveStatus};
-use secrets_core::client::{Client, ClientError};
+use secrets_core::api::{JobSpec, ResolveResponse, ResolveStatus};
+use secrets_core::client::{Client, ClientConfig, ClientError, check_ca_file};
 use secrets_core::{ConnArgs, EnvMapping, EnvName, ExitClass, GroupMayRead, SecretRef, Token};
 use zeroize::Zeroizing;
 
@@ -214,9 +215,44 @@ fn jitter() -> f64 {
     0.5 + f64::from(u16::from_le_bytes(b)) / 65536.0
 }
 
+/// How the wrapper reaches the service: the blocking plain-HTTP path for `http://IP`, else
+/// the full client (TLS, DNS) on a one-thread runtime, built only then.
+#[derive(Debug)]
+pub enum Transport {
+    Plain(http::Plain),
+    Full {
+        client: Client,
+        rt: tokio::runtime::Runtime,
+    },
+}
+
+impl Transport {
+    pub fn base_url(&self) -> &str {
+        match self {
+            Transport::Plain(p) => p.base_url(),
+            Transport::Full { client, .. } => client.base_url(),
+        }
+    }
+
+    /// One attempt, given up after `left`.
+    fn resolve(&self, uris: &[String], left: Duration) -> Result<ResolveResponse, ClientError> {
+        match self {
+            Transport::Plain(p) => p.resolve(uris, left),
+            Transport::Full { client, rt } => rt
+                .block_on(async { tokio::time::timeout(left, client.resolve(uris.to_vec())).await })
+                .unwrap_or_else(|_| {
+                    Err(ClientError::Unavailable {
+                        url: client.base_url().to_owned(),
+                        detail: "timed out".into(),
+                    })
+                }),
+        }
+    }
+}
+
 /// Resolves every mapping in one request, retrying transient failures within `deadline`.
-pub async fn resolve(
-    client: &Client,
+pub fn resolve(
+    transport: &Transport,
     maps: &[EnvMapping],
     deadline: Instant,
     verbose: bool,
@@ -227,12 +263,13 @@ pub async fn resolve(
     let resp = loop {
         attempt += 1;
         let left = deadline.saturating_duration_since(Instant::now());
-        let result = match tokio::time::timeout(left, client.resolve(uris.clone())).await {
-            Ok(r) => r,
-            Err(_) => Err(ClientError::Unavailable {
-                url: client.base_url().to_owned(),
+        let result = if left.is_zero() {
+            Err(ClientError::Unavailable {
+                url: transport.base_url().to_owned(),
                 detail: "timed out".into(),
-            }),
+            })
+        } else {
+            transport.resolve(&uris, left)
         };
         match result {
             Ok(r) => break r,
@@ -251,7 +288,7 @@ pub async fn resolve(
                 if verbose {
                     eprintln!("secret-inject: attempt {attempt}: {e}; retrying in {wait:?}");
                 }
-                tokio::time::sleep(wait).await;
+                std::thread::sleep(wait);
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
             Err(e) => {
@@ -373,6 +410,29 @@ fn read_token(args: &Args) -> Result<Token, Failure> {
     })
 }
 
+/// The transport for `cfg`: plain HTTP when the URL allows it (a `--ca-file` is still read
+/// and checked, as the full client would), else the full client on a one-thread runtime.
+fn transport(cfg: &ClientConfig, verbose: bool) -> Result<Transport, Failure> {
+    let bad = |e: ClientError| invalid(None, None, e.to_string());
+    if let Some(token) = cfg.token.clone()
+        && let Some(plain) = http::Plain::new(&cfg.url, token)
+    {
+        if let Some(ca) = &cfg.ca_file {
+            check_ca_file(ca).map_err(bad)?;
+        }
+        if verbose {
+            eprintln!("secret-inject: plain HTTP to {}", plain.base_url());
+        }
+        return Ok(Transport::Plain(plain));
+    }
+    let client = Client::new(cfg).map_err(bad)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| invalid(None, None, format!("runtime: {e}")))?;
+    Ok(Transport::Full { client, rt })
+}
+
 /// Everything before the job starts; returns the command ready to exec or spawn.
 fn prepare(args: &Args) -> Result<std::process::Command, u8> {
     let t0 = Instant::now();
@@ -399,19 +459,15 @@ fn prepare(args: &Args) -> Result<std::process::Command, u8> {
         .timeout
         .clamp(Duration::from_millis(100), Duration::from_secs(300));
     let cfg = args.conn.client_config(token, per_request);
-    let client = Client::new(&cfg).map_err(|e| report(&[invalid(None, None, e.to_string())]))?;
+    // Built even without a mapping: a bad URL or CA file is refused either way.
+    let transport = transport(&cfg, args.verbose).map_err(|e| report(&[e]))?;
     let resolved = if maps.is_empty() {
         Vec::new()
     } else {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| report(&[invalid(None, None, format!("runtime: {e}"))]))?;
-        let r = rt.block_on(resolve(&client, &maps, deadline, args.verbose));
-        drop(client);
-        drop(rt);
-        r.map_err(|e| report(&e))?
+        resolve(&transport, &maps, deadline, args.verbose).map_err(|e| report(&e))?
     };
+    // No connection, runtime or thread of it outlives the resolve.
+    drop(transport);
     if args.verbose {
         eprintln!(
             "secret-inject: resolved {} mapping(s) in {:?}",

@@ -589,3 +589,74 @@ fn wait_log(log: &std::path::Path, want: &str) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A one-shot HTTP server on loopback that reads one request and writes `parts` with a
+/// pause between them; returns its URL.
+fn answer_in_parts(parts: Vec<Vec<u8>>) -> String {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let Ok((conn, _)) = l.accept() else { return };
+        let mut r = BufReader::new(conn.try_clone().unwrap());
+        let mut len = 0;
+        loop {
+            let mut h = String::new();
+            r.read_line(&mut h).unwrap();
+            if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap();
+            }
+            if h.trim().is_empty() {
+                break;
+            }
+        }
+        let mut body = vec![0; len];
+        r.read_exact(&mut body).unwrap();
+        let mut w = conn;
+        for p in parts {
+            let _ = w.write_all(&p);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    url
+}
+
+/// The plain-HTTP path reads an answer however it is framed and cut into packets (chunked,
+/// a head split mid-line), and an answer that is not HTTP fails at once with a hint.
+#[test]
+fn plain_http_answers_in_chunks_and_garbage() {
+    let body = r#"{"results":[{"uri":"secret:k","status":"ok","resolved_uri":"secret://c/alice/k","version":3,"value":"Y2h1bmtlZCB2YWx1ZQ=="}]}"#;
+    let (a, b) = body.split_at(40);
+    let chunked = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{a}\r\n{:x};ext=1\r\n{b}\r\n0\r\n\r\n",
+        a.len(),
+        b.len()
+    )
+    .into_bytes();
+    let (head, rest) = chunked.split_at(20);
+    let (mid, tail) = rest.split_at(90);
+    let url = answer_in_parts(vec![head.to_vec(), mid.to_vec(), tail.to_vec()]);
+    let (o, _) = inject(
+        &url,
+        "nst.x.y",
+        &["--env", "K=secret:k", "--", "sh", "-c", "printf %s \"$K\""],
+        b"",
+    );
+    assert_eq!(
+        (o.status.code(), o.stdout.as_slice()),
+        (Some(0), &b"chunked value"[..]),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // Not HTTP (a TLS alert, say): no retry until the deadline, the hint instead.
+    let url = answer_in_parts(vec![vec![0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x46]]);
+    let (o, took) = inject(
+        &url,
+        "nst.x.y",
+        &["--timeout", "30", "--env", "K=secret:k", "--", "true"],
+        b"",
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(69), "{err}");
+    assert!(err.contains("is the URL https://?"), "{err}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+}

@@ -688,3 +688,49 @@ fn a_store_restored_from_a_backup_keeps_rotation_going_without_polling() {
     eprintln!("rotation after the restore seen after {took:?}");
     assert_eq!(fs.status()["stale_since"], serde_json::Value::Null);
 }
+
+/// `MOUNT_ROOT/.metrics`: the status area's counters in the Prometheus text format, read
+/// fresh on every open, with no path, URI or value in it.
+#[test]
+fn metrics_file_counts_operations_in_prometheus_text() {
+    let (srv, t, work) = fuse_alice_owning_k();
+    let w = work.path();
+    let file = w.join("files/k");
+    let vol = format!("secret:k:{}", file.display());
+    let mut fs = SecretFs::start(&srv, w, &t[0], Ns::Own, &["--volume", &vol])
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    let metrics = |fs: &SecretFs| -> std::collections::HashMap<String, f64> {
+        let raw = fs.cat(&fs.root.join(".metrics")).expect("read .metrics");
+        let text = String::from_utf8(raw).unwrap();
+        assert!(
+            text.contains("# TYPE secretfs_operations_total counter"),
+            "{text}"
+        );
+        for secret in ["files/k", "secret:k", "alice", "value"] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| {
+                let (k, v) = l.rsplit_once(' ').unwrap_or_else(|| panic!("{l}"));
+                (k.to_owned(), v.parse().unwrap_or_else(|_| panic!("{l}")))
+            })
+            .collect()
+    };
+    let before = metrics(&fs);
+    assert_eq!(before[r#"secretfs_files{state="ok"}"#], 1.0);
+    assert_eq!(before["secretfs_stale"], 0.0);
+    for _ in 0..3 {
+        assert_eq!(fs.cat(&file).unwrap(), b"value");
+    }
+    let after = metrics(&fs);
+    let opens = r#"secretfs_operations_total{op="open"}"#;
+    // Three opens of the file and one of .metrics itself.
+    assert_eq!(after[opens] - before[opens], 4.0, "{after:?}");
+    let ls = fs.exec(None, &["ls", "-A", fs.root.to_str().unwrap()]);
+    assert!(
+        String::from_utf8_lossy(&ls.stdout).contains(".metrics"),
+        "{ls:?}"
+    );
+    assert!(fs.term().success());
+}
