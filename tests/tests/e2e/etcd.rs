@@ -185,6 +185,43 @@ impl EtcdCluster {
         }
     }
 
+    /// `HOST:PORT` of member `i`.
+    pub fn endpoint(&self, i: usize) -> String {
+        format!("127.0.0.1:{}", self.members[i].client)
+    }
+
+    /// `etcd://` URL listing the members in the order of `order`.
+    pub fn url_in_order(&self, order: &[usize], prefix: &str) -> String {
+        let eps: Vec<String> = order.iter().map(|&i| self.endpoint(i)).collect();
+        format!("etcd://{}/{prefix}", eps.join(","))
+    }
+
+    /// Runs etcdctl against member `i` alone.
+    pub fn etcdctl_on(&self, i: usize, args: &[&str]) -> Output {
+        Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &self.endpoint(i), "--command-timeout", "3s"])
+            .args(args)
+            .output()
+            .expect("etcdctl (Debian etcd-client) runs")
+    }
+
+    /// SIGSTOP member `i`: a hung member (its sockets stay open, nothing answers).
+    pub fn pause(&self, i: usize) {
+        self.signal(i, nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    /// SIGCONT member `i`.
+    pub fn resume(&self, i: usize) {
+        self.signal(i, nix::sys::signal::Signal::SIGCONT);
+    }
+
+    fn signal(&self, i: usize, sig: nix::sys::signal::Signal) {
+        let c = self.members[i].child.as_ref().expect("member is running");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), sig)
+            .expect("signal etcd");
+    }
+
     /// Starts member `i` again on its data directory.
     pub fn restart(&mut self, i: usize) {
         assert!(self.members[i].child.is_none(), "member {i} is running");
@@ -196,10 +233,10 @@ impl Drop for EtcdCluster {
     fn drop(&mut self) {
         for m in &mut self.members {
             if let Some(c) = &m.child {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(c.id() as i32),
-                    nix::sys::signal::Signal::SIGTERM,
-                );
+                let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+                // A paused member would sit on SIGTERM until the SIGKILL.
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT);
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
             }
         }
         let t0 = Instant::now();

@@ -1,0 +1,213 @@
+//! Faults and edge cases of the etcd store, on real etcd: a hung member (SIGSTOP, not a
+//! crash), compaction while a replica's watch is away, revisions across replicas, and
+//! `migrate` from a place that holds no store.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::etcd::EtcdCluster;
+use crate::harness::{Server, b64, bin};
+
+fn start(url: &str, key: Option<&std::path::Path>) -> Server {
+    let mut args = vec!["--cluster", "neuro-compute", "--store", url];
+    let k;
+    if let Some(key) = key {
+        k = key.to_str().unwrap().to_owned();
+        args.extend_from_slice(&["--master-key", &k]);
+    }
+    Server::start_with(&args)
+}
+
+fn revision(srv: &Server, token: &str) -> u64 {
+    let r = srv.get(token, "/api/v1/secrets/watch");
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.json()["revision"].as_u64().unwrap()
+}
+
+#[test]
+fn a_revision_learned_on_one_replica_is_a_valid_since_on_the_other() {
+    let etcd = EtcdCluster::start(1);
+    let url = etcd.url("since");
+    let a = start(&url, None);
+    let alice = a.add_users(&["alice"]).remove(0);
+    a.put(&alice, "k", b"v1");
+    let mut b = start(&url, Some(&a.data_dir().join("master.key")));
+    // B restarts with the operator token in place (so it writes nothing) after another
+    // deployment (or anything else) wrote to the same etcd, outside the prefix.
+    let token = std::fs::read(a.data_dir().join("admin.token")).unwrap();
+    let b_token = b.data_dir().join("admin.token");
+    std::fs::write(&b_token, token).unwrap();
+    nix::sys::stat::fchmodat(
+        nix::fcntl::AT_FDCWD,
+        &b_token,
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+        nix::sys::stat::FchmodatFlags::FollowSymlink,
+    )
+    .unwrap();
+    for _ in 0..5 {
+        assert!(etcd.etcdctl(&["put", "/other/x", "y"]).status.success());
+    }
+    b.restart();
+
+    let (ra, rb) = (revision(&a, &alice), revision(&b, &alice));
+    assert_eq!(ra, rb, "the replicas disagree on the newest revision");
+    // A client that learned a revision on one replica polls the other (a load balancer).
+    for (srv, since) in [(&a, rb), (&b, ra)] {
+        let r = srv.get(
+            &alice,
+            &format!("/api/v1/secrets/watch?since={since}&timeout_s=0"),
+        );
+        assert_eq!(r.status, 200, "since={since}: {}", r.body);
+    }
+    // And the next write through A is an event on B after that revision.
+    let w = a.post(
+        &alice,
+        "/api/v1/secrets",
+        &format!(r#"{{"key":"k","value":"{}"}}"#, b64("v2")),
+    );
+    assert_eq!(w.status, 201, "{}", w.body);
+    let r = b.get(
+        &alice,
+        &format!("/api/v1/secrets/watch?since={ra}&timeout_s=5"),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["events"][0]["version"], w.json()["version"]);
+}
+
+/// Writes `value` to alice/k through `w`, then reads it through `r` until it shows (the read
+/// must not be stale and must not fail): returns how long the read took.
+fn write_then_read(w: &Server, r: &Server, token: &str, value: &str) -> Duration {
+    let body = format!(r#"{{"key":"k","value":"{}"}}"#, b64(value));
+    let t0 = Instant::now();
+    let put = w.post(token, "/api/v1/secrets", &body);
+    assert_eq!(put.status, 201, "write {value}: {}", put.body);
+    let got = r.get(token, "/api/v1/secrets/alice/k");
+    assert_eq!(got.status, 200, "read {value}: {}", got.body);
+    assert_eq!(
+        got.json()["value"],
+        b64(value),
+        "a stale read of an acknowledged write ({value})"
+    );
+    t0.elapsed()
+}
+
+#[test]
+fn a_hung_member_under_a_replicas_watch_costs_a_delay_not_stale_reads() {
+    let etcd = EtcdCluster::start(3);
+    // A watches and reads member 0 first; B writes through the two others.
+    let a = start(&etcd.url_in_order(&[0, 1, 2], "hung"), None);
+    let key = a.data_dir().join("master.key");
+    let b = start(&etcd.url_in_order(&[1, 2, 0], "hung"), Some(&key));
+    let alice = a.add_users(&["alice"]).remove(0);
+    write_then_read(&b, &a, &alice, "before");
+
+    etcd.pause(0);
+    let t0 = Instant::now();
+    let mut worst = Duration::ZERO;
+    let mut i = 0;
+    while t0.elapsed() < Duration::from_secs(12) {
+        let took = write_then_read(&b, &a, &alice, &format!("v{i}"));
+        if took > Duration::from_millis(500) {
+            eprintln!("v{i} at {:?}: {took:?}", t0.elapsed());
+        }
+        worst = worst.max(took);
+        i += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    etcd.resume(0);
+    eprintln!("member 0 hung: {i} writes through B read through A, slowest {worst:?}");
+    assert!(
+        worst < Duration::from_secs(5),
+        "a write and read took {worst:?}"
+    );
+}
+
+#[test]
+fn compaction_while_a_replicas_watch_is_away_reloads_it_correctly() {
+    let mut etcd = EtcdCluster::start(3);
+    let a = start(&etcd.url_in_order(&[0, 1, 2], "compact"), None);
+    let key = a.data_dir().join("master.key");
+    let b = start(&etcd.url_in_order(&[1, 2, 0], "compact"), Some(&key));
+    let tokens = a.add_users(&["alice", "bob"]);
+    let (alice, bob) = (tokens[0].clone(), tokens[1].clone());
+    a.put(&alice, "k", b"old");
+    a.put(&alice, "gone", b"x");
+    assert_eq!(a.get(&bob, "/api/v1/secrets/bob/none").status, 404);
+
+    // A's watch is on member 0: kill it while B changes things, then compact everything.
+    etcd.kill(0);
+    b.put(&alice, "k", b"new");
+    assert!(b.delete(&alice, "/api/v1/secrets/alice/gone").status < 300);
+    let r = b.delete(&a.admin_token(), "/api/v1/admin/users/bob?secrets=delete");
+    assert!(r.status < 300, "{} {}", r.status, r.body);
+    let st = etcd.etcdctl_on(1, &["endpoint", "status", "-w", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    let rev = v[0]["Status"]["header"]["revision"].as_u64().unwrap();
+    let out = etcd.etcdctl_on(1, &["compact", &rev.to_string(), "--physical"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let t0 = Instant::now();
+    loop {
+        let k = a.get(&alice, "/api/v1/secrets/alice/k");
+        let gone = a.get(&alice, "/api/v1/secrets/alice/gone").status;
+        let bob_st = a.get(&bob, "/api/v1/secrets/bob/none").status;
+        if k.status == 200 && k.json()["value"] == b64("new") && gone == 404 && bob_st == 401 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(8),
+            "A after compaction: k {} {}, gone {gone}, bob {bob_st}",
+            k.status,
+            k.body
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The reloaded copy follows new writes, and its feed has the writes after compaction.
+    let since = revision(&a, &alice);
+    b.put(&alice, "k", b"newer");
+    let r = a.get(
+        &alice,
+        &format!("/api/v1/secrets/watch?since={since}&timeout_s=5"),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.json()["events"][0]["uri"],
+        "secret://neuro-compute/alice/k"
+    );
+    assert_eq!(
+        a.get(&alice, "/api/v1/secrets/alice/k").json()["value"],
+        b64("newer")
+    );
+}
+
+#[test]
+fn migrate_from_a_directory_that_holds_no_store_fails_and_creates_nothing() {
+    let etcd = EtcdCluster::start(1);
+    let url = etcd.url("nosource");
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("typo");
+    std::fs::create_dir(dir.path().join("empty")).unwrap();
+    for from in [missing.clone(), dir.path().join("empty")] {
+        let out = Command::new(bin("secretd"))
+            .args(["migrate", "--from"])
+            .arg(&from)
+            .args(["--to", &url])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{}{err}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(err.contains(&from.display().to_string()), "{err}");
+        assert!(err.contains("no store"), "{err}");
+    }
+    assert!(!missing.exists(), "migrate created the source directory");
+    assert!(!dir.path().join("empty/secrets.redb").exists());
+}
