@@ -307,8 +307,12 @@ struct Cache {
     map: BTreeMap<String, Entry>,
     /// `(mod revision, key)` of every secret, tombstone and marker: the change feed.
     feed: BTreeSet<(u64, String)>,
-    /// The revision up to which every event has been applied.
+    /// The revision up to which every event has been applied (after a load, etcd's revision
+    /// then, which counts writes outside the prefix too): where the watch resumes.
     revision: u64,
+    /// The newest mod revision in the prefix (the clock key's, as every write ticks it): the
+    /// same number on every replica that has applied the same writes, whenever it loaded.
+    newest: u64,
 }
 
 const SECRETS: &str = "secrets/";
@@ -334,6 +338,7 @@ fn row_key(table: Table, key: &str) -> String {
 
 impl Cache {
     fn put(&mut self, key: String, value: Vec<u8>, revision: u64) {
+        self.newest = self.newest.max(revision);
         if in_feed(&key) {
             self.feed.insert((revision, key.clone()));
         }
@@ -717,6 +722,7 @@ impl Inner {
                     EventType::Delete => {
                         revoked |= revokes(&key);
                         cache.delete(&key);
+                        cache.newest = cache.newest.max(rev);
                     }
                 }
             }
@@ -1051,7 +1057,10 @@ impl Store for EtcdStore {
     }
 
     async fn revision(&self) -> Result<u64, StoreError> {
-        Ok(self.inner.cache().revision)
+        // Not `revision`: after a load that is etcd's revision, which writes outside the prefix
+        // move too, so a replica that loaded later would name a revision the others never
+        // reach, and a `since` learned on it would be refused on them.
+        Ok(self.inner.cache().newest)
     }
 
     async fn touch(&self, marker: &str) -> Result<u64, StoreError> {
