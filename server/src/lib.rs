@@ -459,6 +459,15 @@ fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
 
 /// Copies every record of `--from` into `--to`, then compares counts and checksums.
 pub async fn migrate(m: MigrateArgs) -> anyhow::Result<ExitCode> {
+    // Opening a directory creates a store in it: a mistyped source would "copy" nothing.
+    if let Location::Dir(d) = &m.from
+        && !d.join("secrets.redb").exists()
+    {
+        bail!(
+            "there is no store in '{}' (no secrets.redb): nothing to migrate from",
+            d.display()
+        );
+    }
     let from = m.from.open(&m.etcd).await?;
     let to = m.to.open(&m.etcd).await?;
     if !to.is_empty().await? {
