@@ -400,6 +400,14 @@ struct Inner {
     barrier_failure: Mutex<Option<String>>,
     revocations: AtomicU64,
     max_staleness: Duration,
+    /// The newest revision of the prefix etcd has shown a barrier, confirmed or not: a copy
+    /// behind it is known to be stale.
+    known: AtomicU64,
+    /// Asks the watch to drop its stream and move: etcd answered a barrier, the watch did not
+    /// follow (a hung member keeps its connection, and so the stream, open).
+    watch_stuck: Notify,
+    /// The endpoint the watch streams from.
+    watching: AtomicUsize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -451,6 +459,9 @@ impl EtcdStore {
             barrier_failure: Mutex::new(None),
             revocations: AtomicU64::new(0),
             max_staleness: opts.max_staleness,
+            known: AtomicU64::new(0),
+            watch_stuck: Notify::new(),
+            watching: AtomicUsize::new(0),
         });
         inner.reload().await?;
         inner.confirmed.send_replace(Confirmed {
@@ -741,7 +752,13 @@ impl Inner {
         let mut pause = Duration::from_millis(50);
         loop {
             let i = self.current.load(Ordering::Relaxed) % self.endpoints.len();
-            match self.watch_once(i).await {
+            let started = Instant::now();
+            let outcome = self.watch_once(i).await;
+            if started.elapsed() > Duration::from_secs(5) {
+                // A stream that lived is no reason to wait long before the next one.
+                pause = Duration::from_millis(50);
+            }
+            match outcome {
                 Ok(()) => {
                     tracing::warn!("etcd compacted past this replica's copy; reloading it");
                     if let Err(e) = self.reload().await {
@@ -763,6 +780,7 @@ impl Inner {
 
     /// One watch stream; `Ok` when etcd compacted past the cache, `Err` when the stream failed.
     async fn watch_once(&self, i: usize) -> Result<(), String> {
+        self.watching.store(i, Ordering::Relaxed);
         let client = self.endpoints[i]
             .client()
             .await
@@ -782,11 +800,14 @@ impl Inner {
         .map_err(|_| format!("no watch within {}s", ATTEMPT.as_secs()))?
         .map_err(|e| e.to_string())?;
         loop {
-            let resp = stream
-                .message()
-                .await
-                .map_err(|e| e.to_string())?
-                .ok_or("the watch stream ended")?;
+            let resp = tokio::select! {
+                m = stream.message() => m
+                    .map_err(|e| e.to_string())?
+                    .ok_or("the watch stream ended")?,
+                () = self.watch_stuck.notified() => {
+                    return Err("the watch fell behind a revision etcd confirmed".into());
+                }
+            };
             if resp.canceled() {
                 if resp.compact_revision() > 0 {
                     return Ok(());
@@ -857,9 +878,37 @@ impl Inner {
         TxnOp::put(self.clock_key(), Vec::new(), None)
     }
 
+    /// Reads the prefix's revision from etcd, then waits for the watch to apply it, all within
+    /// `BARRIER`. When etcd answered but the watch applied nothing meanwhile, the watch is
+    /// told to move to another endpoint.
     async fn barrier(&self) -> Result<(), StoreError> {
-        let rev = self.current_revision().await?;
-        self.wait_applied(rev, BARRIER).await
+        let deadline = Instant::now() + BARRIER;
+        let rev = match tokio::time::timeout_at(deadline, self.current_revision()).await {
+            Ok(rev) => rev?,
+            Err(_) => {
+                let i = self.current.load(Ordering::Relaxed) % self.endpoints.len();
+                self.rotate(i);
+                if self.watching.load(Ordering::Relaxed) == i {
+                    // The endpoint hangs: so does the watch's stream from it.
+                    self.watch_stuck.notify_one();
+                }
+                return Err(StoreError::Unavailable(format!(
+                    "etcd did not confirm the current revision within {}ms",
+                    BARRIER.as_millis()
+                )));
+            }
+        };
+        self.known.fetch_max(rev, Ordering::Relaxed);
+        let before = self.cache().revision;
+        let left = deadline.saturating_duration_since(Instant::now());
+        if let Err(e) = self.wait_applied(rev, left).await {
+            if self.cache().revision == before {
+                tracing::warn!(revision = rev, "the etcd watch is stuck; moving it");
+                self.watch_stuck.notify_one();
+            }
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Runs barriers on demand, and every `HEARTBEAT` without.
@@ -870,17 +919,7 @@ impl Inner {
                 () = tokio::time::sleep(HEARTBEAT) => {}
             }
             let started = Instant::now();
-            let outcome = match tokio::time::timeout(BARRIER, self.barrier()).await {
-                Ok(r) => r,
-                Err(_) => {
-                    let i = self.current.load(Ordering::Relaxed) % self.endpoints.len();
-                    self.rotate(i);
-                    Err(StoreError::Unavailable(format!(
-                        "etcd did not confirm the current revision within {}ms",
-                        BARRIER.as_millis()
-                    )))
-                }
-            };
+            let outcome = self.barrier().await;
             match outcome {
                 Ok(()) => {
                     if lock(&self.barrier_failure).take().is_some() {
@@ -1095,6 +1134,10 @@ impl Store for EtcdStore {
             if c.at >= t0 {
                 return Ok(());
             }
+            if c.failing {
+                // The next barrier (on the next endpoint) now, not at the heartbeat.
+                inner.demand.notify_one();
+            }
             let d = *deadline.get_or_insert_with(|| {
                 t0 + if c.failing {
                     SYNC_WAIT_FAILING
@@ -1104,7 +1147,16 @@ impl Store for EtcdStore {
             });
             match tokio::time::timeout_at(d, rx.changed()).await {
                 Ok(Ok(())) => {}
-                _ => return inner.within_staleness(*rx.borrow()),
+                _ => {
+                    // Never serve a copy etcd has shown to be behind: wait for the watch (a
+                    // short delay while it moves off a hung member), or refuse.
+                    let known = inner.known.load(Ordering::Relaxed);
+                    if inner.cache().revision < known {
+                        let left = (t0 + SYNC_WAIT).saturating_duration_since(Instant::now());
+                        inner.wait_applied(known, left).await?;
+                    }
+                    return inner.within_staleness(*rx.borrow());
+                }
             }
         }
     }
