@@ -211,3 +211,121 @@ fn migrate_from_a_directory_that_holds_no_store_fails_and_creates_nothing() {
     assert!(!missing.exists(), "migrate created the source directory");
     assert!(!dir.path().join("empty/secrets.redb").exists());
 }
+
+#[test]
+fn both_replicas_writing_deleting_and_revoking_agree() {
+    let mut etcd = EtcdCluster::start(3);
+    let a = start(&etcd.url_in_order(&[0, 1, 2], "agree"), None);
+    let key = a.data_dir().join("master.key");
+    let mut b = start(&etcd.url_in_order(&[2, 1, 0], "agree"), Some(&key));
+    let tokens = a.add_users(&["alice", "bob"]);
+    let (alice, bob) = (tokens[0].clone(), tokens[1].clone());
+
+    // Concurrent writes to one key through both replicas: versions rise per writer, and both
+    // replicas end on the value of the highest acknowledged version.
+    let writer = |srv: &Server, tag: &'static str| {
+        let (addr, tok) = (srv.addr.clone(), alice.clone());
+        std::thread::spawn(move || {
+            let mut acked = Vec::new();
+            for i in 0..30 {
+                let v = format!("{tag}{i}");
+                let body = format!(r#"{{"key":"k","value":"{}"}}"#, b64(&v));
+                let r = crate::harness::http_json(
+                    &addr,
+                    "POST",
+                    "/api/v1/secrets",
+                    Some(&tok),
+                    Some(&body),
+                )
+                .unwrap();
+                assert_eq!(r.status, 201, "{}", r.body);
+                acked.push((r.json()["version"].as_u64().unwrap(), v));
+            }
+            acked
+        })
+    };
+    let (wa, wb) = (writer(&a, "a"), writer(&b, "b"));
+    let (va, vb) = (wa.join().unwrap(), wb.join().unwrap());
+    for acked in [&va, &vb] {
+        assert!(acked.windows(2).all(|w| w[0].0 < w[1].0), "{acked:?}");
+    }
+    let last = va.iter().chain(&vb).max().unwrap().clone();
+    for srv in [&a, &b] {
+        let r = srv.get(&alice, "/api/v1/secrets/alice/k");
+        assert_eq!(r.json()["value"], b64(&last.1));
+        assert_eq!(r.json()["version"], last.0);
+    }
+
+    // Deleted through A, then created again: B's feed says deleted, then the new version.
+    let since = revision(&b, &alice);
+    let r = a.delete(&alice, "/api/v1/secrets/alice/k");
+    assert!(r.status < 300, "{} {}", r.status, r.body);
+    let w = b.get(
+        &alice,
+        &format!("/api/v1/secrets/watch?since={since}&timeout_s=5"),
+    );
+    let ev = w.json()["events"][0].clone();
+    assert_eq!(ev["deleted"], true, "{}", w.body);
+    let deleted_at = ev["version"].as_u64().unwrap();
+    assert!(deleted_at > last.0);
+    assert_eq!(b.get(&alice, "/api/v1/secrets/alice/k").status, 404);
+    a.put(&alice, "k", b"again");
+    let w = b.get(
+        &alice,
+        &format!("/api/v1/secrets/watch?since={deleted_at}&timeout_s=5"),
+    );
+    let ev = w.json()["events"][0].clone();
+    assert_eq!(ev["deleted"], false, "{}", w.body);
+    let r = b.get(&alice, "/api/v1/secrets/alice/k");
+    assert_eq!(r.json()["value"], b64("again"));
+    assert_eq!(r.json()["version"], ev["version"]);
+    assert!(ev["version"].as_u64().unwrap() > deleted_at);
+
+    // Values of the largest size, through one replica, read through the other, and loaded
+    // again by a restarted replica.
+    let big: Vec<Vec<u8>> = (0..4u8)
+        .map(|i| vec![b'a' + i; secrets_core::MAX_VALUE_LEN])
+        .collect();
+    for (i, v) in big.iter().enumerate() {
+        a.put(&alice, &format!("big{i}"), v);
+        let r = b.get(&alice, &format!("/api/v1/secrets/alice/big{i}"));
+        assert_eq!(r.status, 200);
+        assert!(r.json()["value"] == b64(v), "big{i} through B");
+    }
+    b.restart();
+    for (i, v) in big.iter().enumerate() {
+        let r = b.get(&alice, &format!("/api/v1/secrets/alice/big{i}"));
+        assert!(r.json()["value"] == b64(v), "big{i} after B's reload");
+    }
+
+    // A token B has just verified (and cached), revoked through A: refused on B at once.
+    assert_eq!(b.get(&bob, "/api/v1/secrets/bob/none").status, 404);
+    let id = bob.split('.').nth(1).unwrap();
+    let r = a.delete(&a.admin_token(), &format!("/api/v1/admin/tokens/{id}"));
+    assert!(r.status < 300, "{} {}", r.status, r.body);
+    assert_eq!(b.get(&bob, "/api/v1/secrets/bob/none").status, 401);
+
+    // Every member killed and restarted at once: both replicas serve again, no restart.
+    for i in 0..3 {
+        etcd.kill(i);
+    }
+    for i in 0..3 {
+        etcd.restart(i);
+    }
+    etcd.wait_for_leader(Duration::from_secs(20));
+    let t0 = Instant::now();
+    loop {
+        let r = a.post(
+            &alice,
+            "/api/v1/secrets",
+            &format!(r#"{{"key":"k","value":"{}"}}"#, b64("after")),
+        );
+        if r.status == 201 {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "{}", r.body);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let r = b.get(&alice, "/api/v1/secrets/alice/k");
+    assert_eq!((r.status, r.json()["value"].clone()), (200, b64("after").into()));
+}
