@@ -1,7 +1,8 @@
 //! Real etcd for the tests (Debian's `etcd-server`): clusters of one or three members on free
-//! loopback ports, stopped (SIGTERM, then SIGKILL) when dropped, failed test or not; and one
-//! member shared by every test of this process for the harness's `NEURO_TEST_STORE=etcd`
-//! switch, killed by the kernel when the test process ends (`setpriv --pdeathsig`).
+//! loopback ports, stopped (SIGTERM, then SIGKILL) when dropped, failed test or not, and killed
+//! by the kernel if the test process dies first (`setpriv --pdeathsig`; their directories go
+//! with the next run); and one member shared by every test of this process for the harness's
+//! `NEURO_TEST_STORE=etcd` switch, killed by the kernel when the test process ends.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -67,18 +68,20 @@ impl EtcdCluster {
             .collect::<Vec<_>>()
             .join(",");
         let mut c = EtcdCluster {
-            dir: tempfile::tempdir().expect("tempdir"),
+            dir: cluster_dir(),
             members,
             initial,
         };
         for i in 0..n {
-            c.spawn(i, None);
+            c.spawn(i);
         }
         c.wait_for_leader(Duration::from_secs(20));
         c
     }
 
-    fn spawn(&mut self, i: usize, pdeathsig: Option<&str>) {
+    /// Starts member `i`, which the kernel kills (SIGKILL) when this thread ends: a test
+    /// process killed by a signal leaves no etcd behind.
+    fn spawn(&mut self, i: usize) {
         let dir = self.dir.path().to_owned();
         let m = &mut self.members[i];
         let log = std::fs::OpenOptions::new()
@@ -86,14 +89,8 @@ impl EtcdCluster {
             .append(true)
             .open(dir.join(format!("{}.log", m.name)))
             .expect("etcd log file");
-        let mut cmd = match pdeathsig {
-            Some(sig) => {
-                let mut c = Command::new("setpriv");
-                c.args(["--pdeathsig", sig, "--", etcd_bin()]);
-                c
-            }
-            None => Command::new(etcd_bin()),
-        };
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--pdeathsig", "KILL", "--", etcd_bin()]);
         let client = format!("http://127.0.0.1:{}", m.client);
         let peer = format!("http://127.0.0.1:{}", m.peer);
         cmd.args(["--name", &m.name])
@@ -225,7 +222,7 @@ impl EtcdCluster {
     /// Starts member `i` again on its data directory.
     pub fn restart(&mut self, i: usize) {
         assert!(self.members[i].child.is_none(), "member {i} is running");
-        self.spawn(i, None);
+        self.spawn(i);
     }
 }
 
@@ -252,7 +249,30 @@ impl Drop for EtcdCluster {
                 let _ = c.wait();
             }
         }
+        // The process's directory of clusters goes with its last cluster.
+        let _ = std::fs::remove_dir_all(self.dir.path());
+        if let Some(parent) = self.dir.path().parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
     }
+}
+
+/// Where this process's clusters keep their data: `/tmp/neuro-test-etcdc-PID/clusterXXXX`, so
+/// that the next run removes what a killed run left (`remove_dead_shared_dirs`).
+fn cluster_dir() -> tempfile::TempDir {
+    remove_dead_shared_dirs();
+    let parent = PathBuf::from(format!("/tmp/neuro-test-etcdc-{}", std::process::id()));
+    for _ in 0..10 {
+        // Another cluster's drop may remove the (empty) parent between these two calls.
+        let _ = std::fs::create_dir_all(&parent);
+        if let Ok(d) = tempfile::Builder::new()
+            .prefix("cluster")
+            .tempdir_in(&parent)
+        {
+            return d;
+        }
+    }
+    panic!("cannot create a directory in '{}'", parent.display());
 }
 
 /// The member shared by every test of this process, started on first use by a thread that
@@ -281,7 +301,7 @@ pub fn shared_endpoint() -> &'static str {
                 }],
                 initial: format!("shared=http://127.0.0.1:{}", ports[1]),
             };
-            c.spawn(0, Some("KILL"));
+            c.spawn(0);
             c.wait_for_leader(Duration::from_secs(20));
             tx.send(c.endpoints()).expect("send endpoint");
             // Keep `c` (and this thread, the parent of etcd) alive until the process exits.
@@ -299,7 +319,10 @@ fn remove_dead_shared_dirs() {
     };
     for e in rd.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        if let Some(pid) = name.strip_prefix("neuro-test-etcd-")
+        if let Some(pid) = name
+            .strip_prefix("neuro-test-etcd-")
+            .or_else(|| name.strip_prefix("neuro-test-etcdc-"))
+            && pid.bytes().all(|b| b.is_ascii_digit())
             && !Path::new(&format!("/proc/{pid}")).exists()
         {
             let _ = std::fs::remove_dir_all(e.path());

@@ -327,5 +327,8 @@ fn both_replicas_writing_deleting_and_revoking_agree() {
         std::thread::sleep(Duration::from_millis(200));
     }
     let r = b.get(&alice, "/api/v1/secrets/alice/k");
-    assert_eq!((r.status, r.json()["value"].clone()), (200, b64("after").into()));
+    assert_eq!(
+        (r.status, r.json()["value"].clone()),
+        (200, b64("after").into())
+    );
 }
