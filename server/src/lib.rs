@@ -160,7 +160,15 @@ impl Location {
 
     async fn open(&self, etcd: &EtcdArgs) -> anyhow::Result<Arc<dyn store::Store>> {
         match self {
-            Location::Dir(d) => open_store(&StoreArg::Embedded, d, &etcd.options()).await,
+            // A secretd serving the directory holds its lock.
+            Location::Dir(d) => open_store(&StoreArg::Embedded, d, &etcd.options())
+                .await
+                .with_context(|| {
+                    format!(
+                        "migrating with '{}' (stop secretd on it first, if it runs)",
+                        d.display()
+                    )
+                }),
             Location::Etcd(t) => {
                 open_store(&StoreArg::Etcd(t.clone()), Path::new(""), &etcd.options()).await
             }
@@ -205,6 +213,11 @@ impl StoreArg {
     fn parse(s: &str) -> Result<Self, String> {
         if s == "embedded" {
             return Ok(StoreArg::Embedded);
+        }
+        if !s.contains("://") {
+            return Err(format!(
+                "'{s}' is neither 'embedded' nor an etcd://HOST:PORT[,HOST:PORT...][/PREFIX] URL"
+            ));
         }
         store::etcd::EtcdTarget::parse(s).map(StoreArg::Etcd)
     }
@@ -471,8 +484,13 @@ pub async fn migrate(m: MigrateArgs) -> anyhow::Result<ExitCode> {
     let from = m.from.open(&m.etcd).await?;
     let to = m.to.open(&m.etcd).await?;
     if !to.is_empty().await? {
+        let how = match &m.to {
+            Location::Dir(d) => format!("remove '{}'", d.join("secrets.redb").display()),
+            Location::Etcd(t) => format!("etcdctl del --prefix /{}/", t.prefix),
+        };
         bail!(
-            "the target {} is not empty; migrate only into an empty store",
+            "the target {} is not empty; migrate only into an empty store (a copy that was \
+             interrupted leaves part of one: {how}, then migrate again)",
             m.to.describe()
         );
     }

@@ -332,3 +332,38 @@ fn both_replicas_writing_deleting_and_revoking_agree() {
         (200, b64("after").into())
     );
 }
+
+#[test]
+fn migrate_and_store_mistakes_say_what_to_do() {
+    let etcd = EtcdCluster::start(1);
+    let url = etcd.url("partial");
+    let run = |args: &[&str]| {
+        let out = Command::new(bin("secretd")).args(args).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // A copy interrupted half-way leaves a non-empty target: the refusal says how to empty it.
+    assert!(
+        etcd.etcdctl(&["put", "/partial/users/alice", "x"])
+            .status
+            .success()
+    );
+    let mut src = Server::start_with(&["--store", "embedded"]);
+    let data = src.data_dir();
+    let data = data.to_str().unwrap().to_owned();
+    // From a data directory whose secretd still runs: the lock, and what to do.
+    let (code, err) = run(&["migrate", "--from", &data, "--to", &url]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("stop secretd on it first"), "{err}");
+    let _ = src.stop();
+    let (code, err) = run(&["migrate", "--from", &data, "--to", &url]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("is not empty"), "{err}");
+    assert!(err.contains("etcdctl del --prefix /partial/"), "{err}");
+    // A misspelt store: the message names both kinds.
+    let (code, err) = run(&["--store", "embeded"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("'embedded'"), "{err}");
+}
