@@ -400,8 +400,9 @@ struct Inner {
     barrier_failure: Mutex<Option<String>>,
     revocations: AtomicU64,
     max_staleness: Duration,
-    /// The newest revision of the prefix etcd has shown a barrier, confirmed or not: a copy
-    /// behind it is known to be stale.
+    /// The prefix's revision etcd showed the last barrier that reached it, confirmed or not: a
+    /// copy behind it is known to be stale. (The last, not the largest: an etcd restored from
+    /// an older snapshot must not leave this replica refusing everything.)
     known: AtomicU64,
     /// Asks the watch to drop its stream and move: etcd answered a barrier, the watch did not
     /// follow (a hung member keeps its connection, and so the stream, open).
@@ -898,7 +899,7 @@ impl Inner {
                 )));
             }
         };
-        self.known.fetch_max(rev, Ordering::Relaxed);
+        self.known.store(rev, Ordering::Relaxed);
         let before = self.cache().revision;
         let left = deadline.saturating_duration_since(Instant::now());
         if let Err(e) = self.wait_applied(rev, left).await {

@@ -106,7 +106,9 @@ fn a_hung_member_under_a_replicas_watch_costs_a_delay_not_stale_reads() {
     let mut worst = Duration::ZERO;
     let mut i = 0;
     while t0.elapsed() < Duration::from_secs(12) {
-        let took = write_then_read(&b, &a, &alice, &format!("v{i}"));
+        // Both ways: A's writes go to the hung member first too.
+        let (w, r) = if i % 2 == 0 { (&b, &a) } else { (&a, &b) };
+        let took = write_then_read(w, r, &alice, &format!("v{i}"));
         if took > Duration::from_millis(500) {
             eprintln!("v{i} at {:?}: {took:?}", t0.elapsed());
         }
@@ -115,7 +117,30 @@ fn a_hung_member_under_a_replicas_watch_costs_a_delay_not_stale_reads() {
         std::thread::sleep(Duration::from_millis(100));
     }
     etcd.resume(0);
-    eprintln!("member 0 hung: {i} writes through B read through A, slowest {worst:?}");
+    eprintln!("member 0 hung: {i} writes read through the other replica, slowest {worst:?}");
+    assert!(
+        worst < Duration::from_secs(5),
+        "a write and read took {worst:?}"
+    );
+
+    // Then the leader hangs, whichever member it is.
+    std::thread::sleep(Duration::from_secs(2));
+    let leader = etcd.wait_for_leader(Duration::from_secs(10));
+    etcd.pause(leader);
+    let t0 = Instant::now();
+    let mut worst = Duration::ZERO;
+    while t0.elapsed() < Duration::from_secs(8) {
+        let (w, r) = if i % 2 == 0 { (&b, &a) } else { (&a, &b) };
+        let took = write_then_read(w, r, &alice, &format!("v{i}"));
+        if took > Duration::from_millis(500) {
+            eprintln!("v{i} at {:?}: {took:?}", t0.elapsed());
+        }
+        worst = worst.max(took);
+        i += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    etcd.resume(leader);
+    eprintln!("leader (member {leader}) hung: slowest write and read {worst:?}");
     assert!(
         worst < Duration::from_secs(5),
         "a write and read took {worst:?}"
