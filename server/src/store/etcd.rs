@@ -342,10 +342,10 @@ impl Cache {
         if in_feed(&key) {
             self.feed.insert((revision, key.clone()));
         }
-        if let Some(old) = self.map.insert(key.clone(), Entry { value, revision }) {
-            if old.revision != revision {
-                self.feed.remove(&(old.revision, key));
-            }
+        if let Some(old) = self.map.insert(key.clone(), Entry { value, revision })
+            && old.revision != revision
+        {
+            self.feed.remove(&(old.revision, key));
         }
     }
 
