@@ -180,7 +180,11 @@ impl EtcdOptions {
                     StoreError::File(format!("etcd password file '{}' is not UTF-8", p.display()))
                 })?
                 .trim_end_matches(['\n', '\r']);
-            o = o.with_user(user.clone(), pw.to_owned());
+            // etcd forgets its auth tokens when it restarts: a call refused for its token
+            // authenticates again and is sent once more.
+            o = o
+                .with_user(user.clone(), pw.to_owned())
+                .with_auto_token_refresh(true);
         }
         Ok((o, tls))
     }
@@ -812,6 +816,13 @@ impl Inner {
             if resp.canceled() {
                 if resp.compact_revision() > 0 {
                     return Ok(());
+                }
+                if resp.cancel_reason().contains("invalid auth token") {
+                    // A restarted etcd forgot the token, and a stream is not refreshed by
+                    // the client: authenticate again before the next stream.
+                    client.refresh_token().await.map_err(|e| {
+                        format!("authenticating to {} again: {e}", self.endpoints[i].url)
+                    })?;
                 }
                 return Err(format!(
                     "etcd cancelled the watch: {}",

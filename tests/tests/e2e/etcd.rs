@@ -219,6 +219,17 @@ impl EtcdCluster {
             .expect("signal etcd");
     }
 
+    /// SIGTERM member `i` and wait for it: a clean stop (a restart by systemd, an upgrade).
+    pub fn terminate(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = c.wait();
+        }
+    }
+
     /// Starts member `i` again on its data directory.
     pub fn restart(&mut self, i: usize) {
         assert!(self.members[i].child.is_none(), "member {i} is running");

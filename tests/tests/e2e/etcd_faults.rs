@@ -392,3 +392,74 @@ fn migrate_and_store_mistakes_say_what_to_do() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("'embedded'"), "{err}");
 }
+
+#[test]
+fn a_replica_authenticating_to_etcd_recovers_after_etcd_restarts() {
+    let mut etcd = EtcdCluster::start(1);
+    let ctl = |args: &[&str]| {
+        let out = etcd.etcdctl(args);
+        assert!(
+            out.status.success(),
+            "etcdctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    ctl(&["user", "add", "root:rootpw"]);
+    ctl(&["user", "grant-role", "root", "root"]);
+    ctl(&["user", "add", "neuro:neuropw"]);
+    ctl(&["role", "add", "neuro"]);
+    ctl(&[
+        "role",
+        "grant-permission",
+        "neuro",
+        "readwrite",
+        "/authp/",
+        "--prefix=true",
+    ]);
+    ctl(&["user", "grant-role", "neuro", "neuro"]);
+    ctl(&["auth", "enable"]);
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "neuropw\n").unwrap();
+    let pw = pw.to_str().unwrap();
+    let url = etcd.url("authp");
+    let a = Server::start_with(&[
+        "--cluster",
+        "neuro-compute",
+        "--store",
+        &url,
+        "--etcd-user",
+        "neuro",
+        "--etcd-password-file",
+        pw,
+    ]);
+    let admin = a.admin_token();
+    assert_eq!(a.get(&admin, "/api/v1/whoami").status, 200);
+
+    // etcd restarts: its auth tokens are gone; the replica authenticates again by itself.
+    etcd.terminate(0);
+    std::thread::sleep(Duration::from_secs(1));
+    etcd.restart(0);
+    etcd.wait_for_leader(Duration::from_secs(20));
+    let t0 = Instant::now();
+    loop {
+        let r = a.get(&admin, "/api/v1/whoami");
+        if r.status == 200 && t0.elapsed() > Duration::from_secs(6) {
+            break;
+        }
+        assert!(
+            r.status == 200 || t0.elapsed() < Duration::from_secs(10),
+            "no recovery after etcd restarted: {} {}",
+            r.status,
+            r.body
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let alice = a.add_users(&["alice"]).remove(0);
+    a.put(&alice, "k", b"v2");
+    let r = a.get(&alice, "/api/v1/secrets/alice/k");
+    assert_eq!(
+        (r.status, r.json()["value"].clone()),
+        (200, b64("v2").into())
+    );
+}
