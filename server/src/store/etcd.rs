@@ -298,6 +298,25 @@ impl From<&etcd_client::TxnResponse> for Written {
     }
 }
 
+/// Why the watch gave up on replaying events and the copy is loaded again.
+#[derive(Debug)]
+enum Reload {
+    /// etcd compacted past the copy's revision.
+    Compacted,
+    /// The stream did not deliver what etcd holds (a hung member, a replay larger than a
+    /// message or too slow): the load pages through the prefix instead.
+    Behind(String),
+}
+
+impl std::fmt::Display for Reload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reload::Compacted => write!(f, "etcd compacted past this replica's copy"),
+            Reload::Behind(why) => write!(f, "the watch cannot catch up: {why}"),
+        }
+    }
+}
+
 /// One cached record.
 #[derive(Debug)]
 struct Entry {
@@ -764,8 +783,11 @@ impl Inner {
                 pause = Duration::from_millis(50);
             }
             match outcome {
-                Ok(()) => {
-                    tracing::warn!("etcd compacted past this replica's copy; reloading it");
+                Ok(why) => {
+                    if let Reload::Behind(_) = why {
+                        self.rotate(i);
+                    }
+                    tracing::warn!(endpoint = %self.endpoints[i].url, why = %why, "reloading this replica's copy from etcd");
                     if let Err(e) = self.reload().await {
                         tracing::error!(error = %e, "reloading from etcd failed");
                         tokio::time::sleep(pause).await;
@@ -783,8 +805,9 @@ impl Inner {
         }
     }
 
-    /// One watch stream; `Ok` when etcd compacted past the cache, `Err` when the stream failed.
-    async fn watch_once(&self, i: usize) -> Result<(), String> {
+    /// One watch stream; `Ok` when the copy must be loaded again (etcd compacted past it, or
+    /// replaying what it missed does not work), `Err` when the stream failed.
+    async fn watch_once(&self, i: usize) -> Result<Reload, String> {
         self.watching.store(i, Ordering::Relaxed);
         let client = self.endpoints[i]
             .client()
@@ -806,16 +829,31 @@ impl Inner {
         .map_err(|e| e.to_string())?;
         loop {
             let resp = tokio::select! {
-                m = stream.message() => m
-                    .map_err(|e| e.to_string())?
-                    .ok_or("the watch stream ended")?,
+                m = stream.message() => match m {
+                    Ok(Some(m)) => m,
+                    Ok(None) => return Err("the watch stream ended".into()),
+                    // etcd sends up to 1000 missed revisions in one message: over
+                    // MAX_MESSAGE of values, replaying them can never work.
+                    Err(etcd_client::Error::GRpcStatus(st))
+                        if matches!(
+                            st.code(),
+                            tonic::Code::OutOfRange | tonic::Code::ResourceExhausted
+                        ) =>
+                    {
+                        return Ok(Reload::Behind(st.message().to_owned()));
+                    }
+                    Err(e) => return Err(e.to_string()),
+                },
+                // A hung member, or a replay too slow to finish: the paged load is bounded.
                 () = self.watch_stuck.notified() => {
-                    return Err("the watch fell behind a revision etcd confirmed".into());
+                    return Ok(Reload::Behind(
+                        "the watch fell behind a revision etcd confirmed".into(),
+                    ));
                 }
             };
             if resp.canceled() {
                 if resp.compact_revision() > 0 {
-                    return Ok(());
+                    return Ok(Reload::Compacted);
                 }
                 if resp.cancel_reason().contains("invalid auth token") {
                     // A restarted etcd forgot the token, and a stream is not refreshed by

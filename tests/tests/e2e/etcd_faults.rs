@@ -463,3 +463,67 @@ fn a_replica_authenticating_to_etcd_recovers_after_etcd_restarts() {
         (200, b64("v2").into())
     );
 }
+
+#[test]
+fn a_replica_catches_up_on_more_than_a_watch_message_of_values() {
+    let etcd = EtcdCluster::start(3);
+    // A knows member 0 only; B the two others.
+    let a = start(&etcd.url_in_order(&[0], "catchup"), None);
+    let key = a.data_dir().join("master.key");
+    let b = start(&etcd.url_in_order(&[1, 2], "catchup"), Some(&key));
+    let alice = a.add_users(&["alice"]).remove(0);
+    a.put(&alice, "k", b"before");
+    etcd.pause(0);
+    // More than 256 MiB written into the prefix while A's member hangs (straight into etcd,
+    // through its JSON gateway: faster than sealing): when it is back, etcd sends A up to 1000
+    // revisions in one watch message.
+    let t0 = Instant::now();
+    let gateway = etcd.endpoint(1);
+    for i in 0..300u32 {
+        let mut v = vec![b'v'; 1 << 20];
+        v[..4].copy_from_slice(&i.to_le_bytes());
+        let body = format!(
+            r#"{{"key":"{}","value":"{}"}}"#,
+            b64(format!("/catchup/filler/{}", i % 10)),
+            b64(&v)
+        );
+        // A put may meet the election that pausing member 0 (the leader, maybe) started.
+        let mut tries = 0;
+        loop {
+            let r = crate::harness::http_json(&gateway, "POST", "/v3/kv/put", None, Some(&body))
+                .unwrap();
+            if r.status == 200 {
+                break;
+            }
+            tries += 1;
+            assert!(tries < 20, "{} {}", r.status, r.body);
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+    b.put(&alice, "k", b"after");
+    eprintln!("300 MiB written in {:?}", t0.elapsed());
+    etcd.resume(0);
+    let t0 = Instant::now();
+    loop {
+        let r = a.get(&alice, "/api/v1/secrets/alice/k");
+        if r.status == 200 && r.json()["value"] == b64("after") {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "A did not catch up: {} {}; A's log ends: {}",
+            r.status,
+            r.body,
+            a.stderr()
+                .lines()
+                .rev()
+                .find(|l| l.contains("watch"))
+                .unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    eprintln!("A caught up {:?} after its member came back", t0.elapsed());
+    for l in a.stderr().lines().filter(|l| l.contains("reloading")) {
+        eprintln!("A: {l}");
+    }
+}
