@@ -298,6 +298,22 @@ impl From<&etcd_client::TxnResponse> for Written {
     }
 }
 
+/// Marks a watch stream open (in `Inner::streaming_since`) for as long as it lives.
+struct Streaming<'a>(&'a Mutex<Option<Instant>>);
+
+impl<'a> Streaming<'a> {
+    fn begin(slot: &'a Mutex<Option<Instant>>, at: Instant) -> Self {
+        *lock(slot) = Some(at);
+        Streaming(slot)
+    }
+}
+
+impl Drop for Streaming<'_> {
+    fn drop(&mut self) {
+        *lock(self.0) = None;
+    }
+}
+
 /// Why the watch gave up on replaying events and the copy is loaded again.
 #[derive(Debug)]
 enum Reload {
@@ -430,6 +446,11 @@ struct Inner {
     /// Asks the watch to drop its stream and move: etcd answered a barrier, the watch did not
     /// follow (a hung member keeps its connection, and so the stream, open).
     watch_stuck: Notify,
+    /// When the barrier that found the watch stuck started: a stream opened after it is not
+    /// the stuck one (a reload can outlast several barriers).
+    stuck_at: Mutex<Option<Instant>>,
+    /// Since when the current watch stream has been open; `None` between streams.
+    streaming_since: Mutex<Option<Instant>>,
     /// The endpoint the watch streams from.
     watching: AtomicUsize,
 }
@@ -485,6 +506,8 @@ impl EtcdStore {
             max_staleness: opts.max_staleness,
             known: AtomicU64::new(0),
             watch_stuck: Notify::new(),
+            stuck_at: Mutex::new(None),
+            streaming_since: Mutex::new(None),
             watching: AtomicUsize::new(0),
         });
         inner.reload().await?;
@@ -827,6 +850,8 @@ impl Inner {
         .await
         .map_err(|_| format!("no watch within {}s", ATTEMPT.as_secs()))?
         .map_err(|e| e.to_string())?;
+        let opened = Instant::now();
+        let _streaming = Streaming::begin(&self.streaming_since, opened);
         loop {
             let resp = tokio::select! {
                 m = stream.message() => match m {
@@ -846,9 +871,13 @@ impl Inner {
                 },
                 // A hung member, or a replay too slow to finish: the paged load is bounded.
                 () = self.watch_stuck.notified() => {
-                    return Ok(Reload::Behind(
-                        "the watch fell behind a revision etcd confirmed".into(),
-                    ));
+                    if lock(&self.stuck_at).is_some_and(|at| at >= opened) {
+                        return Ok(Reload::Behind(
+                            "the watch fell behind a revision etcd confirmed".into(),
+                        ));
+                    }
+                    // Meant for an earlier stream.
+                    continue;
                 }
             };
             if resp.canceled() {
@@ -932,7 +961,8 @@ impl Inner {
     /// `BARRIER`. When etcd answered but the watch applied nothing meanwhile, the watch is
     /// told to move to another endpoint.
     async fn barrier(&self) -> Result<(), StoreError> {
-        let deadline = Instant::now() + BARRIER;
+        let started = Instant::now();
+        let deadline = started + BARRIER;
         let rev = match tokio::time::timeout_at(deadline, self.current_revision()).await {
             Ok(rev) => rev?,
             Err(_) => {
@@ -940,7 +970,7 @@ impl Inner {
                 self.rotate(i);
                 if self.watching.load(Ordering::Relaxed) == i {
                     // The endpoint hangs: so does the watch's stream from it.
-                    self.watch_stuck.notify_one();
+                    self.stuck(started);
                 }
                 return Err(StoreError::Unavailable(format!(
                     "etcd did not confirm the current revision within {}ms",
@@ -953,12 +983,21 @@ impl Inner {
         let left = deadline.saturating_duration_since(Instant::now());
         if let Err(e) = self.wait_applied(rev, left).await {
             if self.cache().revision == before {
-                tracing::warn!(revision = rev, "the etcd watch is stuck; moving it");
-                self.watch_stuck.notify_one();
+                self.stuck(started);
             }
             return Err(e);
         }
         Ok(())
+    }
+
+    /// Tells the watch its stream is stuck, if that stream was open when the barrier that
+    /// found it so started (not while a load runs, nor a stream opened since).
+    fn stuck(&self, barrier_started: Instant) {
+        if lock(&self.streaming_since).is_some_and(|since| since <= barrier_started) {
+            tracing::warn!("the etcd watch is stuck; loading the copy again");
+            *lock(&self.stuck_at) = Some(barrier_started);
+            self.watch_stuck.notify_one();
+        }
     }
 
     /// Runs barriers on demand, and every `HEARTBEAT` without.
