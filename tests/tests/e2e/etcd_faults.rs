@@ -527,3 +527,63 @@ fn a_replica_catches_up_on_more_than_a_watch_message_of_values() {
         eprintln!("A: {l}");
     }
 }
+
+#[test]
+fn a_replica_cut_off_from_etcd_stops_honouring_a_grant_revoked_elsewhere_after_max_staleness() {
+    let etcd = EtcdCluster::start(3);
+    let a = start(&etcd.url_in_order(&[0, 1], "stale"), None);
+    let key = a.data_dir().join("master.key").to_str().unwrap().to_owned();
+    // B reaches etcd through member 2 only.
+    let b = Server::start_with(&[
+        "--cluster",
+        "neuro-compute",
+        "--store",
+        &etcd.url_in_order(&[2], "stale"),
+        "--master-key",
+        &key,
+        "--max-staleness",
+        "2s",
+    ]);
+    let tokens = a.add_users(&["alice", "bob"]);
+    let (alice, bob) = (tokens[0].clone(), tokens[1].clone());
+    a.put(&alice, "k", b"v");
+    a.share(&alice, "secret://neuro-compute/alice/k", "bob");
+    assert_eq!(b.get(&bob, "/api/v1/secrets/alice/k").status, 200);
+
+    // Member 2 hangs; the grant is revoked through A, which still has a quorum.
+    etcd.pause(2);
+    let cut = Instant::now();
+    let r = a.delete(
+        &alice,
+        "/api/v1/users/bob/permissions?uri=secret://neuro-compute/alice/k",
+    );
+    assert!(r.status < 300, "{} {}", r.status, r.body);
+    // B cannot see the revocation; past --max-staleness it refuses instead of serving.
+    let mut last = 0;
+    while cut.elapsed() < Duration::from_secs(5) {
+        last = b.get(&bob, "/api/v1/secrets/alice/k").status;
+        if cut.elapsed() > Duration::from_millis(2500) {
+            assert_eq!(
+                last,
+                503,
+                "B honours a revoked grant {:?} after",
+                cut.elapsed()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(last, 503);
+    etcd.resume(2);
+    let t0 = Instant::now();
+    loop {
+        let st = b.get(&bob, "/api/v1/secrets/alice/k").status;
+        if st == 403 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "B after its member came back: {st}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
