@@ -1,8 +1,9 @@
 //! Real etcd for the tests (Debian's `etcd-server`): clusters of one or three members on free
 //! loopback ports, stopped (SIGTERM, then SIGKILL) when dropped, failed test or not, and killed
-//! by the kernel if the test process dies first (`setpriv --pdeathsig`; their directories go
-//! with the next run); and one member shared by every test of this process for the harness's
-//! `NEURO_TEST_STORE=etcd` switch, killed by the kernel when the test process ends.
+//! by the kernel if the test process dies first (`setpriv --pdeathsig`); and one member shared
+//! by every test of this process for the harness's `NEURO_TEST_STORE=etcd` switch, killed by
+//! the kernel when the test process ends. A reaper removes their directories once the test
+//! process is gone, however it ended.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -272,6 +273,7 @@ impl Drop for EtcdCluster {
 /// that the next run removes what a killed run left (`remove_dead_shared_dirs`).
 fn cluster_dir() -> tempfile::TempDir {
     remove_dead_shared_dirs();
+    start_reaper();
     let parent = PathBuf::from(format!("/tmp/neuro-test-etcdc-{}", std::process::id()));
     for _ in 0..10 {
         // Another cluster's drop may remove the (empty) parent between these two calls.
@@ -293,6 +295,7 @@ pub fn shared_endpoint() -> &'static str {
     static EP: OnceLock<String> = OnceLock::new();
     EP.get_or_init(|| {
         remove_dead_shared_dirs();
+        start_reaper();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let ports = free_ports(2);
@@ -322,6 +325,27 @@ pub fn shared_endpoint() -> &'static str {
         });
         rx.recv().expect("the shared etcd started")
     })
+}
+
+/// Once per process: a `sh` that waits for this process to end (however it ends) and then
+/// removes its etcd directories, so that no run leaves them behind (the shared member's is
+/// never dropped).
+fn start_reaper() {
+    static STARTED: OnceLock<()> = OnceLock::new();
+    STARTED.get_or_init(|| {
+        let pid = std::process::id();
+        let script = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 0.2; done; \
+             rm -rf /tmp/neuro-test-etcd-{pid} /tmp/neuro-test-etcdc-{pid}"
+        );
+        Command::new("sh")
+            .args(["-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the etcd directory reaper (sh)");
+    });
 }
 
 fn remove_dead_shared_dirs() {
