@@ -330,6 +330,8 @@ pub fn shared_endpoint() -> &'static str {
 /// Once per process: a `sh` that waits for this process to end (however it ends) and then
 /// removes its etcd directories, so that no run leaves them behind (the shared member's is
 /// never dropped).
+// The reaper outlives this process by design: it is never waited for.
+#[allow(clippy::zombie_processes)]
 fn start_reaper() {
     static STARTED: OnceLock<()> = OnceLock::new();
     STARTED.get_or_init(|| {
