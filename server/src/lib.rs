@@ -181,7 +181,15 @@ impl Location {
 
     async fn open(&self, etcd: &EtcdArgs) -> anyhow::Result<Arc<dyn store::Store>> {
         match self {
-            Location::Dir(d) => open_store(&StoreArg::Embedded, d, &etcd.options()).await,
+            // A secretd serving the directory holds its lock.
+            Location::Dir(d) => open_store(&StoreArg::Embedded, d, &etcd.options())
+                .await
+                .with_context(|| {
+                    format!(
+                        "migrating with '{}' (stop secretd on it first, if it runs)",
+                        d.display()
+                    )
+                }),
             Location::Etcd(t) => {
                 open_store(&StoreArg::Etcd(t.clone()), Path::new(""), &etcd.options()).await
             }
@@ -226,6 +234,11 @@ impl StoreArg {
     fn parse(s: &str) -> Result<Self, String> {
         if s == "embedded" {
             return Ok(StoreArg::Embedded);
+        }
+        if !s.contains("://") {
+            return Err(format!(
+                "'{s}' is neither 'embedded' nor an etcd://HOST:PORT[,HOST:PORT...][/PREFIX] URL"
+            ));
         }
         store::etcd::EtcdTarget::parse(s).map(StoreArg::Etcd)
     }
@@ -472,11 +485,25 @@ fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
 
 /// Copies every record of `--from` into `--to`, then compares counts and checksums.
 pub async fn migrate(m: MigrateArgs) -> anyhow::Result<ExitCode> {
+    // Opening a directory creates a store in it: a mistyped source would "copy" nothing.
+    if let Location::Dir(d) = &m.from
+        && !d.join("secrets.redb").exists()
+    {
+        bail!(
+            "there is no store in '{}' (no secrets.redb): nothing to migrate from",
+            d.display()
+        );
+    }
     let from = m.from.open(&m.etcd).await?;
     let to = m.to.open(&m.etcd).await?;
     if !to.is_empty().await? {
+        let how = match &m.to {
+            Location::Dir(d) => format!("remove '{}'", d.join("secrets.redb").display()),
+            Location::Etcd(t) => format!("etcdctl del --prefix /{}/", t.prefix),
+        };
         bail!(
-            "the target {} is not empty; migrate only into an empty store",
+            "the target {} is not empty; migrate only into an empty store (a copy that was \
+             interrupted leaves part of one: {how}, then migrate again)",
             m.to.describe()
         );
     }

@@ -180,7 +180,9 @@ impl EtcdOptions {
                     StoreError::File(format!("etcd password file '{}' is not UTF-8", p.display()))
                 })?
                 .trim_end_matches(['\n', '\r']);
-            // etcd's auth tokens expire (5 min by default): log in again when one has.
+            // etcd's auth tokens expire (JWT tokens after their TTL, whatever the activity),
+            // and etcd forgets them when it restarts: a call refused for its token
+            // authenticates again and is sent once more.
             o = o
                 .with_user(user.clone(), pw.to_owned())
                 .with_auto_token_refresh(true);
@@ -297,6 +299,41 @@ impl From<&etcd_client::TxnResponse> for Written {
     }
 }
 
+/// Marks a watch stream open (in `Inner::streaming_since`) for as long as it lives.
+struct Streaming<'a>(&'a Mutex<Option<Instant>>);
+
+impl<'a> Streaming<'a> {
+    fn begin(slot: &'a Mutex<Option<Instant>>, at: Instant) -> Self {
+        *lock(slot) = Some(at);
+        Streaming(slot)
+    }
+}
+
+impl Drop for Streaming<'_> {
+    fn drop(&mut self) {
+        *lock(self.0) = None;
+    }
+}
+
+/// Why the watch gave up on replaying events and the copy is loaded again.
+#[derive(Debug)]
+enum Reload {
+    /// etcd compacted past the copy's revision.
+    Compacted,
+    /// The stream did not deliver what etcd holds (a hung member, a replay larger than a
+    /// message or too slow): the load pages through the prefix instead.
+    Behind(String),
+}
+
+impl std::fmt::Display for Reload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reload::Compacted => write!(f, "etcd compacted past this replica's copy"),
+            Reload::Behind(why) => write!(f, "the watch cannot catch up: {why}"),
+        }
+    }
+}
+
 /// One cached record.
 #[derive(Debug)]
 struct Entry {
@@ -310,8 +347,12 @@ struct Cache {
     map: BTreeMap<String, Entry>,
     /// `(mod revision, key)` of every secret, tombstone and marker: the change feed.
     feed: BTreeSet<(u64, String)>,
-    /// The revision up to which every event has been applied.
+    /// The revision up to which every event has been applied (after a load, etcd's revision
+    /// then, which counts writes outside the prefix too): where the watch resumes.
     revision: u64,
+    /// The newest mod revision in the prefix (the clock key's, as every write ticks it): the
+    /// same number on every replica that has applied the same writes, whenever it loaded.
+    newest: u64,
 }
 
 const SECRETS: &str = "secrets/";
@@ -337,6 +378,7 @@ fn row_key(table: Table, key: &str) -> String {
 
 impl Cache {
     fn put(&mut self, key: String, value: Vec<u8>, revision: u64) {
+        self.newest = self.newest.max(revision);
         if in_feed(&key) {
             self.feed.insert((revision, key.clone()));
         }
@@ -398,6 +440,20 @@ struct Inner {
     barrier_failure: Mutex<Option<String>>,
     revocations: AtomicU64,
     max_staleness: Duration,
+    /// The prefix's revision etcd showed the last barrier that reached it, confirmed or not: a
+    /// copy behind it is known to be stale. (The last, not the largest: an etcd restored from
+    /// an older snapshot must not leave this replica refusing everything.)
+    known: AtomicU64,
+    /// Asks the watch to drop its stream and move: etcd answered a barrier, the watch did not
+    /// follow (a hung member keeps its connection, and so the stream, open).
+    watch_stuck: Notify,
+    /// When the barrier that found the watch stuck started: a stream opened after it is not
+    /// the stuck one (a reload can outlast several barriers).
+    stuck_at: Mutex<Option<Instant>>,
+    /// Since when the current watch stream has been open; `None` between streams.
+    streaming_since: Mutex<Option<Instant>>,
+    /// The endpoint the watch streams from.
+    watching: AtomicUsize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -449,6 +505,11 @@ impl EtcdStore {
             barrier_failure: Mutex::new(None),
             revocations: AtomicU64::new(0),
             max_staleness: opts.max_staleness,
+            known: AtomicU64::new(0),
+            watch_stuck: Notify::new(),
+            stuck_at: Mutex::new(None),
+            streaming_since: Mutex::new(None),
+            watching: AtomicUsize::new(0),
         });
         inner.reload().await?;
         inner.confirmed.send_replace(Confirmed {
@@ -720,6 +781,7 @@ impl Inner {
                     EventType::Delete => {
                         revoked |= revokes(&key);
                         cache.delete(&key);
+                        cache.newest = cache.newest.max(rev);
                     }
                 }
             }
@@ -738,9 +800,18 @@ impl Inner {
         let mut pause = Duration::from_millis(50);
         loop {
             let i = self.current.load(Ordering::Relaxed) % self.endpoints.len();
-            match self.watch_once(i).await {
-                Ok(()) => {
-                    tracing::warn!("etcd compacted past this replica's copy; reloading it");
+            let started = Instant::now();
+            let outcome = self.watch_once(i).await;
+            if started.elapsed() > Duration::from_secs(5) {
+                // A stream that lived is no reason to wait long before the next one.
+                pause = Duration::from_millis(50);
+            }
+            match outcome {
+                Ok(why) => {
+                    if let Reload::Behind(_) = why {
+                        self.rotate(i);
+                    }
+                    tracing::warn!(endpoint = %self.endpoints[i].url, why = %why, "reloading this replica's copy from etcd");
                     if let Err(e) = self.reload().await {
                         tracing::error!(error = %e, "reloading from etcd failed");
                         tokio::time::sleep(pause).await;
@@ -758,8 +829,10 @@ impl Inner {
         }
     }
 
-    /// One watch stream; `Ok` when etcd compacted past the cache, `Err` when the stream failed.
-    async fn watch_once(&self, i: usize) -> Result<(), String> {
+    /// One watch stream; `Ok` when the copy must be loaded again (etcd compacted past it, or
+    /// replaying what it missed does not work), `Err` when the stream failed.
+    async fn watch_once(&self, i: usize) -> Result<Reload, String> {
+        self.watching.store(i, Ordering::Relaxed);
         // Connecting logs in when etcd wants a password: bounded, a hung member must not stop
         // the watch from moving on.
         let client = tokio::time::timeout(ATTEMPT, self.endpoints[i].client())
@@ -780,15 +853,46 @@ impl Inner {
         .await
         .map_err(|_| format!("no watch within {}s", ATTEMPT.as_secs()))?
         .map_err(|e| e.to_string())?;
+        let opened = Instant::now();
+        let _streaming = Streaming::begin(&self.streaming_since, opened);
         loop {
-            let resp = stream
-                .message()
-                .await
-                .map_err(|e| e.to_string())?
-                .ok_or("the watch stream ended")?;
+            let resp = tokio::select! {
+                m = stream.message() => match m {
+                    Ok(Some(m)) => m,
+                    Ok(None) => return Err("the watch stream ended".into()),
+                    // etcd sends up to 1000 missed revisions in one message: over
+                    // MAX_MESSAGE of values, replaying them can never work.
+                    Err(etcd_client::Error::GRpcStatus(st))
+                        if matches!(
+                            st.code(),
+                            tonic::Code::OutOfRange | tonic::Code::ResourceExhausted
+                        ) =>
+                    {
+                        return Ok(Reload::Behind(st.message().to_owned()));
+                    }
+                    Err(e) => return Err(e.to_string()),
+                },
+                // A hung member, or a replay too slow to finish: the paged load is bounded.
+                () = self.watch_stuck.notified() => {
+                    if lock(&self.stuck_at).is_some_and(|at| at >= opened) {
+                        return Ok(Reload::Behind(
+                            "the watch fell behind a revision etcd confirmed".into(),
+                        ));
+                    }
+                    // Meant for an earlier stream.
+                    continue;
+                }
+            };
             if resp.canceled() {
                 if resp.compact_revision() > 0 {
-                    return Ok(());
+                    return Ok(Reload::Compacted);
+                }
+                if resp.cancel_reason().contains("invalid auth token") {
+                    // A restarted etcd forgot the token, and a stream is not refreshed by
+                    // the client: authenticate again before the next stream.
+                    client.refresh_token().await.map_err(|e| {
+                        format!("authenticating to {} again: {e}", self.endpoints[i].url)
+                    })?;
                 }
                 return Err(format!(
                     "etcd cancelled the watch: {}",
@@ -856,9 +960,47 @@ impl Inner {
         TxnOp::put(self.clock_key(), Vec::new(), None)
     }
 
+    /// Reads the prefix's revision from etcd, then waits for the watch to apply it, all within
+    /// `BARRIER`. When etcd answered but the watch applied nothing meanwhile, the watch is
+    /// told to move to another endpoint.
     async fn barrier(&self) -> Result<(), StoreError> {
-        let rev = self.current_revision().await?;
-        self.wait_applied(rev, BARRIER).await
+        let started = Instant::now();
+        let deadline = started + BARRIER;
+        let rev = match tokio::time::timeout_at(deadline, self.current_revision()).await {
+            Ok(rev) => rev?,
+            Err(_) => {
+                let i = self.current.load(Ordering::Relaxed) % self.endpoints.len();
+                self.rotate(i);
+                if self.watching.load(Ordering::Relaxed) == i {
+                    // The endpoint hangs: so does the watch's stream from it.
+                    self.stuck(started);
+                }
+                return Err(StoreError::Unavailable(format!(
+                    "etcd did not confirm the current revision within {}ms",
+                    BARRIER.as_millis()
+                )));
+            }
+        };
+        self.known.store(rev, Ordering::Relaxed);
+        let before = self.cache().revision;
+        let left = deadline.saturating_duration_since(Instant::now());
+        if let Err(e) = self.wait_applied(rev, left).await {
+            if self.cache().revision == before {
+                self.stuck(started);
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Tells the watch its stream is stuck, if that stream was open when the barrier that
+    /// found it so started (not while a load runs, nor a stream opened since).
+    fn stuck(&self, barrier_started: Instant) {
+        if lock(&self.streaming_since).is_some_and(|since| since <= barrier_started) {
+            tracing::warn!("the etcd watch is stuck; loading the copy again");
+            *lock(&self.stuck_at) = Some(barrier_started);
+            self.watch_stuck.notify_one();
+        }
     }
 
     /// Runs barriers on demand, and every `HEARTBEAT` without.
@@ -869,17 +1011,7 @@ impl Inner {
                 () = tokio::time::sleep(HEARTBEAT) => {}
             }
             let started = Instant::now();
-            let outcome = match tokio::time::timeout(BARRIER, self.barrier()).await {
-                Ok(r) => r,
-                Err(_) => {
-                    let i = self.current.load(Ordering::Relaxed) % self.endpoints.len();
-                    self.rotate(i);
-                    Err(StoreError::Unavailable(format!(
-                        "etcd did not confirm the current revision within {}ms",
-                        BARRIER.as_millis()
-                    )))
-                }
-            };
+            let outcome = self.barrier().await;
             match outcome {
                 Ok(()) => {
                     if lock(&self.barrier_failure).take().is_some() {
@@ -1056,7 +1188,10 @@ impl Store for EtcdStore {
     }
 
     async fn revision(&self) -> Result<u64, StoreError> {
-        Ok(self.inner.cache().revision)
+        // Not `revision`: after a load that is etcd's revision, which writes outside the prefix
+        // move too, so a replica that loaded later would name a revision the others never
+        // reach, and a `since` learned on it would be refused on them.
+        Ok(self.inner.cache().newest)
     }
 
     async fn touch(&self, marker: &str) -> Result<u64, StoreError> {
@@ -1091,6 +1226,10 @@ impl Store for EtcdStore {
             if c.at >= t0 {
                 return Ok(());
             }
+            if c.failing {
+                // The next barrier (on the next endpoint) now, not at the heartbeat.
+                inner.demand.notify_one();
+            }
             let d = *deadline.get_or_insert_with(|| {
                 t0 + if c.failing {
                     SYNC_WAIT_FAILING
@@ -1100,7 +1239,16 @@ impl Store for EtcdStore {
             });
             match tokio::time::timeout_at(d, rx.changed()).await {
                 Ok(Ok(())) => {}
-                _ => return inner.within_staleness(*rx.borrow()),
+                _ => {
+                    // Never serve a copy etcd has shown to be behind: wait for the watch (a
+                    // short delay while it moves off a hung member), or refuse.
+                    let known = inner.known.load(Ordering::Relaxed);
+                    if inner.cache().revision < known {
+                        let left = (t0 + SYNC_WAIT).saturating_duration_since(Instant::now());
+                        inner.wait_applied(known, left).await?;
+                    }
+                    return inner.within_staleness(*rx.borrow());
+                }
             }
         }
     }

@@ -12,6 +12,7 @@ mod bad_input;
 mod console;
 mod crash;
 mod etcd_cluster;
+mod etcd_faults;
 mod etcd_tls;
 mod hardening;
 mod inject;
