@@ -269,6 +269,28 @@ pub struct EtcdArgs {
 }
 
 impl EtcdArgs {
+    /// The `--etcd-*` options mean nothing to the embedded store: saying so beats ignoring
+    /// them (a forgotten `--store` would otherwise start an empty embedded service).
+    fn refuse_unless_etcd(&self) -> anyhow::Result<()> {
+        let given: Vec<&str> = [
+            ("--etcd-ca", self.etcd_ca.is_some()),
+            ("--etcd-cert", self.etcd_cert.is_some()),
+            ("--etcd-key", self.etcd_key.is_some()),
+            ("--etcd-user", self.etcd_user.is_some()),
+            ("--etcd-password-file", self.etcd_password_file.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, set)| set.then_some(name))
+        .collect();
+        if !given.is_empty() {
+            bail!(
+                "{} only apply with --store etcd://...; this secretd uses the embedded store",
+                given.join(", ")
+            );
+        }
+        Ok(())
+    }
+
     pub fn options(&self) -> store::etcd::EtcdOptions {
         store::etcd::EtcdOptions {
             ca: self.etcd_ca.clone(),
@@ -560,6 +582,9 @@ pub async fn run(mut args: Args) -> anyhow::Result<ExitCode> {
         _ => None,
     };
     let which = args.store.clone().unwrap_or(StoreArg::Embedded);
+    if matches!(which, StoreArg::Embedded) {
+        args.etcd.refuse_unless_etcd()?;
+    }
     let store = open_store(&which, &data_dir, &args.etcd.options()).await?;
     let store: Arc<dyn store::Store> = Arc::new(store::timed::Timed::new(store, metrics::global()));
     let mut service = open_service_on(

@@ -1,11 +1,11 @@
 //! Replicas on etcd: two `secretd` on one real 3-member etcd cluster (started by each test),
 //! their consistency, and what losing members does to them.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::etcd::EtcdCluster;
-use crate::harness::{Server, b64, bin, contains};
+use crate::harness::{Server, b64, bin, contains, secretd_start_fails};
 
 /// Two replicas on `cluster`, prefix `prefix`; the second uses the first's master key.
 fn replicas(cluster: &EtcdCluster, prefix: &str, extra: &[&str]) -> (Server, Server) {
@@ -189,22 +189,6 @@ fn values_and_tokens_are_never_in_etcd_in_plaintext() {
     }
 }
 
-/// Starts `secretd` and returns (exit code, stderr) once it ends, or `None` if it serves.
-fn start_expecting_failure(args: &[&str], data: &std::path::Path) -> (i32, String) {
-    let out = Command::new(bin("secretd"))
-        .arg("--data-dir")
-        .arg(data)
-        .args(["--listen", "127.0.0.1:0"])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn a_replica_with_another_master_key_refuses_to_start_and_writes_nothing() {
     let etcd = EtcdCluster::start(1);
@@ -218,7 +202,7 @@ fn a_replica_with_another_master_key_refuses_to_start_and_writes_nothing() {
 
     // Its own, different master key.
     let dir = tempfile::tempdir().unwrap();
-    let (code, err) = start_expecting_failure(&["--store", &url], &dir.path().join("other"));
+    let (code, err) = secretd_start_fails(&dir.path().join("other"), &["--store", &url]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("master key"), "{err}");
     assert!(err.contains("does not exist"), "{err}");
@@ -232,7 +216,7 @@ fn a_replica_with_another_master_key_refuses_to_start_and_writes_nothing() {
         nix::sys::stat::FchmodatFlags::FollowSymlink,
     )
     .unwrap();
-    let (code, err) = start_expecting_failure(&["--store", &url], &dir.path().join("wrong"));
+    let (code, err) = secretd_start_fails(&dir.path().join("wrong"), &["--store", &url]);
     assert_eq!(code, 1, "{err}");
     assert!(
         err.contains(&format!(

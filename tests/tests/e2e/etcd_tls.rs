@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::harness::{Server, bin};
+use crate::harness::Server;
 
 /// One etcd member started with `args`, killed when dropped.
 struct Member {
@@ -137,22 +137,10 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-/// `secretd` with `args` on a fresh data dir: (exit code, stderr) once it exits, which it must
-/// within 20 s.
+/// `secretd` with `args` on a fresh data dir, expected to fail: (exit code, stderr).
 fn start_fails(args: &[&str]) -> (i32, String) {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(bin("secretd"))
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .args(["--listen", "127.0.0.1:0"])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    crate::harness::secretd_start_fails(&dir.path().join("data"), args)
 }
 
 #[test]
@@ -196,6 +184,13 @@ fn secretd_talks_to_etcd_over_tls_with_a_client_certificate() {
     assert!(err.contains("opening the store at etcd://"), "{err}");
     let (code, err) = start_fails(&["--store", &url]);
     assert_eq!(code, 1, "{err}");
+    // The etcd options without an etcd store: refused, not ignored.
+    let (code, err) = start_fails(&["--etcd-ca", s(&ca)]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("--etcd-ca only apply with --store etcd://"),
+        "{err}"
+    );
     // A key without its certificate is a usage error.
     let (code, err) = start_fails(&["--store", &url, "--etcd-key", s(&ckey)]);
     assert_eq!(code, 2, "{err}");

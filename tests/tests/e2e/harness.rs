@@ -16,6 +16,40 @@ pub fn require_root(why: &str) {
     assert!(euid.is_root(), "this test needs root ({why}); euid {euid}");
 }
 
+/// Starts `secretd ARGS` on `data_dir` expecting it to fail: `(exit code, stderr)`. A secretd
+/// that is still running after 20 s is killed and the test fails.
+#[track_caller]
+pub fn secretd_start_fails(data_dir: &Path, args: &[&str]) -> (i32, String) {
+    let err = data_dir.with_extension("stderr");
+    let mut child = Command::new(bin("secretd"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&err).expect("stderr file"))
+        .spawn()
+        .expect("start secretd");
+    let t0 = std::time::Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait secretd") {
+            break st;
+        }
+        if t0.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "secretd {args:?} was expected to fail but still runs after 20 s: {}",
+                std::fs::read_to_string(&err).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stderr = std::fs::read_to_string(&err).unwrap_or_default();
+    (status.code().unwrap_or(-1), stderr)
+}
+
 /// The store every `Server` runs on unless a test names one: `NEURO_TEST_STORE` (`embedded`,
 /// the default, or `etcd`, a key prefix per server on one etcd member shared by the tests).
 pub fn store_under_test() -> String {
