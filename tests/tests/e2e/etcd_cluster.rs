@@ -207,15 +207,8 @@ fn a_replica_with_another_master_key_refuses_to_start_and_writes_nothing() {
     assert!(err.contains("master key"), "{err}");
     assert!(err.contains("does not exist"), "{err}");
     std::fs::create_dir(dir.path().join("wrong")).unwrap();
-    std::fs::write(dir.path().join("wrong/master.key"), [7u8; 32]).unwrap();
     let key = dir.path().join("wrong/master.key");
-    nix::sys::stat::fchmodat(
-        nix::fcntl::AT_FDCWD,
-        &key,
-        nix::sys::stat::Mode::from_bits_truncate(0o600),
-        nix::sys::stat::FchmodatFlags::FollowSymlink,
-    )
-    .unwrap();
+    crate::harness::write_private(&key, &[7u8; 32]);
     let (code, err) = secretd_start_fails(&dir.path().join("wrong"), &["--store", &url]);
     assert_eq!(code, 1, "{err}");
     assert!(
@@ -241,14 +234,7 @@ fn replicas_starting_together_on_a_new_store_make_exactly_one_operator_token() {
     let url = etcd.url("first");
     let keydir = tempfile::tempdir().unwrap();
     let key = keydir.path().join("master.key");
-    std::fs::write(&key, [42u8; 32]).unwrap();
-    nix::sys::stat::fchmodat(
-        nix::fcntl::AT_FDCWD,
-        &key,
-        nix::sys::stat::Mode::from_bits_truncate(0o600),
-        nix::sys::stat::FchmodatFlags::FollowSymlink,
-    )
-    .unwrap();
+    crate::harness::write_private(&key, &[42u8; 32]);
     let key = key.to_str().unwrap().to_owned();
     let starters: Vec<_> = (0..4)
         .map(|_| {

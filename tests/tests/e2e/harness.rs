@@ -16,6 +16,13 @@ pub fn require_root(why: &str) {
     assert!(euid.is_root(), "this test needs root ({why}); euid {euid}");
 }
 
+/// Writes `bytes` to `path` with mode 0600 (what secretd wants of a key or token file).
+pub fn write_private(path: &Path, bytes: &[u8]) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::write(path, bytes).expect("write a private file");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod 600");
+}
+
 /// Starts `secretd ARGS` on `data_dir` expecting it to fail: `(exit code, stderr)`. A secretd
 /// that is still running after 20 s is killed and the test fails.
 #[track_caller]
