@@ -33,6 +33,10 @@ pub struct SecretInfo {
     pub owner: String,
     pub uri: String,
     pub version: u64,
+    /// When the value was last written (RFC 3339, UTC); absent for a secret written before
+    /// write times were kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<String>,
 }
 
 /// `GET /api/v1/secrets/{owner}/{key}`

@@ -298,7 +298,8 @@ pub(super) async fn remove_user(
             }
         }
         if delete_secrets {
-            for (k, _) in &secrets {
+            for m in &secrets {
+                let k = &m.key;
                 if let Some(rev) = s.store.delete_secret(k).await? {
                     done.secrets_deleted += 1;
                     s.changed.send_replace(rev);

@@ -85,14 +85,14 @@ pub(super) async fn list_secrets(
 ) -> Result<Json<Vec<SecretInfo>>, ApiError> {
     let me = caller.user("listing secrets needs a user token")?;
     let perms = s.perms(me).await?;
-    let mut found: BTreeMap<(bool, SecretUri), u64> = BTreeMap::new();
-    let mut add = |name: &str, version: u64| {
+    let mut found: BTreeMap<(bool, SecretUri), (u64, Option<u64>)> = BTreeMap::new();
+    let mut add = |name: &str, version: u64, updated_at: Option<u64>| {
         if let Some(uri) = SecretName::uri(&s.cluster, name) {
-            found.insert((uri.owner != *me, uri), version);
+            found.insert((uri.owner != *me, uri), (version, updated_at));
         }
     };
-    for (k, v) in s.store.list_secrets(&SecretName::prefix(me)).await? {
-        add(&k, v);
+    for m in s.store.list_secrets(&SecretName::prefix(me)).await? {
+        add(&m.key, m.version, m.updated_at);
     }
     for (r, a) in &perms.grants {
         if *a < Action::Read || r.cluster != s.cluster || r.owner == *me {
@@ -100,14 +100,14 @@ pub(super) async fn list_secrets(
         }
         match &r.key {
             None => {
-                for (k, v) in s.store.list_secrets(&SecretName::prefix(&r.owner)).await? {
-                    add(&k, v);
+                for m in s.store.list_secrets(&SecretName::prefix(&r.owner)).await? {
+                    add(&m.key, m.version, m.updated_at);
                 }
             }
             Some(key) => {
                 let name = SecretName::new(&r.owner, key);
                 if let Some(st) = s.store.get_secret(name.as_str()).await? {
-                    add(name.as_str(), st.version);
+                    add(name.as_str(), st.version, st.updated_at);
                 }
             }
         }
@@ -116,11 +116,12 @@ pub(super) async fn list_secrets(
     Ok(Json(
         found
             .into_iter()
-            .map(|((_, uri), version)| SecretInfo {
+            .map(|((_, uri), (version, updated_at))| SecretInfo {
                 uri: uri.to_string(),
                 key: uri.key.to_string(),
                 owner: uri.owner.to_string(),
                 version,
+                updated_at: updated_at.map(crate::auth::rfc3339),
             })
             .collect(),
     ))

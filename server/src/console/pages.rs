@@ -97,9 +97,16 @@ pub(super) async fn secrets(State(c): State<Console>, h: HeaderMap) -> Response 
     );
     for i in &items {
         let name = esc(&shown(&s, i));
+        let changed = match &i.updated_at {
+            Some(t) => format!(
+                "<time datetime=\"{t}\">{}</time>",
+                esc(&t.replace('T', " "))
+            ),
+            None => "unknown".to_owned(),
+        };
         let _ = write!(
             m,
-            "<tr><th scope=\"row\">{name}</th><td>{v}</td><td>revision {v}</td><td>",
+            "<tr><th scope=\"row\">{name}</th><td>{v}</td><td>{changed}</td><td>",
             v = i.version
         );
         if i.owner == s.user {

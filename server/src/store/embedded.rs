@@ -22,7 +22,7 @@ use redb::{
     TableDefinition,
 };
 
-use super::{Change, Record, Store, StoreError, StoredSecret, Table};
+use super::{Change, Record, SecretMeta, Store, StoreError, StoredSecret, Table, unix_now};
 
 const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
 const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
@@ -32,6 +32,8 @@ const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 const SETTINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("settings");
 /// `OWNER/KEY` → version (u64 LE) ++ sealed value
 const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
+/// `OWNER/KEY` → when the secret was written (Unix seconds)
+const SECRET_TIMES: TableDefinition<&str, u64> = TableDefinition::new("secret_times");
 /// revision → deleted flag (1 byte) ++ `OWNER/KEY`
 const CHANGES: TableDefinition<u64, &[u8]> = TableDefinition::new("changes");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -154,6 +156,7 @@ impl EmbeddedStore {
         }
         tx.open_table(CHANGES).map_err(io)?;
         tx.open_table(META).map_err(io)?;
+        tx.open_table(SECRET_TIMES).map_err(io)?;
         tx.commit().map_err(io)?;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -321,6 +324,41 @@ fn bump(tx: &redb::WriteTransaction, key: &str, deleted: bool) -> Result<u64, St
     Ok(rev)
 }
 
+/// Stores a sealed value under the next revision, with its write time.
+fn store_secret(
+    tx: &redb::WriteTransaction,
+    key: &str,
+    sealed: &[u8],
+    updated_at: Option<u64>,
+) -> Result<u64, StoreError> {
+    let rev = bump(tx, key, false)?;
+    let mut t = tx.open_table(SECRETS).map_err(io)?;
+    let mut rec = Vec::with_capacity(8 + sealed.len());
+    rec.extend_from_slice(&rev.to_le_bytes());
+    rec.extend_from_slice(sealed);
+    t.insert(key, rec.as_slice()).map_err(io)?;
+    let mut times = tx.open_table(SECRET_TIMES).map_err(io)?;
+    match updated_at {
+        Some(at) => {
+            times.insert(key, at).map_err(io)?;
+        }
+        None => {
+            times.remove(key).map_err(io)?;
+        }
+    }
+    Ok(rev)
+}
+
+/// When secret `key` was written, if known.
+fn written_at(tx: &ReadTransaction, key: &str) -> Result<Option<u64>, StoreError> {
+    Ok(tx
+        .open_table(SECRET_TIMES)
+        .map_err(io)?
+        .get(key)
+        .map_err(io)?
+        .map(|t| t.value()))
+}
+
 fn decode_secret(key: &str, raw: &[u8]) -> Result<StoredSecret, StoreError> {
     if raw.len() < 8 {
         return Err(StoreError::Corrupt {
@@ -335,6 +373,7 @@ fn decode_secret(key: &str, raw: &[u8]) -> Result<StoredSecret, StoreError> {
             key: key.to_owned(),
         })?),
         sealed: sealed.to_vec(),
+        updated_at: None,
     })
 }
 
@@ -392,13 +431,16 @@ impl Store for EmbeddedStore {
             let Some(v) = t.get(key).map_err(io)? else {
                 return Ok(None);
             };
-            decode_secret(key, v.value()).map(Some)
+            let mut secret = decode_secret(key, v.value())?;
+            secret.updated_at = written_at(tx, key)?;
+            Ok(Some(secret))
         })
     }
 
-    async fn list_secrets(&self, prefix: &str) -> Result<Vec<(String, u64)>, StoreError> {
+    async fn list_secrets(&self, prefix: &str) -> Result<Vec<SecretMeta>, StoreError> {
         self.read(|tx| {
             let t = tx.open_table(SECRETS).map_err(io)?;
+            let times = tx.open_table(SECRET_TIMES).map_err(io)?;
             let mut out = Vec::new();
             for row in t.range::<&str>(prefix..).map_err(io)? {
                 let (k, v) = row.map_err(io)?;
@@ -406,7 +448,11 @@ impl Store for EmbeddedStore {
                 if !k.starts_with(prefix) {
                     break;
                 }
-                out.push((k.to_owned(), decode_secret(k, v.value())?.version));
+                out.push(SecretMeta {
+                    key: k.to_owned(),
+                    version: decode_secret(k, v.value())?.version,
+                    updated_at: times.get(k).map_err(io)?.map(|t| t.value()),
+                });
             }
             Ok(out)
         })
@@ -414,16 +460,8 @@ impl Store for EmbeddedStore {
 
     async fn put_secret(&self, key: &str, sealed: &[u8]) -> Result<u64, StoreError> {
         let (key, sealed) = (key.to_owned(), sealed.to_vec());
-        self.write(move |tx| {
-            let rev = bump(tx, &key, false)?;
-            let mut t = tx.open_table(SECRETS).map_err(io)?;
-            let mut rec = Vec::with_capacity(8 + sealed.len());
-            rec.extend_from_slice(&rev.to_le_bytes());
-            rec.extend_from_slice(&sealed);
-            t.insert(key.as_str(), rec.as_slice()).map_err(io)?;
-            Ok(rev)
-        })
-        .await
+        self.write(move |tx| store_secret(tx, &key, &sealed, Some(unix_now())))
+            .await
     }
 
     async fn delete_secret(&self, key: &str) -> Result<Option<u64>, StoreError> {
@@ -436,6 +474,10 @@ impl Store for EmbeddedStore {
             if !existed {
                 return Ok(None);
             }
+            tx.open_table(SECRET_TIMES)
+                .map_err(io)?
+                .remove(key.as_str())
+                .map_err(io)?;
             bump(tx, &key, true).map(Some)
         })
         .await
@@ -522,7 +564,12 @@ impl Store for EmbeddedStore {
             let t = tx.open_table(SECRETS).map_err(io)?;
             for (key, raw) in Self::scan_table(&t, "")? {
                 let sealed = decode_secret(&key, &raw)?.sealed;
-                out.push(Record::Secret { key, sealed });
+                let updated_at = written_at(tx, &key)?;
+                out.push(Record::Secret {
+                    key,
+                    sealed,
+                    updated_at,
+                });
             }
             Ok(out)
         })
@@ -544,13 +591,12 @@ impl Store for EmbeddedStore {
                             )));
                         }
                     }
-                    Record::Secret { key, sealed } => {
-                        let rev = bump(tx, key, false)?;
-                        let mut t = tx.open_table(SECRETS).map_err(io)?;
-                        let mut rec = Vec::with_capacity(8 + sealed.len());
-                        rec.extend_from_slice(&rev.to_le_bytes());
-                        rec.extend_from_slice(sealed);
-                        t.insert(key.as_str(), rec.as_slice()).map_err(io)?;
+                    Record::Secret {
+                        key,
+                        sealed,
+                        updated_at,
+                    } => {
+                        store_secret(tx, key, sealed, *updated_at)?;
                     }
                 }
             }
@@ -578,16 +624,29 @@ mod tests {
         let v2 = s.put_secret("alice/a", b"y").await.unwrap();
         let v3 = s.put_secret("bob/b", b"z").await.unwrap();
         assert!(v1 < v2 && v2 < v3);
-        assert_eq!(
-            s.get_secret("alice/a").await.unwrap(),
-            Some(StoredSecret {
-                version: v2,
-                sealed: b"y".to_vec()
-            })
-        );
+        let got = s.get_secret("alice/a").await.unwrap().unwrap();
+        assert_eq!((got.version, got.sealed.as_slice()), (v2, &b"y"[..]));
+        let at = got.updated_at.expect("a write time");
+        assert!(unix_now().abs_diff(at) < 5, "written at {at}");
         assert_eq!(
             s.list_secrets("alice/").await.unwrap(),
-            vec![("alice/a".into(), v2)]
+            vec![SecretMeta {
+                key: "alice/a".into(),
+                version: v2,
+                updated_at: Some(at)
+            }]
+        );
+        // An export carries the time; an import keeps it.
+        let copy = store();
+        copy.1.import(s.export().await.unwrap()).await.unwrap();
+        assert_eq!(
+            copy.1
+                .get_secret("alice/a")
+                .await
+                .unwrap()
+                .unwrap()
+                .updated_at,
+            Some(at)
         );
         let d = s.delete_secret("alice/a").await.unwrap().unwrap();
         assert_eq!(s.delete_secret("alice/a").await.unwrap(), None);

@@ -34,7 +34,7 @@ use etcd_client::{
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
-use super::{Change, Record, Store, StoreError, StoredSecret, Table};
+use super::{Change, Record, SecretMeta, Store, StoreError, StoredSecret, Table, unix_now};
 
 /// The key prefix when `--store` names none.
 pub const DEFAULT_PREFIX: &str = "neuro-secrets";
@@ -358,6 +358,8 @@ struct Cache {
 const SECRETS: &str = "secrets/";
 const TOMBSTONES: &str = "deleted/";
 const MARKERS: &str = "markers/";
+/// `times/OWNER/KEY`: when the secret was written (Unix seconds, decimal).
+const TIMES: &str = "times/";
 /// The key every write transaction also writes (see `Inner::tick`).
 const CLOCK: &str = "clock";
 
@@ -393,6 +395,12 @@ impl Cache {
         if let Some(old) = self.map.remove(key) {
             self.feed.remove(&(old.revision, key.to_owned()));
         }
+    }
+
+    /// When secret `OWNER/KEY` was written, if known.
+    fn written_at(&self, key: &str) -> Option<u64> {
+        let e = self.map.get(&format!("{TIMES}{key}"))?;
+        std::str::from_utf8(&e.value).ok()?.parse().ok()
     }
 
     fn range(&self, prefix: &str) -> impl Iterator<Item = (&String, &Entry)> {
@@ -707,6 +715,34 @@ impl Inner {
             revision,
             deleted: want.is_none(),
         }))
+    }
+
+    /// Stores a sealed value with its write time (the time under `times/`, in the same
+    /// transaction; none removes it).
+    async fn put_secret_at(
+        &self,
+        key: &str,
+        sealed: &[u8],
+        updated_at: Option<u64>,
+    ) -> Result<u64, StoreError> {
+        let root = &self.root;
+        let k = format!("{root}{SECRETS}{key}");
+        let time_key = format!("{root}{TIMES}{key}");
+        let time = match updated_at {
+            Some(at) => TxnOp::put(time_key, at.to_string(), None),
+            None => TxnOp::delete(time_key, None),
+        };
+        let txn = Txn::new().and_then([
+            TxnOp::put(k.clone(), sealed.to_vec(), None),
+            time,
+            TxnOp::delete(format!("{root}{TOMBSTONES}{key}"), None),
+            self.tick(),
+        ]);
+        let landed = Landed::Value {
+            key: k,
+            value: sealed.to_vec(),
+        };
+        Ok(self.txn("secret write", txn, landed).await?.revision)
     }
 
     /// Loads the whole prefix at one revision and replaces the cache.
@@ -1111,39 +1147,36 @@ impl Store for EtcdStore {
     }
 
     async fn get_secret(&self, key: &str) -> Result<Option<StoredSecret>, StoreError> {
-        Ok(self
-            .inner
-            .cache()
+        let cache = self.inner.cache();
+        Ok(cache
             .map
             .get(&format!("{SECRETS}{key}"))
             .map(|e| StoredSecret {
                 version: e.revision,
                 sealed: e.value.clone(),
+                updated_at: cache.written_at(key),
             }))
     }
 
-    async fn list_secrets(&self, prefix: &str) -> Result<Vec<(String, u64)>, StoreError> {
-        Ok(self
-            .inner
-            .cache()
+    async fn list_secrets(&self, prefix: &str) -> Result<Vec<SecretMeta>, StoreError> {
+        let cache = self.inner.cache();
+        Ok(cache
             .range(&format!("{SECRETS}{prefix}"))
-            .map(|(k, e)| (k[SECRETS.len()..].to_owned(), e.revision))
+            .map(|(k, e)| {
+                let key = &k[SECRETS.len()..];
+                SecretMeta {
+                    key: key.to_owned(),
+                    version: e.revision,
+                    updated_at: cache.written_at(key),
+                }
+            })
             .collect())
     }
 
     async fn put_secret(&self, key: &str, sealed: &[u8]) -> Result<u64, StoreError> {
-        let root = &self.inner.root;
-        let k = format!("{root}{SECRETS}{key}");
-        let txn = Txn::new().and_then([
-            TxnOp::put(k.clone(), sealed.to_vec(), None),
-            TxnOp::delete(format!("{root}{TOMBSTONES}{key}"), None),
-            self.inner.tick(),
-        ]);
-        let landed = Landed::Value {
-            key: k,
-            value: sealed.to_vec(),
-        };
-        Ok(self.inner.txn("secret write", txn, landed).await?.revision)
+        self.inner
+            .put_secret_at(key, sealed, Some(unix_now()))
+            .await
     }
 
     async fn delete_secret(&self, key: &str) -> Result<Option<u64>, StoreError> {
@@ -1153,6 +1186,7 @@ impl Store for EtcdStore {
             .when([Compare::create_revision(k.clone(), CompareOp::Greater, 0)])
             .and_then([
                 TxnOp::delete(k.clone(), None),
+                TxnOp::delete(format!("{root}{TIMES}{key}"), None),
                 TxnOp::put(format!("{root}{TOMBSTONES}{key}"), Vec::new(), None),
                 self.inner.tick(),
             ])
@@ -1273,6 +1307,7 @@ impl Store for EtcdStore {
                 out.push(Record::Secret {
                     key: key.to_owned(),
                     sealed: e.value.clone(),
+                    updated_at: cache.written_at(key),
                 });
                 continue;
             }
@@ -1301,8 +1336,12 @@ impl Store for EtcdStore {
                         )));
                     }
                 }
-                Record::Secret { key, sealed } => {
-                    self.put_secret(&key, &sealed).await?;
+                Record::Secret {
+                    key,
+                    sealed,
+                    updated_at,
+                } => {
+                    self.inner.put_secret_at(&key, &sealed, updated_at).await?;
                 }
             }
         }

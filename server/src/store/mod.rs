@@ -74,6 +74,24 @@ impl Table {
 pub struct StoredSecret {
     pub version: u64,
     pub sealed: Vec<u8>,
+    /// When it was written (Unix seconds); `None` for a secret written before write times
+    /// were kept.
+    pub updated_at: Option<u64>,
+}
+
+/// A secret in a listing: `OWNER/KEY`, its version and when it was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretMeta {
+    pub key: String,
+    pub version: u64,
+    pub updated_at: Option<u64>,
+}
+
+/// Now, in Unix seconds: a secret's write time.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// One entry of the change log: a secret written (or deleted) at a revision.
@@ -98,6 +116,7 @@ pub enum Record {
         /// `OWNER/KEY`
         key: String,
         sealed: Vec<u8>,
+        updated_at: Option<u64>,
     },
 }
 
@@ -111,11 +130,20 @@ pub struct Summary {
 
 impl Summary {
     pub fn of(records: &[Record]) -> Self {
-        let mut rows: Vec<(&'static str, &str, &[u8])> = records
+        let mut rows: Vec<(&'static str, &str, Vec<u8>)> = records
             .iter()
             .map(|r| match r {
-                Record::Row { table, key, value } => (table.name(), key.as_str(), value.as_slice()),
-                Record::Secret { key, sealed } => ("secrets", key.as_str(), sealed.as_slice()),
+                Record::Row { table, key, value } => (table.name(), key.as_str(), value.clone()),
+                Record::Secret {
+                    key,
+                    sealed,
+                    updated_at,
+                } => {
+                    // The write time is part of what must arrive.
+                    let mut bytes = sealed.clone();
+                    bytes.extend_from_slice(&updated_at.unwrap_or(0).to_le_bytes());
+                    ("secrets", key.as_str(), bytes)
+                }
             })
             .collect();
         rows.sort();
@@ -126,7 +154,7 @@ impl Summary {
             .chain([("secrets", 0)])
             .collect();
         for (table, key, bytes) in &rows {
-            for part in [table.as_bytes(), key.as_bytes(), bytes] {
+            for part in [table.as_bytes(), key.as_bytes(), bytes.as_slice()] {
                 h.update(&(part.len() as u64).to_le_bytes());
                 h.update(part);
             }
@@ -164,9 +192,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// `key` is `OWNER/KEY`.
     async fn get_secret(&self, key: &str) -> Result<Option<StoredSecret>, StoreError>;
-    /// Secrets whose `OWNER/KEY` starts with `prefix`: `(OWNER/KEY, version)`.
-    async fn list_secrets(&self, prefix: &str) -> Result<Vec<(String, u64)>, StoreError>;
-    /// Stores the sealed value under the next revision, which it returns.
+    /// Secrets whose `OWNER/KEY` starts with `prefix`, in key order.
+    async fn list_secrets(&self, prefix: &str) -> Result<Vec<SecretMeta>, StoreError>;
+    /// Stores the sealed value under the next revision, which it returns, with the time of
+    /// the write.
     async fn put_secret(&self, key: &str, sealed: &[u8]) -> Result<u64, StoreError>;
     /// Deletes the secret under the next revision; `None` when it did not exist.
     async fn delete_secret(&self, key: &str) -> Result<Option<u64>, StoreError>;

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 
-use super::{Change, Record, Store, StoreError, StoredSecret, Table};
+use super::{Change, Record, SecretMeta, Store, StoreError, StoredSecret, Table};
 use crate::metrics::Metrics;
 
 /// Wraps a store; every operation is timed, its failures counted.
@@ -55,7 +55,7 @@ impl Store for Timed {
     async fn get_secret(&self, key: &str) -> Result<Option<StoredSecret>, StoreError> {
         self.time("get_secret", self.inner.get_secret(key)).await
     }
-    async fn list_secrets(&self, prefix: &str) -> Result<Vec<(String, u64)>, StoreError> {
+    async fn list_secrets(&self, prefix: &str) -> Result<Vec<SecretMeta>, StoreError> {
         self.time("list_secrets", self.inner.list_secrets(prefix))
             .await
     }

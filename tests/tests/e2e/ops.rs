@@ -509,12 +509,12 @@ fn neuro_listings_print_json_with_stable_fields() {
         (
             &alice,
             &["secret", "ls", "-o", "json"][..],
-            &["key", "owner", "uri", "version"][..],
+            &["key", "owner", "uri", "version", "updated_at"][..],
         ),
         (
             &bob,
             &["secret", "list", "--output", "json"],
-            &["key", "owner", "uri", "version"],
+            &["key", "owner", "uri", "version", "updated_at"],
         ),
         (&bob, &["acl", "ls", "-o", "json"], &["uri", "action"]),
         (

@@ -234,3 +234,23 @@ fn seed_walkthrough_share_revoke_and_no_leaks() {
         assert!(hits.is_empty(), "a value or token leaked into: {hits:?}");
     }
 }
+
+#[test]
+fn secret_listing_says_when_each_secret_was_written() {
+    let (srv, t) = Server::start_with_users(&["alice", "bob"]);
+    let (alice, bob) = (t[0].as_str(), t[1].as_str());
+    let before = std::time::SystemTime::now();
+    srv.put(alice, "k", b"v");
+    srv.share(alice, "secret://neuro-compute/alice/k", "bob");
+    for token in [alice, bob] {
+        let list = srv.get(token, "/api/v1/secrets").json();
+        let at = list[0]["updated_at"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no updated_at in {list}"));
+        let at = humantime::parse_rfc3339(at).unwrap();
+        let age = at
+            .duration_since(before - std::time::Duration::from_secs(2))
+            .expect("written after the test began");
+        assert!(age < std::time::Duration::from_secs(10), "{list}");
+    }
+}
