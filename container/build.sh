@@ -45,7 +45,9 @@ for b in secretfs secret-inject; do
   strip -o "$ctx/$b" "$bin_dir/$b"
 done
 for b in secretfs secret-inject; do
+  # The label makes each tag its own image (a cached build of the same binaries would
+  # otherwise share one image id, and removing one tag with `rmi -f` removes the others').
   podman build --quiet --file "$root/container/$b.Containerfile" \
-    --tag "localhost/neuro-$b:$tag" "$ctx" >/dev/null
+    --label "neuro.build-tag=$tag" --tag "localhost/neuro-$b:$tag" "$ctx" >/dev/null
   echo "localhost/neuro-$b:$tag ($(du -h "$ctx/$b" | cut -f1))"
 done

@@ -64,7 +64,18 @@ fn build_images(ctx: &Path) -> (Images, String, String, String) {
          COPY other.txt /var/secrets/other.txt\n",
     )
     .unwrap();
-    podman_ok(&["build", "--quiet", "--tag", &job, ctx.to_str().unwrap()]);
+    // A label of its own: two tests' cached builds would otherwise be one image, and the
+    // first test's `rmi -f` would remove the other's.
+    let label = format!("neuro-e2e-tag={tag}");
+    podman_ok(&[
+        "build",
+        "--quiet",
+        "--label",
+        &label,
+        "--tag",
+        &job,
+        ctx.to_str().unwrap(),
+    ]);
     (images, fs, inject, job)
 }
 
