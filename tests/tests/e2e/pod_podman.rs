@@ -40,6 +40,7 @@ fn unique(what: &str) -> String {
 /// The secretfs and secret-inject images from this build's binaries, and a job image that
 /// holds busybox and a file of its own in the directory the secret goes to.
 fn build_images(ctx: &Path) -> (Images, String, String, String) {
+    let _held = crate::podman::image_lock();
     let tag = unique("e2e");
     let bin_dir = bin("secretfs").parent().unwrap().to_owned();
     let o = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("../container/build.sh"))

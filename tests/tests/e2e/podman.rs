@@ -84,8 +84,19 @@ const CONTAINER_FIELDS: [&str; 7] = [
 /// Images built for one test; removed afterwards.
 pub struct Images(pub Vec<String>);
 
+/// Held while images are built or removed: a build reuses the layers of an earlier identical
+/// build (podman's cache), and removing that earlier image in the middle of the build pulls
+/// the layer from under it ("layer not known"), which made the pod tests fail when they ran
+/// side by side.
+pub fn image_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 impl Drop for Images {
     fn drop(&mut self) {
+        let _held = image_lock();
         for i in &self.0 {
             let _ = podman().args(["rmi", "-f", i]).output();
         }
