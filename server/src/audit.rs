@@ -60,6 +60,12 @@ pub enum AuditAction {
     TokenIssue,
     #[serde(rename = "token.revoke")]
     TokenRevoke,
+    /// A console log-in opened a session (subject: the token it was opened with).
+    #[serde(rename = "session.open")]
+    SessionOpen,
+    /// A console log-out ended a session.
+    #[serde(rename = "session.close")]
+    SessionClose,
 }
 
 /// How the recorded request ended.

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq as _;
 
 use super::{Console, pages, same_origin};
+use crate::audit::{AuditAction, AuditEvent, Outcome};
 use crate::auth::{self, Principal, now_secs};
 use crate::crypto::{hex, random_bytes};
 use crate::error::ApiError;
@@ -53,6 +54,8 @@ pub(super) struct Session {
     pub user: String,
     pub csrf: String,
     key: String,
+    /// The id of the token the session was opened with (for the audit log).
+    token_id: String,
 }
 
 impl Session {
@@ -162,6 +165,7 @@ impl Console {
             user: rec.user,
             csrf: rec.csrf,
             key,
+            token_id: rec.token_id,
         }))
     }
 }
@@ -231,6 +235,18 @@ pub(super) async fn login(
         }
     };
     let token_id = token.split('.').nth(1).unwrap_or_default().to_owned();
+    // The audit log fails closed here too: no session it cannot record.
+    let slot = match c.svc.audit.reserve() {
+        Ok(slot) => slot,
+        Err(e) => return pages::login(StatusCode::SERVICE_UNAVAILABLE, Some(&e.to_string())),
+    };
+    let event = AuditEvent::new(
+        format!("user:{user}"),
+        AuditAction::SessionOpen,
+        None,
+        Outcome::Ok,
+    )
+    .subject(format!("token:{token_id}"));
     let id = b64(&random_bytes::<32>());
     let now = now_secs();
     let rec = SessionRecord {
@@ -251,6 +267,7 @@ pub(super) async fn login(
         Ok(false) => return pages::login(StatusCode::CONFLICT, Some("session id clash; retry")),
         Err(e) => return ApiError::from(e).into_response(),
     }
+    slot.record(event);
     tracing::info!(user = %user, "console session opened");
     let mut resp = Redirect::to("/secrets").into_response();
     resp.headers_mut()
@@ -280,9 +297,22 @@ pub(super) async fn logout(
             if let Err(e) = s.check_csrf(&form.csrf) {
                 return e.into_response();
             }
+            let slot = match c.svc.audit.reserve() {
+                Ok(slot) => slot,
+                Err(e) => return ApiError::from(e).into_response(),
+            };
             if let Err(e) = c.svc.store.delete(Table::Sessions, &s.key).await {
                 return ApiError::from(e).into_response();
             }
+            slot.record(
+                AuditEvent::new(
+                    format!("user:{}", s.user),
+                    AuditAction::SessionClose,
+                    None,
+                    Outcome::Ok,
+                )
+                .subject(format!("token:{}", s.token_id)),
+            );
             tracing::info!(user = %s.user, "console session closed");
         }
         Ok(None) => {}

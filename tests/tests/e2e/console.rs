@@ -223,6 +223,9 @@ fn console_flows_in_chromium() {
     assert_eq!(srv.get(bob, "/api/v1/secrets/alice/web-secret").status, 403);
     srv.assert_audited("\"actor\":\"user:alice\",\"action\":\"grant.revoke\"");
     srv.assert_audited("\"actor\":\"user:alice\",\"action\":\"job.create\"");
+    // Log-in and log-out are in the audit log too.
+    srv.assert_audited("\"actor\":\"user:alice\",\"action\":\"session.open\"");
+    srv.assert_audited("\"actor\":\"user:alice\",\"action\":\"session.close\"");
     // The job: its manifest maps what the dialog said, and its token is revoked.
     let manifest = std::fs::read_to_string(out.path().join("manifest.yaml")).unwrap();
     let docs = yaml_docs(&manifest);
@@ -293,6 +296,10 @@ fn console_sessions_headers_and_login_limit() {
 
     let r = login(&srv, alice);
     assert_eq!(r.status, 303, "{}", r.body);
+    let alice_id = alice.split('.').nth(1).unwrap();
+    srv.assert_audited(&format!(
+        "\"actor\":\"user:alice\",\"action\":\"session.open\",\"outcome\":\"ok\",\"subject\":\"token:{alice_id}\""
+    ));
     let set = r.header("set-cookie").unwrap();
     for attr in ["HttpOnly", "SameSite=Strict", "Path=/", "Max-Age="] {
         assert!(set.contains(attr), "{set}");
