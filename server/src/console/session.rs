@@ -42,6 +42,9 @@ struct SessionRecord {
     /// The id of the token it was opened with: revoking that token ends the session.
     token_id: String,
     created_at: u64,
+    /// The log-in's time in microseconds: orders sessions opened within one second.
+    #[serde(default)]
+    created_us: u64,
     last_seen: u64,
     /// The per-session token every state-changing request carries (`X-CSRF-Token`).
     csrf: String,
@@ -106,8 +109,51 @@ impl LoginLimiter {
     }
 }
 
-fn session_key(c: &Console, id: &str) -> String {
-    hex(&c.svc.keys.token_hash(id))
+/// Sessions one user may have open at once; a log-in past it ends the one used the longest
+/// ago, and expired ones are removed at every log-in.
+pub const MAX_SESSIONS_PER_USER: usize = 16;
+
+/// The store key of a session: `USER/` and the keyed hash of its id, so that a user's
+/// sessions can be counted at log-in.
+fn session_key(c: &Console, user: &str, id: &str) -> String {
+    format!("{user}/{}", hex(&c.svc.keys.token_hash(id)))
+}
+
+/// The cookie's value: `USER.ID` (a user name holds no '.'; the id is 43 base64url
+/// characters). `None` when it is not that shape.
+fn parse_cookie(value: &str) -> Option<(&str, &str)> {
+    let (user, id) = value.split_once('.')?;
+    secrets_core::UserName::new(user).ok()?;
+    (id.len() == 43).then_some((user, id))
+}
+
+/// At log-in: removes `user`'s expired sessions, then the least recently used ones until
+/// one more fits under `MAX_SESSIONS_PER_USER`.
+async fn make_room(store: &dyn crate::store::Store, user: &str) -> Result<(), ApiError> {
+    let now = now_secs();
+    let mut live = Vec::new();
+    for (key, raw) in store.scan(Table::Sessions, &format!("{user}/")).await? {
+        let rec: Option<SessionRecord> = crate::records::decode("console session", &raw).ok();
+        match rec {
+            Some(r) if !r.expired(now) => live.push((r.last_seen, r.created_us, key)),
+            _ => {
+                store.delete(Table::Sessions, &key).await?;
+            }
+        }
+    }
+    live.sort();
+    let excess = (live.len() + 1).saturating_sub(MAX_SESSIONS_PER_USER);
+    for (_, _, key) in live.into_iter().take(excess) {
+        store.delete(Table::Sessions, &key).await?;
+    }
+    Ok(())
+}
+
+impl SessionRecord {
+    fn expired(&self, now: u64) -> bool {
+        now >= self.created_at + ABSOLUTE_TTL.as_secs()
+            || now >= self.last_seen + IDLE_TTL.as_secs()
+    }
 }
 
 fn cookie_id(h: &HeaderMap) -> Option<&str> {
@@ -124,21 +170,17 @@ impl Console {
     /// The session the request's cookie names, if it is live; an ended or expired one is
     /// deleted.
     pub(super) async fn session(&self, h: &HeaderMap) -> Result<Option<Session>, ApiError> {
-        let Some(id) = cookie_id(h) else {
+        let Some((user, id)) = cookie_id(h).and_then(parse_cookie) else {
             return Ok(None);
         };
-        if id.len() != 43 {
-            return Ok(None);
-        }
-        let key = session_key(self, id);
+        let key = session_key(self, user, id);
         let store = self.svc.store.as_ref();
         let Some(raw) = store.get(Table::Sessions, &key).await? else {
             return Ok(None);
         };
         let mut rec: SessionRecord = crate::records::decode("console session", &raw)?;
         let now = now_secs();
-        let expired = now >= rec.created_at + ABSOLUTE_TTL.as_secs()
-            || now >= rec.last_seen + IDLE_TTL.as_secs();
+        let expired = rec.expired(now) || rec.user != user;
         // The token it was opened with must still be good, and its user the same user.
         let token_ok = match auth::load_token(store, &rec.token_id).await? {
             Some(t) => {
@@ -253,10 +295,16 @@ pub(super) async fn login(
         user: user.to_string(),
         token_id,
         created_at: now,
+        created_us: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
         last_seen: now,
         csrf: b64(&random_bytes::<32>()),
     };
-    let key = session_key(&c, &id);
+    if let Err(e) = make_room(c.svc.store.as_ref(), user.as_str()).await {
+        return e.into_response();
+    }
+    let key = session_key(&c, user.as_str(), &id);
     let stored = c
         .svc
         .store
@@ -270,8 +318,10 @@ pub(super) async fn login(
     slot.record(event);
     tracing::info!(user = %user, "console session opened");
     let mut resp = Redirect::to("/secrets").into_response();
-    resp.headers_mut()
-        .insert(header::SET_COOKIE, cookie(&id, ABSOLUTE_TTL.as_secs(), tls));
+    resp.headers_mut().insert(
+        header::SET_COOKIE,
+        cookie(&format!("{user}.{id}"), ABSOLUTE_TTL.as_secs(), tls),
+    );
     resp
 }
 

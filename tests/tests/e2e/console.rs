@@ -491,3 +491,38 @@ fn console_cookie_is_secure_over_https() {
         assert!(set.contains(attr), "{set}");
     }
 }
+
+/// A user's sessions are capped: logging in again and again ends the least recently used
+/// one, so no valid token can fill the store with sessions; other users are not touched.
+#[test]
+fn a_user_holds_at_most_sixteen_console_sessions() {
+    let srv = Server::start();
+    let t = srv.add_users(&["alice", "bob"]);
+    let page = |cookie: &str| raw(&srv.addr, "GET", "/secrets", &[("Cookie", cookie)], b"").status;
+    let bob = cookie_of(&login(&srv, &t[1]));
+    let cookies: Vec<String> = (0..17)
+        .map(|_| {
+            let r = login(&srv, &t[0]);
+            assert_eq!(r.status, 303, "{}", r.body);
+            cookie_of(&r)
+        })
+        .collect();
+    assert_ne!(
+        page(&cookies[0]),
+        200,
+        "the oldest of 17 sessions still opens pages"
+    );
+    for c in &cookies[1..] {
+        assert_eq!(page(c), 200, "a session among the newest 16 was ended");
+    }
+    assert_eq!(page(&bob), 200, "another user's session was ended");
+    // A cookie naming another user than its session's does not open it.
+    let (_, id) = cookies[16].split_once('.').unwrap();
+    let forged = format!("neuro_session=bob.{id}");
+    assert_ne!(page(&forged), 200);
+    // The newest session is used, then one more log-in ends the least recently used (the
+    // second), not the newest.
+    let more = cookie_of(&login(&srv, &t[0]));
+    assert_eq!(page(&more), 200);
+    assert_ne!(page(&cookies[1]), 200);
+}
