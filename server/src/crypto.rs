@@ -21,7 +21,41 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
 
 /// Lowercase hex of `bytes`: token ids and secrets, incarnations, job ids.
 pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(2 * bytes.len());
+    for b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 15)]));
+    }
+    s
+}
+
+/// Bytes that are wiped when dropped, with `explicit_bzero` (a `memset` the compiler may not
+/// remove): zeroize's byte-by-byte volatile writes cost more than the rest of a 4 KiB read's
+/// answer (BENCHMARKS.md). For answers that carry values.
+pub struct Wiped(pub Vec<u8>);
+
+impl std::fmt::Debug for Wiped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Wiped({} bytes)", self.0.len())
+    }
+}
+
+impl AsRef<[u8]> for Wiped {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+#[allow(unsafe_code)] // explicit_bzero, the one unsafe item of this crate
+impl Drop for Wiped {
+    fn drop(&mut self) {
+        // The whole allocation, spare capacity included.
+        let spare = self.0.capacity();
+        // SAFETY: the pointer and capacity describe the Vec's own allocation, which it keeps
+        // until after this call.
+        unsafe { libc::explicit_bzero(self.0.as_mut_ptr().cast(), spare) };
+    }
 }
 
 /// Refuses a key or token file that group or others may read or write: whoever could read it
@@ -161,6 +195,15 @@ pub(crate) fn create_private(path: &std::path::Path, bytes: &[u8]) -> std::io::R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_is_lowercase_two_digits_a_byte() {
+        let all: Vec<u8> = (0..=255).collect();
+        let want: String = all.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex(&all), want);
+        assert_eq!(hex(&[]), "");
+        assert_eq!(format!("{:?}", Wiped(b"secret".to_vec())), "Wiped(6 bytes)");
+    }
 
     #[test]
     fn seal_open_round_trip_and_binding() {

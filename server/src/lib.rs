@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod records;
 pub mod serve;
 pub mod store;
+pub mod values;
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -119,6 +120,10 @@ pub struct Args {
     /// DATA_DIR/master.key]
     #[arg(long, value_name = "FILE")]
     pub master_key: Option<PathBuf>,
+    /// MiB of recently opened values kept decrypted in memory, each at most 30s after it was
+    /// opened, so that repeated reads skip decryption; 0 decrypts every read
+    #[arg(long, value_name = "MIB", default_value_t = values::DEFAULT_MIB, value_parser = clap::value_parser!(u64).range(0..=65536))]
+    pub value_cache: u64,
     #[command(flatten)]
     pub etcd: EtcdArgs,
     #[command(subcommand)]
@@ -150,6 +155,10 @@ pub struct MigrateArgs {
     /// The target, which must be empty: a data directory or etcd://HOST:PORT[,...][/PREFIX]
     #[arg(long, value_name = "DIR|URL", value_parser = Location::parse)]
     pub to: Location,
+    /// MiB of recently opened values kept decrypted in memory, each at most 30s after it was
+    /// opened, so that repeated reads skip decryption; 0 decrypts every read
+    #[arg(long, value_name = "MIB", default_value_t = values::DEFAULT_MIB, value_parser = clap::value_parser!(u64).range(0..=65536))]
+    pub value_cache: u64,
     #[command(flatten)]
     pub etcd: EtcdArgs,
 }
@@ -461,6 +470,11 @@ pub async fn open_service_on(
         answers: admit::AnswerBudget::default(),
         console: console::LoginLimiter::default(),
         stopping: Arc::default(),
+        values: {
+            let v = values::ValueCache::new((values::DEFAULT_MIB << 20) as usize);
+            v.sweep_every();
+            v
+        },
     })
 }
 
@@ -596,6 +610,8 @@ pub async fn run(mut args: Args) -> anyhow::Result<ExitCode> {
     )
     .await?;
     service.inflight = admit::InFlight::sized_for(max_connections);
+    service.values = values::ValueCache::new(usize::try_from(args.value_cache << 20)?);
+    service.values.sweep_every();
     let (per_token, per_user) = service.inflight.limits();
     let audit = service.audit.clone();
     let state = Arc::new(service);

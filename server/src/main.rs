@@ -11,6 +11,10 @@ use clap::Parser as _;
 /// process from exiting.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
+/// mimalloc: glibc's malloc and free were 7% of a secret read's CPU time (BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let args = secrets_server::Args::parse();
     let json = args.log_format == secrets_server::LogFormat::Json;

@@ -442,3 +442,41 @@ async fn lists_are_ordered() {
         ]
     );
 }
+
+/// Reads are answered from the cache of opened values only while the stored seal is the one
+/// the entry was opened from: a rewrite, a delete and a re-add with an earlier value all read
+/// back at once, through both GET and resolve.
+#[tokio::test]
+async fn reads_follow_rewrites_and_deletes_at_once() {
+    let w = World::new(&["alice"]).await;
+    let uri = "secret://neuro-compute/alice/k";
+    async fn read(w: &World, uri: &str) -> (StatusCode, Value, Value) {
+        let alice = w.token("alice");
+        let (st, v) = w
+            .call("GET", "/api/v1/secrets/alice/k", alice.as_deref(), None)
+            .await;
+        let body = format!(r#"{{"uris":["{uri}"]}}"#);
+        let r = w
+            .ok("POST", "/api/v1/secrets/resolve", "alice", &body)
+            .await;
+        (st, v["value"].clone(), r["results"][0]["value"].clone())
+    }
+    let put = |value: &'static str| format!(r#"{{"key":"k","owner":"alice","value":"{value}"}}"#);
+    for (i, value) in ["YQ==", "Yg==", "YQ==", "YWFh"].into_iter().enumerate() {
+        w.ok("POST", "/api/v1/secrets", "alice", &put(value)).await;
+        // Twice: the second read is the cached one.
+        for _ in 0..2 {
+            let (st, got, resolved) = read(&w, uri).await;
+            assert_eq!(st, StatusCode::OK, "write {i}");
+            assert_eq!(got, value, "GET after write {i}");
+            assert_eq!(resolved, value, "resolve after write {i}");
+        }
+    }
+    w.ok("DELETE", "/api/v1/secrets/alice/k", "alice", "").await;
+    let (st, _, resolved) = read(&w, uri).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    assert_eq!(resolved, Value::Null);
+    w.ok("POST", "/api/v1/secrets", "alice", &put("YQ==")).await;
+    let (st, got, _) = read(&w, uri).await;
+    assert_eq!((st, got), (StatusCode::OK, Value::from("YQ==")));
+}

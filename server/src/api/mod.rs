@@ -28,6 +28,7 @@ use crate::crypto::Keys;
 use crate::error::ApiError;
 use crate::records::SecretName;
 use crate::store::{Store, Table};
+use crate::values::{Opened, ValueCache};
 
 pub use extract::{ApiJson, Caller, read_json};
 pub use perms::{Perms, may_read};
@@ -64,6 +65,8 @@ pub struct Service {
     /// Set at SIGTERM: waiting watches answer at once instead of holding the shutdown for
     /// the whole grace period.
     pub stopping: Arc<std::sync::atomic::AtomicBool>,
+    /// Values opened lately (`values`).
+    pub values: Arc<ValueCache>,
 }
 
 pub type AppState = Arc<Service>;
@@ -84,16 +87,27 @@ impl Service {
         }
     }
 
-    async fn read_value(&self, uri: &SecretUri) -> Result<Option<(u64, SecretBytes)>, ApiError> {
+    async fn read_value(&self, uri: &SecretUri) -> Result<Option<Arc<Opened>>, ApiError> {
         let name = SecretName::of(uri);
         let Some(stored) = self.store.get_secret(name.as_str()).await? else {
             return Ok(None);
         };
-        let plain = self
+        if let Some(v) = self
+            .values
+            .get(name.as_str(), stored.version, &stored.sealed)
+        {
+            return Ok(Some(v));
+        }
+        let mut plain = self
             .keys
             .open(name.as_str(), &stored.sealed)
             .map_err(|e| ApiError::Internal(format!("{uri}: {e}")))?;
-        Ok(Some((stored.version, SecretBytes::new(plain.to_vec()))))
+        Ok(Some(self.values.insert(
+            name.as_str(),
+            stored.version,
+            &stored.sealed,
+            SecretBytes::new(std::mem::take(&mut *plain)),
+        )))
     }
 
     /// Records a refused or failed request, as far as the log allows: it is refused anyway.

@@ -2,6 +2,7 @@
 //! in one request, for jobs).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -10,13 +11,14 @@ use axum::response::{IntoResponse, Response};
 use secrets_core::api::{
     PutSecret, ResolveRequest, ResolveResponse, ResolveStatus, Resolved, SecretInfo, SecretVersion,
 };
-use secrets_core::{Action, MAX_VALUE_LEN, SecretBytes, SecretKey, SecretRef, SecretUri};
+use secrets_core::{Action, MAX_VALUE_LEN, SecretKey, SecretRef, SecretUri};
 
 use super::extract::parse_names;
 use super::{ApiJson, AppState, Caller, MAX_RESOLVE, may_read};
 use crate::audit::{AuditAction, AuditEvent, Outcome};
 use crate::error::ApiError;
 use crate::records::SecretName;
+use crate::values::Opened;
 
 /// The values of one resolve answer, each asked URI counted (a repeated URI shares its read,
 /// not its place in the answer): past this, the answer is refused with 413.
@@ -59,6 +61,7 @@ pub(super) async fn put_secret(
     let name = SecretName::of(&uri);
     let sealed = s.keys.seal(name.as_str(), body.value.expose());
     let event = |outcome| AuditEvent::new(caller.0.actor(), ACTION, Some(uri.to_string()), outcome);
+    s.values.forget(name.as_str());
     let version = match s.store.put_secret(name.as_str(), &sealed).await {
         Ok(v) => v,
         Err(e) => {
@@ -142,29 +145,29 @@ pub(super) async fn get_secret(
     if !may_read(&p, perms.as_ref(), &uri) {
         return Err(s.deny_one(&p, ACTION, &uri, Action::Read));
     }
-    let Some((version, value)) = s.read_value(&uri).await? else {
+    let Some(value) = s.read_value(&uri).await? else {
         s.audit_refused(&p, ACTION, Some(uri.to_string()), Outcome::NotFound);
         return Err(not_found_secret(&uri.key));
     };
-    let share = s.answers.take(value.len() * 4 / 3 + 256)?;
+    let share = s.answers.take(value.base64.len() + 256)?;
     s.audit_read(&p, ACTION, Some(uri.to_string()))?;
-    Ok(crate::admit::hold(
-        value_response(&uri, version, &value),
-        share,
-    ))
+    Ok(crate::admit::hold(value_response(&uri, &value), share))
 }
 
 /// The `SecretValue` body, written by hand: the hot path of every read. Names, URIs and base64
-/// never need JSON escaping, so the value is encoded once, straight into the body.
-fn value_response(uri: &SecretUri, version: u64, value: &SecretBytes) -> Response {
-    use base64::Engine as _;
-    let mut body = String::with_capacity(96 + 3 * uri.to_string().len() + value.len() * 4 / 3);
-    body.push_str(&format!(
-        r#"{{"key":"{}","owner":"{}","uri":"{uri}","version":{version},"value":""#,
-        uri.key, uri.owner
-    ));
-    base64::engine::general_purpose::STANDARD.encode_string(value.expose(), &mut body);
+/// never need JSON escaping, so the opened value's base64 goes straight into the body.
+fn value_response(uri: &SecretUri, value: &Opened) -> Response {
+    use std::fmt::Write as _;
+    let mut body = String::with_capacity(160 + value.base64.len());
+    let _ = write!(
+        body,
+        r#"{{"key":"{}","owner":"{}","uri":"{uri}","version":{},"value":""#,
+        uri.key, uri.owner, value.version
+    );
+    body.push_str(&value.base64);
     body.push_str("\"}");
+    // Wiped once hyper has sent it.
+    let body = axum::body::Bytes::from_owner(crate::crypto::Wiped(body.into_bytes()));
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
@@ -182,7 +185,9 @@ pub(super) async fn delete_secret(
     }
     let slot = s.audit.reserve()?;
     let event = |outcome| AuditEvent::new(caller.0.actor(), ACTION, Some(uri.to_string()), outcome);
-    let removed = match s.store.delete_secret(SecretName::of(&uri).as_str()).await {
+    let name = SecretName::of(&uri);
+    s.values.forget(name.as_str());
+    let removed = match s.store.delete_secret(name.as_str()).await {
         Ok(r) => r,
         Err(e) => {
             slot.record(event(Outcome::Error));
@@ -218,7 +223,7 @@ pub(super) async fn resolve(
     let perms = s.perms(user).await?;
     let ctx = s.ctx(user);
     // One read and one audit line per distinct URI, however often it is asked.
-    let mut seen: HashMap<SecretUri, Option<(u64, SecretBytes)>> = HashMap::new();
+    let mut seen: HashMap<SecretUri, Option<Arc<Opened>>> = HashMap::new();
     let mut lines: Vec<(String, Outcome)> = Vec::new();
     let mut total = 0usize;
     let mut results = Vec::with_capacity(req.uris.len());
@@ -257,8 +262,8 @@ pub(super) async fn resolve(
                 seen.insert(uri.clone(), v);
             }
             match seen.get(&uri).cloned().flatten() {
-                Some((version, value)) => {
-                    total += value.len();
+                Some(value) => {
+                    total += value.plain.len();
                     if total > MAX_RESOLVE_BYTES {
                         s.audit_refused(&p, ACTION, Some(uri.to_string()), Outcome::TooLarge);
                         return Err(ApiError::PayloadTooLarge(format!(
@@ -267,8 +272,8 @@ pub(super) async fn resolve(
                         )));
                     }
                     r.status = ResolveStatus::Ok;
-                    r.version = Some(version);
-                    r.value = Some(value);
+                    r.version = Some(value.version);
+                    r.value = Some(value.plain.clone());
                     Outcome::Ok
                 }
                 None => {
@@ -301,6 +306,7 @@ pub(super) async fn resolve(
         serde_json::to_vec(&answer)
     }
     .map_err(|e| ApiError::Internal(format!("encoding a resolve answer: {e}")))?;
+    let body = axum::body::Bytes::from_owner(crate::crypto::Wiped(body));
     Ok(crate::admit::hold(
         ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
         share,
@@ -310,7 +316,7 @@ pub(super) async fn resolve(
 #[cfg(test)]
 mod tests {
     use secrets_core::api::SecretValue;
-    use secrets_core::{ClusterName, UserName};
+    use secrets_core::{ClusterName, SecretBytes, UserName};
 
     use super::*;
 
@@ -336,7 +342,13 @@ mod tests {
             vec![0; MAX_VALUE_LEN],
         ];
         for value in cases {
-            let resp = value_response(&uri, 7, &SecretBytes::new(value.clone()));
+            let opened = crate::values::ValueCache::new(0).insert(
+                "alice/db.pass-1_x",
+                7,
+                &[],
+                SecretBytes::new(value.clone()),
+            );
+            let resp = value_response(&uri, &opened);
             assert_eq!(
                 resp.headers()[header::CONTENT_TYPE],
                 "application/json",
