@@ -571,6 +571,11 @@ pub async fn run(mut args: Args) -> anyhow::Result<ExitCode> {
     if let Some(Command::Migrate(m)) = args.command.take() {
         return migrate(m).await;
     }
+    // Values are opened in this process and some stay for a while (`values`): no core file
+    // holds them, and no other user's process may ptrace it or read /proc/PID/mem.
+    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0)
+        .context("setting the core file size limit to 0")?;
+    nix::sys::prctl::set_dumpable(false).context("making the process non-dumpable")?;
     if args.idle_timeout > args.header_timeout {
         bail!(
             "--idle-timeout ({}) must not be longer than --header-timeout ({})",

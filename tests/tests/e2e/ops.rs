@@ -724,3 +724,17 @@ fn sigterm_ends_waiting_watches_at_once_instead_of_after_the_grace_period() {
         assert_eq!(r.json()["revision"], since);
     }
 }
+
+/// secretd keeps opened values in memory for a while (`--value-cache`): it writes no core
+/// file. (It is also made non-dumpable; as root the tests cannot tell that from outside.)
+#[test]
+fn secretd_writes_no_core_file() {
+    let srv = Server::start();
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", srv.pid())).unwrap();
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .expect("a core file size line");
+    let fields: Vec<&str> = core.split_whitespace().collect();
+    assert_eq!(fields[4..6], ["0", "0"], "{core}");
+}
