@@ -30,9 +30,35 @@ pub struct Authenticated(pub Result<Principal, ApiError>);
 /// Counts of requests in flight, by token and by user.
 #[derive(Debug, Clone)]
 pub struct InFlight {
-    counts: Arc<Mutex<HashMap<String, usize>>>,
+    counts: Arc<Mutex<Counts>>,
     per_token: usize,
     per_user: usize,
+}
+
+/// Requests in flight by token id and by user name (`""`: the operator). Looked up without
+/// allocating: a request allocates only for a token or user with nothing else in flight.
+#[derive(Debug, Default)]
+struct Counts {
+    tokens: HashMap<Box<str>, usize>,
+    users: HashMap<Box<str>, usize>,
+}
+
+fn take(map: &mut HashMap<Box<str>, usize>, key: &str) {
+    match map.get_mut(key) {
+        Some(n) => *n += 1,
+        None => {
+            map.insert(key.into(), 1);
+        }
+    }
+}
+
+fn give_back(map: &mut HashMap<Box<str>, usize>, key: &str) {
+    if let Some(n) = map.get_mut(key) {
+        *n -= 1;
+        if *n == 0 {
+            map.remove(key);
+        }
+    }
 }
 
 impl Default for InFlight {
@@ -44,8 +70,9 @@ impl Default for InFlight {
 /// Holds a request's places until it is dropped.
 #[derive(Debug)]
 pub struct Admitted {
-    counts: Arc<Mutex<HashMap<String, usize>>>,
-    keys: [String; 2],
+    counts: Arc<Mutex<Counts>>,
+    token: Box<str>,
+    user: Box<str>,
 }
 
 impl InFlight {
@@ -68,52 +95,46 @@ impl InFlight {
     /// Takes a place for `p`, speaking through token `token_id`, under both limits, or says
     /// which one is full.
     pub fn admit(&self, token_id: &str, p: &Principal) -> Result<Admitted, ApiError> {
-        let token = format!("token {token_id}");
-        let user = match p.user() {
-            Some(u) => format!("user {u}"),
-            None => "user (operator)".to_owned(),
-        };
+        let user = p.user().map_or("", |u| u.as_str());
         let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        let now = |k: &str| counts.get(k).copied().unwrap_or(0);
-        if now(&token) >= self.per_token {
+        if counts.tokens.get(token_id).copied().unwrap_or(0) >= self.per_token {
             return Err(ApiError::TooManyRequests(format!(
                 "this token has {} requests in flight already; retry when one ends",
                 self.per_token
             )));
         }
-        if now(&user) >= self.per_user {
+        if counts.users.get(user).copied().unwrap_or(0) >= self.per_user {
             return Err(ApiError::TooManyRequests(format!(
                 "this user and its jobs have {} requests in flight already; retry when one ends",
                 self.per_user
             )));
         }
-        for k in [&token, &user] {
-            *counts.entry(k.clone()).or_default() += 1;
-        }
+        take(&mut counts.tokens, token_id);
+        take(&mut counts.users, user);
         Ok(Admitted {
             counts: self.counts.clone(),
-            keys: [token, user],
+            token: token_id.into(),
+            user: user.into(),
         })
     }
 
     /// Requests in flight under `key` (`token ACTOR` or `user NAME`), for tests.
     pub fn count(&self, key: &str) -> usize {
         let counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        counts.get(key).copied().unwrap_or(0)
+        let (map, k) = match key.split_once(' ') {
+            Some(("token", id)) => (&counts.tokens, id),
+            Some(("user", name)) => (&counts.users, name),
+            _ => return 0,
+        };
+        map.get(k).copied().unwrap_or(0)
     }
 }
 
 impl Drop for Admitted {
     fn drop(&mut self) {
         let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        for k in &self.keys {
-            if let Some(n) = counts.get_mut(k) {
-                *n -= 1;
-                if *n == 0 {
-                    counts.remove(k);
-                }
-            }
-        }
+        give_back(&mut counts.tokens, &self.token);
+        give_back(&mut counts.users, &self.user);
     }
 }
 
