@@ -95,6 +95,8 @@ pub struct Metrics {
     sessions_created: AtomicU64,
     sessions_ended: AtomicU64,
     audit_lines_written: AtomicU64,
+    value_cache_hits: AtomicU64,
+    value_cache_misses: AtomicU64,
 }
 
 static GLOBAL: LazyLock<Metrics> = LazyLock::new(Metrics::default);
@@ -151,6 +153,16 @@ impl Metrics {
         e.errors += u64::from(failed);
     }
 
+    /// A secret read found its value opened already (`hit`) or opened it.
+    pub fn value_cache(&self, hit: bool) {
+        let c = if hit {
+            &self.value_cache_hits
+        } else {
+            &self.value_cache_misses
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Audit lines written to the file.
     pub fn audit_written(&self, lines: u64) {
         self.audit_lines_written.fetch_add(lines, Ordering::Relaxed);
@@ -197,9 +209,14 @@ impl Metrics {
         }
     }
 
-    /// The text exposition of every metric; `audit_queue` is the audit log's queue depth now
-    /// and `audit_writable` whether it takes lines.
-    pub fn render(&self, audit_queue: usize, audit_writable: bool) -> String {
+    /// The text exposition of every metric; `audit_queue` is the audit log's queue depth now,
+    /// `audit_writable` whether it takes lines, `values` the value cache's entries and bytes.
+    pub fn render(
+        &self,
+        audit_queue: usize,
+        audit_writable: bool,
+        values: (usize, usize),
+    ) -> String {
         let mut out = String::with_capacity(8192);
         let o = &mut out;
         let routes = lock(&self.routes);
@@ -292,7 +309,7 @@ impl Metrics {
         }
         drop(store);
 
-        let simple: [(&str, &str, &str, String); 7] = [
+        let simple: [(&str, &str, &str, String); 11] = [
             (
                 "secretd_connections_open",
                 "gauge",
@@ -336,6 +353,30 @@ impl Metrics {
                 "counter",
                 "Audit lines written to the file",
                 self.audit_lines_written.load(Ordering::Relaxed).to_string(),
+            ),
+            (
+                "secretd_value_cache_hits_total",
+                "counter",
+                "Secret reads answered with a value opened (decrypted) less than 30 s before",
+                self.value_cache_hits.load(Ordering::Relaxed).to_string(),
+            ),
+            (
+                "secretd_value_cache_misses_total",
+                "counter",
+                "Secret reads that decrypted their value",
+                self.value_cache_misses.load(Ordering::Relaxed).to_string(),
+            ),
+            (
+                "secretd_value_cache_entries",
+                "gauge",
+                "Values kept opened (--value-cache)",
+                values.0.to_string(),
+            ),
+            (
+                "secretd_value_cache_bytes",
+                "gauge",
+                "Bytes of opened values kept, plaintext and base64",
+                values.1.to_string(),
             ),
         ];
         for (name, kind, help, v) in simple {
@@ -427,7 +468,11 @@ pub async fn track(req: Request, next: Next) -> Response {
 
 /// `GET /metrics` on `--metrics-listen`: anyone who reaches that address reads them.
 pub async fn scrape(State(s): State<AppState>) -> Response {
-    let body = global().render(s.audit.queue_depth(), s.audit.check().is_ok());
+    let body = global().render(
+        s.audit.queue_depth(),
+        s.audit.check().is_ok(),
+        s.values.held(),
+    );
     (
         [(
             header::CONTENT_TYPE,

@@ -92,10 +92,11 @@ impl Service {
         let Some(stored) = self.store.get_secret(name.as_str()).await? else {
             return Ok(None);
         };
-        if let Some(v) = self
+        let cached = self
             .values
-            .get(name.as_str(), stored.version, &stored.sealed)
-        {
+            .get(name.as_str(), stored.version, &stored.sealed);
+        crate::metrics::global().value_cache(cached.is_some());
+        if let Some(v) = cached {
             return Ok(Some(v));
         }
         let mut plain = self

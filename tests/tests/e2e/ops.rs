@@ -99,6 +99,16 @@ fn metrics_count_requests_by_route_and_name_no_secret() {
     let acc = "secretd_connections_accepted_total";
     assert!(value(&after, acc, &[]) - value(&before, acc, &[]) >= 4.0);
     assert_eq!(value(&after, "secretd_audit_writable", &[]), 1.0);
+    // The first read opened the value, the other two found it opened.
+    let hits = "secretd_value_cache_hits_total";
+    let misses = "secretd_value_cache_misses_total";
+    assert_eq!(value(&after, hits, &[]) - value(&before, hits, &[]), 2.0);
+    assert_eq!(
+        value(&after, misses, &[]) - value(&before, misses, &[]),
+        1.0
+    );
+    assert_eq!(value(&after, "secretd_value_cache_entries", &[]), 1.0);
+    assert!(value(&after, "secretd_value_cache_bytes", &[]) >= 7.0);
     assert!(text.contains("\nsecretd_audit_queue_depth "), "{text}");
     assert!(
         text.contains("\nsecretd_console_sessions_created_total "),
