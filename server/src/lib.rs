@@ -120,8 +120,9 @@ pub struct Args {
     /// DATA_DIR/master.key]
     #[arg(long, value_name = "FILE")]
     pub master_key: Option<PathBuf>,
-    /// MiB of recently opened values kept decrypted in memory, each at most 30s after it was
-    /// opened, so that repeated reads skip decryption; 0 decrypts every read
+    /// MiB of recently opened values kept decrypted in memory, so that repeated reads skip
+    /// decryption: each is used for 30s after it was opened and freed within 35s; 0 decrypts
+    /// every read
     #[arg(long, value_name = "MIB", default_value_t = values::DEFAULT_MIB, value_parser = clap::value_parser!(u64).range(0..=65536))]
     pub value_cache: u64,
     #[command(flatten)]
@@ -155,10 +156,6 @@ pub struct MigrateArgs {
     /// The target, which must be empty: a data directory or etcd://HOST:PORT[,...][/PREFIX]
     #[arg(long, value_name = "DIR|URL", value_parser = Location::parse)]
     pub to: Location,
-    /// MiB of recently opened values kept decrypted in memory, each at most 30s after it was
-    /// opened, so that repeated reads skip decryption; 0 decrypts every read
-    #[arg(long, value_name = "MIB", default_value_t = values::DEFAULT_MIB, value_parser = clap::value_parser!(u64).range(0..=65536))]
-    pub value_cache: u64,
     #[command(flatten)]
     pub etcd: EtcdArgs,
 }
