@@ -10,6 +10,7 @@
 
 pub mod http;
 pub mod init;
+pub mod tls;
 // The crate's one unsafe item: a clean signal mask at exec, and wiping its own credential.
 #[allow(unsafe_code)]
 mod sys;
@@ -22,8 +23,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use secrets_core::api::{JobSpec, ResolveResponse, ResolveStatus};
-use secrets_core::client::{Client, ClientConfig, ClientError, check_ca_file};
+use secrets_core::api::{JobSpec, ResolveStatus};
+use secrets_core::client::{ClientConfig, ClientError};
 use secrets_core::{ConnArgs, EnvMapping, EnvName, ExitClass, GroupMayRead, SecretRef, Token};
 use zeroize::Zeroizing;
 
@@ -215,44 +216,9 @@ fn jitter() -> f64 {
     0.5 + f64::from(u16::from_le_bytes(b)) / 65536.0
 }
 
-/// How the wrapper reaches the service: the blocking plain-HTTP path for `http://IP`, else
-/// the full client (TLS, DNS) on a one-thread runtime, built only then.
-#[derive(Debug)]
-pub enum Transport {
-    Plain(http::Plain),
-    Full {
-        client: Client,
-        rt: tokio::runtime::Runtime,
-    },
-}
-
-impl Transport {
-    pub fn base_url(&self) -> &str {
-        match self {
-            Transport::Plain(p) => p.base_url(),
-            Transport::Full { client, .. } => client.base_url(),
-        }
-    }
-
-    /// One attempt, given up after `left`.
-    fn resolve(&self, uris: &[String], left: Duration) -> Result<ResolveResponse, ClientError> {
-        match self {
-            Transport::Plain(p) => p.resolve(uris, left),
-            Transport::Full { client, rt } => rt
-                .block_on(async { tokio::time::timeout(left, client.resolve(uris.to_vec())).await })
-                .unwrap_or_else(|_| {
-                    Err(ClientError::Unavailable {
-                        url: client.base_url().to_owned(),
-                        detail: "timed out".into(),
-                    })
-                }),
-        }
-    }
-}
-
 /// Resolves every mapping in one request, retrying transient failures within `deadline`.
 pub fn resolve(
-    transport: &Transport,
+    transport: &http::Service,
     maps: &[EnvMapping],
     deadline: Instant,
     verbose: bool,
@@ -410,27 +376,23 @@ fn read_token(args: &Args) -> Result<Token, Failure> {
     })
 }
 
-/// The transport for `cfg`: plain HTTP when the URL allows it (a `--ca-file` is still read
-/// and checked, as the full client would), else the full client on a one-thread runtime.
-fn transport(cfg: &ClientConfig, verbose: bool) -> Result<Transport, Failure> {
-    let bad = |e: ClientError| invalid(None, None, e.to_string());
-    if let Some(token) = cfg.token.clone()
-        && let Some(plain) = http::Plain::new(&cfg.url, token)
-    {
-        if let Some(ca) = &cfg.ca_file {
-            check_ca_file(ca).map_err(bad)?;
-        }
-        if verbose {
-            eprintln!("secret-inject: plain HTTP to {}", plain.base_url());
-        }
-        return Ok(Transport::Plain(plain));
+/// The service of `cfg`, over TLS for an `https://` URL; a bad URL or CA file is refused.
+fn transport(cfg: &ClientConfig, verbose: bool) -> Result<http::Service, Failure> {
+    let token = cfg
+        .token
+        .clone()
+        .ok_or_else(|| invalid(None, None, "no token"))?;
+    let service = http::Service::new(&cfg.url, token, cfg.ca_file.as_deref())
+        .map_err(|e| invalid(None, None, e.to_string()))?;
+    if verbose {
+        let how = if service.is_tls() {
+            "HTTPS"
+        } else {
+            "plain HTTP"
+        };
+        eprintln!("secret-inject: {how} to {}", service.base_url());
     }
-    let client = Client::new(cfg).map_err(bad)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| invalid(None, None, format!("runtime: {e}")))?;
-    Ok(Transport::Full { client, rt })
+    Ok(service)
 }
 
 /// Everything before the job starts; returns the command ready to exec or spawn.
@@ -466,7 +428,7 @@ fn prepare(args: &Args) -> Result<std::process::Command, u8> {
     } else {
         resolve(&transport, &maps, deadline, args.verbose).map_err(|e| report(&e))?
     };
-    // No connection, runtime or thread of it outlives the resolve.
+    // No connection outlives the resolve.
     drop(transport);
     if args.verbose {
         eprintln!(
