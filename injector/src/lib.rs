@@ -386,12 +386,16 @@ fn report(errs: &[Failure]) -> u8 {
 /// root-owned, mode 0440).
 fn read_token(args: &Args) -> Result<Token, Failure> {
     let mut gids = vec![nix::unistd::getegid().as_raw()];
-    gids.extend(
-        nix::unistd::getgroups()
-            .unwrap_or_default()
-            .iter()
-            .map(|g| g.as_raw()),
-    );
+    // Only a token file has a group; `getgroups` reads /proc/sys/kernel/ngroups_max first
+    // (a procfs open at every start), so a token from NEURO_TOKEN skips it.
+    if args.conn.token_file.is_some() {
+        gids.extend(
+            nix::unistd::getgroups()
+                .unwrap_or_default()
+                .iter()
+                .map(|g| g.as_raw()),
+        );
+    }
     let group = GroupMayRead::Member {
         uid: nix::unistd::geteuid().as_raw(),
         gids,
