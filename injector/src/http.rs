@@ -116,20 +116,41 @@ fn parse_url(base: &str) -> Option<(bool, Host, u16, &str, &str)> {
     Some((https, host, port, authority, prefix))
 }
 
-/// A connection to the service: a TCP stream, or TLS over one.
-trait Conn: Read + Write {
-    fn tcp(&self) -> &TcpStream;
+/// A TCP stream whose every read and write ends by `deadline`: each waits at most the time
+/// left, and none starts after it (`TimedOut`). rustls loops over socket reads inside one
+/// call (a record, the handshake); this bounds those loops too, so a service that trickles
+/// bytes cannot hold the wrapper past its `--timeout`.
+#[derive(Debug)]
+struct Sock {
+    tcp: TcpStream,
+    deadline: Instant,
 }
 
-impl Conn for TcpStream {
-    fn tcp(&self) -> &TcpStream {
-        self
+impl Sock {
+    fn left(&self) -> std::io::Result<Duration> {
+        let l = self.deadline.saturating_duration_since(Instant::now());
+        if l.is_zero() {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        Ok(l)
     }
 }
 
-impl Conn for rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
-    fn tcp(&self) -> &TcpStream {
-        &self.sock
+impl Read for Sock {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.tcp.set_read_timeout(Some(self.left()?))?;
+        self.tcp.read(buf)
+    }
+}
+
+impl Write for Sock {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.tcp.set_write_timeout(Some(self.left()?))?;
+        self.tcp.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.tcp.flush()
     }
 }
 
@@ -271,19 +292,16 @@ impl Service {
 
         let tcp = self.connect(left().ok_or_else(timed_out)?.min(CONNECT_TIMEOUT))?;
         let _ = tcp.set_nodelay(true);
-        let t = left().ok_or_else(timed_out)?;
-        tcp.set_write_timeout(Some(t)).map_err(|e| self.io(&e))?;
-        tcp.set_read_timeout(Some(t)).map_err(|e| self.io(&e))?;
+        let mut sock = Sock { tcp, deadline };
         let status_body = match &self.tls {
-            None => self.exchange(tcp, req, &left),
+            None => self.exchange(sock, req),
             Some(tls) => {
                 let mut conn = rustls::ClientConnection::new(tls.config.clone(), tls.name.clone())
                     .map_err(|e| self.unavailable(e.to_string()))?;
-                let mut tcp = tcp;
                 while conn.is_handshaking() {
-                    conn.complete_io(&mut tcp).map_err(|e| self.io(&e))?;
+                    conn.complete_io(&mut sock).map_err(|e| self.io(&e))?;
                 }
-                self.exchange(rustls::StreamOwned::new(conn, tcp), req, &left)
+                self.exchange(rustls::StreamOwned::new(conn, sock), req)
             }
         }?;
         answer(
@@ -294,16 +312,11 @@ impl Service {
     }
 
     /// Sends `req` on `s` and reads the answer: its status and body.
-    fn exchange<S: Conn>(
+    fn exchange<S: Read + Write>(
         &self,
         mut s: S,
         req: Zeroizing<Vec<u8>>,
-        left: &dyn Fn() -> Option<Duration>,
     ) -> Result<(u16, Zeroizing<Vec<u8>>), ClientError> {
-        let timed_out = || self.unavailable("timed out");
-        s.tcp()
-            .set_write_timeout(Some(left().ok_or_else(timed_out)?))
-            .map_err(|e| self.io(&e))?;
         s.write_all(&req).map_err(|e| self.io(&e))?;
         s.flush().map_err(|e| self.io(&e))?;
         drop(req);
@@ -311,9 +324,6 @@ impl Service {
         let mut buf = Zeroizing::new(Vec::with_capacity(8192));
         let mut chunk = Zeroizing::new([0u8; 8192]);
         let mut read = |s: &mut S, buf: &mut Vec<u8>| -> Result<usize, ClientError> {
-            s.tcp()
-                .set_read_timeout(Some(left().ok_or_else(timed_out)?))
-                .map_err(|e| self.io(&e))?;
             loop {
                 match s.read(&mut chunk[..]) {
                     Ok(n) => {

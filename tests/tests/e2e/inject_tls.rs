@@ -158,3 +158,54 @@ fn the_wrapper_links_no_async_http_stack() {
         );
     }
 }
+
+/// A "service" that accepts and then trickles a TLS record one byte every 50 ms, for at most
+/// `for_s` seconds per connection; returns its `https://` URL.
+fn trickling_service(for_s: u64) -> String {
+    use std::io::Write as _;
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("https://{}", l.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut conn) = conn else { return };
+            std::thread::spawn(move || {
+                // A handshake record header announcing 16 KiB, then its bytes, slowly.
+                let _ = conn.write_all(&[0x16, 0x03, 0x03, 0x40, 0x00]);
+                let end = Instant::now() + Duration::from_secs(for_s);
+                while Instant::now() < end && conn.write_all(&[0]).is_ok() {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            });
+        }
+    });
+    url
+}
+
+/// Every socket read and write inside rustls ends by the deadline: a service that keeps
+/// sending a byte now and then (never a whole TLS record) cannot hold the wrapper past
+/// `--timeout`.
+#[test]
+fn a_trickling_handshake_is_given_up_at_the_deadline() {
+    let url = trickling_service(12);
+    let t = Instant::now();
+    let out = std::process::Command::new(bin("secret-inject"))
+        .args([
+            "--url",
+            &url,
+            "--timeout",
+            "1",
+            "--env",
+            "A=secret:k",
+            "--",
+            "true",
+        ])
+        .env("NEURO_TOKEN", "never-sent")
+        .env_remove("NEURO_CA_FILE")
+        .output()
+        .unwrap();
+    let took = t.elapsed();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(69), "{err}");
+    assert!(err.contains("timed out"), "{err}");
+    assert!(took < Duration::from_secs(4), "{took:?}: {err}");
+}
