@@ -1,17 +1,21 @@
-//! The plain-HTTP path: one blocking `POST /api/v1/secrets/resolve` over a `TcpStream`, for an
-//! `http://` URL whose host is an IP address. It needs no async runtime, no thread, no TLS
-//! configuration and no DNS resolver, which is most of what the wrapper did before the job
-//! started (see BENCHMARKS.md, "secret-inject start-up"). Any other URL (`https://`, a host
-//! name, user info) goes through `secrets_core::client::Client`.
+//! The one request secret-inject makes: a blocking `POST /api/v1/secrets/resolve` over a
+//! `TcpStream`, plain for `http://` and through rustls's blocking API ([`crate::tls`]) for
+//! `https://`. It needs no async runtime, no thread and no HTTP library, which were most of
+//! the wrapper's start-up and of its binary (see BENCHMARKS.md, "secret-inject start-up").
+//! Host names are resolved with the standard library (`getaddrinfo`).
 //!
-//! Answers are read the way `Client` reads them ([`secrets_core::client::answer`]), and
-//! failures map to the same `ClientError`s: refused, reset or timed out is `Unavailable`
-//! (retried), an answer that is not HTTP is `Incompatible` (not retried).
+//! Answers are read the way `secrets_core::client::Client` reads them
+//! ([`secrets_core::client::answer`]), and failures map to the same `ClientError`s: refused,
+//! reset or timed out is `Unavailable` (retried); an answer that is not HTTP, or a TLS
+//! handshake that fails on the certificate or the protocol, is `Incompatible` (not retried).
 
-use std::io::{Read as _, Write as _};
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs as _};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rustls::pki_types::ServerName;
 use secrets_core::Token;
 use secrets_core::api::{ResolveRequest, ResolveResponse};
 use secrets_core::client::{ClientError, answer, not_http};
@@ -24,68 +28,178 @@ const MAX_BODY: u64 = 512 * 1024 * 1024;
 /// How long a connection may take, at most (as `Client`'s connect timeout).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// An `http://IP[:PORT][/PREFIX]` service, authenticated with one token.
+/// Where the service is: an IP address, or a name resolved at each connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Host {
+    Ip(IpAddr),
+    Name(String),
+}
+
+/// TLS to the service: the client configuration and the name its certificate must carry.
 #[derive(Debug)]
-pub struct Plain {
-    addr: SocketAddr,
+struct Tls {
+    config: Arc<rustls::ClientConfig>,
+    name: ServerName<'static>,
+}
+
+/// An `http(s)://HOST[:PORT][/PREFIX]` service, authenticated with one token.
+#[derive(Debug)]
+pub struct Service {
+    host: Host,
+    port: u16,
     authority: String,
     prefix: String,
     base: String,
     token: Token,
+    tls: Option<Tls>,
 }
 
-impl Plain {
-    /// `Some` when `url` is `http://` to an IP address (v4, or v6 in brackets), with an
-    /// optional port and path prefix and nothing else; `None` for anything `Client` must
-    /// handle (or refuse).
-    pub fn new(url: &str, token: Token) -> Option<Self> {
-        let base = url.trim_end_matches('/');
-        let rest = base.strip_prefix("http://")?;
-        let (authority, prefix) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, ""),
+/// The parts of a service URL: (https, host, port, authority, prefix); `None` when it is not
+/// `http(s)://HOST[:PORT][/PREFIX]` with a host that is an IP address (v6 in brackets) or a
+/// DNS name, a port of digits and a plain path (no user info, query, fragment or escapes).
+fn parse_url(base: &str) -> Option<(bool, Host, u16, &str, &str)> {
+    let (https, rest) = match base.strip_prefix("https://") {
+        Some(r) => (true, r),
+        None => (false, base.strip_prefix("http://")?),
+    };
+    let (authority, prefix) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    let plain_path = |s: &str| {
+        s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/-._~".contains(&b))
+    };
+    let dots = prefix.split('/').any(|seg| seg == "." || seg == "..");
+    if authority.is_empty() || !plain_path(prefix) || prefix.contains("//") || dots {
+        return None;
+    }
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (h, after) = v6.split_once(']')?;
+        (Host::Ip(IpAddr::V6(h.parse().ok()?)), after)
+    } else {
+        let (h, port) = match authority.find(':') {
+            Some(i) => (&authority[..i], &authority[i..]),
+            None => (authority, ""),
         };
-        let plain_path = |s: &str| {
-            s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"/-._~".contains(&b))
-        };
-        if authority.is_empty() || !plain_path(prefix) || prefix.contains("//") {
-            return None;
-        }
-        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-            let (h, after) = v6.split_once(']')?;
-            (h, after)
-        } else {
-            match authority.find(':') {
-                Some(i) => (&authority[..i], &authority[i..]),
-                None => (authority, ""),
-            }
-        };
-        let ip: IpAddr = host.parse().ok()?;
-        let port = match port {
-            "" => 80,
-            p => {
-                let digits = p.strip_prefix(':')?;
-                if digits.is_empty()
-                    || digits.len() > 5
-                    || !digits.bytes().all(|b| b.is_ascii_digit())
-                {
+        let host = match h.parse::<IpAddr>() {
+            Ok(ip) => Host::Ip(ip),
+            Err(_) => {
+                let label_ok = |l: &str| {
+                    !l.is_empty()
+                        && l.len() <= 63
+                        && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                        && !l.starts_with('-')
+                        && !l.ends_with('-')
+                };
+                let name = h.strip_suffix('.').unwrap_or(h);
+                if name.is_empty() || name.len() > 253 || !name.split('.').all(label_ok) {
                     return None;
                 }
-                digits.parse().ok()?
+                Host::Name(h.to_ascii_lowercase())
             }
         };
-        Some(Self {
-            addr: SocketAddr::new(ip, port),
+        (host, port)
+    };
+    let port = match port {
+        "" if https => 443,
+        "" => 80,
+        p => {
+            let digits = p.strip_prefix(':')?;
+            if digits.is_empty() || digits.len() > 5 || !digits.bytes().all(|b| b.is_ascii_digit())
+            {
+                return None;
+            }
+            digits.parse().ok()?
+        }
+    };
+    Some((https, host, port, authority, prefix))
+}
+
+/// A TCP stream whose every read and write ends by `deadline`: each waits at most the time
+/// left, and none starts after it (`TimedOut`). rustls loops over socket reads inside one
+/// call (a record, the handshake); this bounds those loops too, so a service that trickles
+/// bytes cannot hold the wrapper past its `--timeout`.
+#[derive(Debug)]
+struct Sock {
+    tcp: TcpStream,
+    deadline: Instant,
+}
+
+impl Sock {
+    fn left(&self) -> std::io::Result<Duration> {
+        let l = self.deadline.saturating_duration_since(Instant::now());
+        if l.is_zero() {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        Ok(l)
+    }
+}
+
+impl Read for Sock {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.tcp.set_read_timeout(Some(self.left()?))?;
+        self.tcp.read(buf)
+    }
+}
+
+impl Write for Sock {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.tcp.set_write_timeout(Some(self.left()?))?;
+        self.tcp.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.tcp.flush()
+    }
+}
+
+impl Service {
+    /// The service of `url`. A `ca_file` is read and checked for either scheme (as `Client`
+    /// does); for `https://` it is trusted beside the built-in roots (webpki-roots, as
+    /// `Client`'s).
+    pub fn new(url: &str, token: Token, ca_file: Option<&Path>) -> Result<Self, ClientError> {
+        let base = url.trim_end_matches('/');
+        let (https, host, port, authority, prefix) =
+            parse_url(base).ok_or_else(|| ClientError::BadUrl(url.to_owned()))?;
+        let config = match ca_file {
+            Some(ca) if !https => {
+                crate::tls::read_ca(ca)?;
+                None
+            }
+            _ if https => Some(crate::tls::config(ca_file)?),
+            _ => None,
+        };
+        let tls = match config {
+            Some(config) => {
+                let name = match &host {
+                    Host::Ip(ip) => ServerName::IpAddress((*ip).into()),
+                    Host::Name(n) => ServerName::try_from(n.trim_end_matches('.'))
+                        .map_err(|_| ClientError::BadUrl(url.to_owned()))?
+                        .to_owned(),
+                };
+                Some(Tls { config, name })
+            }
+            None => None,
+        };
+        Ok(Self {
+            host,
+            port,
             authority: authority.to_owned(),
             prefix: prefix.to_owned(),
             base: base.to_owned(),
             token,
+            tls,
         })
     }
 
     pub fn base_url(&self) -> &str {
         &self.base
+    }
+
+    /// Whether requests go over TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
     }
 
     fn unavailable(&self, detail: impl Into<String>) -> ClientError {
@@ -96,12 +210,51 @@ impl Plain {
     }
 
     fn io(&self, e: &std::io::Error) -> ClientError {
+        if let Some(t) = e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            return match crate::tls::incompatible(t) {
+                Some(detail) => ClientError::Incompatible {
+                    url: self.base.clone(),
+                    detail,
+                },
+                None => self.unavailable(t.to_string()),
+            };
+        }
         match e.kind() {
             std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
                 self.unavailable("timed out")
             }
             _ => self.unavailable(e.to_string()),
         }
+    }
+
+    /// A TCP connection to the first address that answers, within `budget`.
+    fn connect(&self, budget: Duration) -> Result<TcpStream, ClientError> {
+        let deadline = Instant::now() + budget;
+        let addrs: Vec<SocketAddr> = match &self.host {
+            Host::Ip(ip) => vec![SocketAddr::new(*ip, self.port)],
+            Host::Name(name) => (name.as_str(), self.port)
+                .to_socket_addrs()
+                .map_err(|e| self.unavailable(format!("cannot resolve '{name}': {e}")))?
+                .collect(),
+        };
+        let mut last = None;
+        for addr in addrs {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(self.unavailable("timed out"));
+            }
+            match TcpStream::connect_timeout(&addr, left) {
+                Ok(s) => return Ok(s),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(match last {
+            Some(e) => self.io(&e),
+            None => self.unavailable("the host name has no address"),
+        })
     }
 
     /// One resolve request, answered within `budget`.
@@ -115,6 +268,7 @@ impl Plain {
             let l = deadline.saturating_duration_since(Instant::now());
             (!l.is_zero()).then_some(l)
         };
+        let timed_out = || self.unavailable("timed out");
         let body = serde_json::to_vec(&ResolveRequest {
             uris: uris.to_vec(),
         })
@@ -136,20 +290,40 @@ impl Plain {
         req.extend_from_slice(b"\r\n\r\n");
         req.extend_from_slice(&body);
 
-        let timed_out = || self.unavailable("timed out");
-        let connect = left().ok_or_else(timed_out)?.min(CONNECT_TIMEOUT);
-        let mut s = TcpStream::connect_timeout(&self.addr, connect).map_err(|e| self.io(&e))?;
-        let _ = s.set_nodelay(true);
-        s.set_write_timeout(Some(left().ok_or_else(timed_out)?))
-            .map_err(|e| self.io(&e))?;
+        let tcp = self.connect(left().ok_or_else(timed_out)?.min(CONNECT_TIMEOUT))?;
+        let _ = tcp.set_nodelay(true);
+        let mut sock = Sock { tcp, deadline };
+        let status_body = match &self.tls {
+            None => self.exchange(sock, req),
+            Some(tls) => {
+                let mut conn = rustls::ClientConnection::new(tls.config.clone(), tls.name.clone())
+                    .map_err(|e| self.unavailable(e.to_string()))?;
+                while conn.is_handshaking() {
+                    conn.complete_io(&mut sock).map_err(|e| self.io(&e))?;
+                }
+                self.exchange(rustls::StreamOwned::new(conn, sock), req)
+            }
+        }?;
+        answer(
+            &format!("{}{path}", self.base),
+            status_body.0,
+            &status_body.1,
+        )
+    }
+
+    /// Sends `req` on `s` and reads the answer: its status and body.
+    fn exchange<S: Read + Write>(
+        &self,
+        mut s: S,
+        req: Zeroizing<Vec<u8>>,
+    ) -> Result<(u16, Zeroizing<Vec<u8>>), ClientError> {
         s.write_all(&req).map_err(|e| self.io(&e))?;
+        s.flush().map_err(|e| self.io(&e))?;
         drop(req);
 
         let mut buf = Zeroizing::new(Vec::with_capacity(8192));
         let mut chunk = Zeroizing::new([0u8; 8192]);
-        let mut read = |s: &mut TcpStream, buf: &mut Vec<u8>| -> Result<usize, ClientError> {
-            s.set_read_timeout(Some(left().ok_or_else(timed_out)?))
-                .map_err(|e| self.io(&e))?;
+        let mut read = |s: &mut S, buf: &mut Vec<u8>| -> Result<usize, ClientError> {
             loop {
                 match s.read(&mut chunk[..]) {
                     Ok(n) => {
@@ -231,7 +405,7 @@ impl Plain {
                 body
             }
         };
-        answer(&format!("{}{path}", self.base), status, &body)
+        Ok((status, body))
     }
 
     fn protocol(&self, detail: &str) -> ClientError {
@@ -336,33 +510,57 @@ mod tests {
     }
 
     #[test]
-    fn only_http_to_an_ip_address_is_plain() {
-        for (url, addr, prefix) in [
-            ("http://127.0.0.1:8080", "127.0.0.1:8080", ""),
-            ("http://127.0.0.1:8080/", "127.0.0.1:8080", ""),
-            ("http://10.0.0.1", "10.0.0.1:80", ""),
-            ("http://[::1]:9/secrets/", "[::1]:9", "/secrets"),
+    fn service_urls() {
+        let ip = |s: &str| Host::Ip(s.parse().unwrap());
+        let name = |s: &str| Host::Name(s.into());
+        for (url, https, host, port, prefix) in [
+            ("http://127.0.0.1:8080", false, ip("127.0.0.1"), 8080, ""),
+            ("http://10.0.0.1", false, ip("10.0.0.1"), 80, ""),
+            ("http://[::1]:9/secrets", false, ip("::1"), 9, "/secrets"),
+            ("https://[::1]", true, ip("::1"), 443, ""),
+            (
+                "https://Secretd.ns.svc:8443/x",
+                true,
+                name("secretd.ns.svc"),
+                8443,
+                "/x",
+            ),
+            ("http://localhost", false, name("localhost"), 80, ""),
         ] {
-            let p = Plain::new(url, tok()).unwrap_or_else(|| panic!("{url}"));
-            assert_eq!(p.addr.to_string(), addr, "{url}");
-            assert_eq!(p.prefix, prefix, "{url}");
+            let (h, got_host, p, _, pre) = parse_url(url).unwrap_or_else(|| panic!("{url}"));
+            assert_eq!((h, got_host, p, pre), (https, host, port, prefix), "{url}");
         }
         for url in [
-            "https://127.0.0.1:8080",
-            "http://localhost:8080",
-            "http://secretd.ns.svc",
+            "ftp://127.0.0.1:8080",
             "http://u:p@127.0.0.1:1",
+            "https://u@localhost",
             "http://127.0.0.1:99999",
             "http://127.0.0.1:",
             "http://127.0.0.1:8080?x",
             "http://127.0.0.1:8080/a b",
             "http://127.0.0.1:8080//x",
+            "http://127.0.0.1:8080/a/../b",
             "http://[::1",
+            "http://[nope]",
+            "https://-x.example",
+            "https://a..b",
+            "https://xn--%41",
             "http://",
+            "https://",
             "",
         ] {
-            assert!(Plain::new(url, tok()).is_none(), "{url}");
+            assert!(parse_url(url).is_none(), "{url}");
+            let e = Service::new(url, tok(), None).unwrap_err();
+            assert!(matches!(e, ClientError::BadUrl(_)), "{url}: {e}");
         }
+        let s = Service::new("https://localhost:1/", tok(), None).unwrap();
+        assert!(s.is_tls());
+        assert_eq!(s.base_url(), "https://localhost:1");
+        assert!(
+            !Service::new("http://127.0.0.1:1", tok(), None)
+                .unwrap()
+                .is_tls()
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@
 
 pub mod http;
 pub mod init;
+pub mod tls;
 // The crate's one unsafe item: a clean signal mask at exec, and wiping its own credential.
 #[allow(unsafe_code)]
 mod sys;
@@ -22,8 +23,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use secrets_core::api::{JobSpec, ResolveResponse, ResolveStatus};
-use secrets_core::client::{Client, ClientConfig, ClientError, check_ca_file};
+use secrets_core::api::{JobSpec, ResolveStatus};
+use secrets_core::client::{ClientConfig, ClientError};
 use secrets_core::{ConnArgs, EnvMapping, EnvName, ExitClass, GroupMayRead, SecretRef, Token};
 use zeroize::Zeroizing;
 
@@ -33,7 +34,35 @@ const MAX_ARG_STRLEN: usize = 32 * 4096;
 /// The variables that carry the wrapper's own credentials; never passed to the job.
 const OWN_VARS: [&str; 2] = ["NEURO_TOKEN", "NEURO_TOKEN_FILE"];
 
-/// The `Exit codes:` section of `--help`.
+/// The `Exit codes:` section of `--help`, written out: clap builds the whole command, help
+/// text included, at every start, and formatting this took ~1.5% of the wrapper's start-up.
+/// `exit_codes_are_exit_class_help` checks that it is what [`exit_codes`] words.
+const EXIT_CODES: &str = concat!(
+    "Exit codes:\n",
+    "  1   any other failure: --install could not write its copy; the process could not be\n",
+    "      made non-dumpable, or init mode could not block the signals it forwards\n",
+    "  2   usage error\n",
+    "  65  invalid input: a bad mapping or variable name, a protected name without\n",
+    "      --allow-override, a value containing NUL, an invalid URI, a --token-file that\n",
+    "      others may read or group or others may write (its group may read it only when\n",
+    "      that group is how this process reads it, as with a Kubernetes fsGroup): chmod\n",
+    "      600 it\n",
+    "  69  the service is unavailable: it could not be reached or kept failing (connection\n",
+    "      refused, timeout, 429, 5xx) until --timeout; at once when its TLS certificate is\n",
+    "      not accepted or the URL's scheme (http/https) is not what it speaks\n",
+    "  72  not found: a mapped secret does not exist\n",
+    "  77  not authenticated or not permitted: no token, the token is not accepted, or it may\n",
+    "      not read a mapped secret\n",
+    "  126 the command cannot be executed\n",
+    "  127 the command was not found\n",
+    "When several fail at once, the code is the first of:\n",
+    "  invalid (65), forbidden (77), not found (72), unavailable (69).\n",
+    "These are before the job starts; afterwards the code is the job's own (in init mode,\n",
+    "128+N when signal N killed it).",
+);
+
+/// The `Exit codes:` section of `--help`, as `ExitClass::help` words every binary's.
+#[cfg(test)]
 fn exit_codes() -> String {
     let mut h = ExitClass::help(&[
         (
@@ -84,7 +113,7 @@ fn exit_codes() -> String {
         failing mapping. As PID 1, or with --init, it stays as a minimal init: it forwards \
         SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2 and SIGWINCH to the job once, reaps \
         zombies, and exits with the job's code.",
-    after_help = exit_codes()
+    after_help = EXIT_CODES
 )]
 pub struct Args {
     #[command(flatten)]
@@ -215,44 +244,9 @@ fn jitter() -> f64 {
     0.5 + f64::from(u16::from_le_bytes(b)) / 65536.0
 }
 
-/// How the wrapper reaches the service: the blocking plain-HTTP path for `http://IP`, else
-/// the full client (TLS, DNS) on a one-thread runtime, built only then.
-#[derive(Debug)]
-pub enum Transport {
-    Plain(http::Plain),
-    Full {
-        client: Client,
-        rt: tokio::runtime::Runtime,
-    },
-}
-
-impl Transport {
-    pub fn base_url(&self) -> &str {
-        match self {
-            Transport::Plain(p) => p.base_url(),
-            Transport::Full { client, .. } => client.base_url(),
-        }
-    }
-
-    /// One attempt, given up after `left`.
-    fn resolve(&self, uris: &[String], left: Duration) -> Result<ResolveResponse, ClientError> {
-        match self {
-            Transport::Plain(p) => p.resolve(uris, left),
-            Transport::Full { client, rt } => rt
-                .block_on(async { tokio::time::timeout(left, client.resolve(uris.to_vec())).await })
-                .unwrap_or_else(|_| {
-                    Err(ClientError::Unavailable {
-                        url: client.base_url().to_owned(),
-                        detail: "timed out".into(),
-                    })
-                }),
-        }
-    }
-}
-
 /// Resolves every mapping in one request, retrying transient failures within `deadline`.
 pub fn resolve(
-    transport: &Transport,
+    transport: &http::Service,
     maps: &[EnvMapping],
     deadline: Instant,
     verbose: bool,
@@ -392,12 +386,16 @@ fn report(errs: &[Failure]) -> u8 {
 /// root-owned, mode 0440).
 fn read_token(args: &Args) -> Result<Token, Failure> {
     let mut gids = vec![nix::unistd::getegid().as_raw()];
-    gids.extend(
-        nix::unistd::getgroups()
-            .unwrap_or_default()
-            .iter()
-            .map(|g| g.as_raw()),
-    );
+    // Only a token file has a group; `getgroups` reads /proc/sys/kernel/ngroups_max first
+    // (a procfs open at every start), so a token from NEURO_TOKEN skips it.
+    if args.conn.token_file.is_some() {
+        gids.extend(
+            nix::unistd::getgroups()
+                .unwrap_or_default()
+                .iter()
+                .map(|g| g.as_raw()),
+        );
+    }
     let group = GroupMayRead::Member {
         uid: nix::unistd::geteuid().as_raw(),
         gids,
@@ -410,27 +408,23 @@ fn read_token(args: &Args) -> Result<Token, Failure> {
     })
 }
 
-/// The transport for `cfg`: plain HTTP when the URL allows it (a `--ca-file` is still read
-/// and checked, as the full client would), else the full client on a one-thread runtime.
-fn transport(cfg: &ClientConfig, verbose: bool) -> Result<Transport, Failure> {
-    let bad = |e: ClientError| invalid(None, None, e.to_string());
-    if let Some(token) = cfg.token.clone()
-        && let Some(plain) = http::Plain::new(&cfg.url, token)
-    {
-        if let Some(ca) = &cfg.ca_file {
-            check_ca_file(ca).map_err(bad)?;
-        }
-        if verbose {
-            eprintln!("secret-inject: plain HTTP to {}", plain.base_url());
-        }
-        return Ok(Transport::Plain(plain));
+/// The service of `cfg`, over TLS for an `https://` URL; a bad URL or CA file is refused.
+fn transport(cfg: &ClientConfig, verbose: bool) -> Result<http::Service, Failure> {
+    let token = cfg
+        .token
+        .clone()
+        .ok_or_else(|| invalid(None, None, "no token"))?;
+    let service = http::Service::new(&cfg.url, token, cfg.ca_file.as_deref())
+        .map_err(|e| invalid(None, None, e.to_string()))?;
+    if verbose {
+        let how = if service.is_tls() {
+            "HTTPS"
+        } else {
+            "plain HTTP"
+        };
+        eprintln!("secret-inject: {how} to {}", service.base_url());
     }
-    let client = Client::new(cfg).map_err(bad)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| invalid(None, None, format!("runtime: {e}")))?;
-    Ok(Transport::Full { client, rt })
+    Ok(service)
 }
 
 /// Everything before the job starts; returns the command ready to exec or spawn.
@@ -466,7 +460,7 @@ fn prepare(args: &Args) -> Result<std::process::Command, u8> {
     } else {
         resolve(&transport, &maps, deadline, args.verbose).map_err(|e| report(&e))?
     };
-    // No connection, runtime or thread of it outlives the resolve.
+    // No connection outlives the resolve.
     drop(transport);
     if args.verbose {
         eprintln!(
@@ -670,6 +664,11 @@ mod tests {
             b"line1\nline2 $x = 'q' \"q\" \xc3\xa9 "
         );
         assert_eq!(format!("{:?}", resolved[0]), "Resolved(A=****)");
+    }
+
+    #[test]
+    fn exit_codes_are_exit_class_help() {
+        assert_eq!(EXIT_CODES, exit_codes());
     }
 
     #[test]

@@ -41,8 +41,8 @@ pub fn clean_signals_at_exec(cmd: &mut Command) {
 /// wiped.
 ///
 /// Must be called while this process has one thread: nothing may read the environment
-/// concurrently. `secret-inject` calls it right after reading its token, before the runtime
-/// that resolves the mappings exists.
+/// concurrently. `secret-inject` calls it right after reading its token (it starts no thread
+/// before the exec, or the spawn in init mode).
 pub fn wipe_env_values(names: &[&str]) -> usize {
     let mut wiped = 0;
     // SAFETY: `environ` is the C library's pointer to the NULL-terminated array of pointers

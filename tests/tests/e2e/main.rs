@@ -17,6 +17,7 @@ mod etcd_tls;
 mod hardening;
 mod inject;
 mod inject_hardening;
+mod inject_tls;
 mod jobs;
 mod limits_root;
 mod ops;
