@@ -235,10 +235,7 @@ impl Service {
         let deadline = Instant::now() + budget;
         let addrs: Vec<SocketAddr> = match &self.host {
             Host::Ip(ip) => vec![SocketAddr::new(*ip, self.port)],
-            Host::Name(name) => (name.as_str(), self.port)
-                .to_socket_addrs()
-                .map_err(|e| self.unavailable(format!("cannot resolve '{name}': {e}")))?
-                .collect(),
+            Host::Name(name) => self.lookup(name, budget)?,
         };
         let mut last = None;
         for addr in addrs {
@@ -255,6 +252,30 @@ impl Service {
             Some(e) => self.io(&e),
             None => self.unavailable("the host name has no address"),
         })
+    }
+
+    /// The addresses of `name`, within `budget`: `getaddrinfo` has no timeout of its own
+    /// (a DNS server that never answers holds it for the resolver's 5 s a try), so it runs on
+    /// a thread of its own that is abandoned when the budget runs out (the process execs or
+    /// exits soon after; an IP address in the URL needs no lookup at all).
+    fn lookup(&self, name: &str, budget: Duration) -> Result<Vec<SocketAddr>, ClientError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let target = (name.to_owned(), self.port);
+        std::thread::Builder::new()
+            .name("resolve-name".into())
+            .spawn(move || {
+                let _ = tx.send(
+                    (target.0.as_str(), target.1)
+                        .to_socket_addrs()
+                        .map(Iterator::collect::<Vec<_>>),
+                );
+            })
+            .map_err(|e| self.unavailable(format!("cannot resolve '{name}': {e}")))?;
+        match rx.recv_timeout(budget) {
+            Ok(Ok(addrs)) => Ok(addrs),
+            Ok(Err(e)) => Err(self.unavailable(format!("cannot resolve '{name}': {e}"))),
+            Err(_) => Err(self.unavailable(format!("timed out resolving '{name}'"))),
+        }
     }
 
     /// One resolve request, answered within `budget`.

@@ -209,3 +209,51 @@ fn a_trickling_handshake_is_given_up_at_the_deadline() {
     assert!(err.contains("timed out"), "{err}");
     assert!(took < Duration::from_secs(4), "{took:?}: {err}");
 }
+
+/// A DNS server that never answers holds `getaddrinfo` for the resolver's timeout (5 s a
+/// try); the service's name is looked up within `--timeout` all the same. The job's view of
+/// /etc/resolv.conf is replaced in a mount namespace of its own; the silent server is a UDP
+/// socket of this test on a loopback address that nothing else uses.
+#[test]
+fn a_silent_dns_server_is_given_up_at_the_deadline_root() {
+    crate::harness::require_root("a mount namespace to replace /etc/resolv.conf");
+    let silent = std::net::UdpSocket::bind("127.83.0.1:53").expect("bind a silent DNS server");
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("resolv.conf");
+    std::fs::write(
+        &conf,
+        "nameserver 127.83.0.1\noptions timeout:5 attempts:2\n",
+    )
+    .unwrap();
+    let t = Instant::now();
+    let out = std::process::Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c"])
+        .arg("mount --bind \"$0\" /etc/resolv.conf && exec \"$@\"")
+        .arg(&conf)
+        .arg(bin("secret-inject"))
+        .args([
+            "--url",
+            "http://secrets.nowhere.test:8080",
+            "--timeout",
+            "1",
+            "--env",
+            "A=secret:k",
+            "--",
+            "true",
+        ])
+        .env(
+            "NEURO_TOKEN",
+            format!("nst.0123456789abcdef.{}", "0".repeat(64)),
+        )
+        .output()
+        .unwrap();
+    let took = t.elapsed();
+    drop(silent);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(69), "{err}");
+    assert!(
+        err.contains("timed out resolving 'secrets.nowhere.test'"),
+        "{err}"
+    );
+    assert!(took < Duration::from_secs(4), "took {took:?}: {err}");
+}
