@@ -43,4 +43,12 @@ NEURO_TOKEN=$token $R/runtimes "$runs" /bin/true -- "$inject" --url http://127.0
 if [[ -n "${BASE_INJECT:-}" ]]; then
   NEURO_TOKEN=$token $R/runtimes "$runs" /bin/true -- "$BASE_INJECT" --url http://127.0.0.1:18483 -- /bin/true
 fi
+# The floor of any exec wrapper: a static-PIE C program that only execs the job (no request,
+# no argument parsing), against the same /bin/true.
+if command -v cc > /dev/null; then
+  printf '#include <unistd.h>\nint main(int c, char **v) { execv(v[1], v + 1); return 127; }\n' > "$work/exec.c"
+  cc -O2 -static-pie -o "$work/exec-only" "$work/exec.c"
+  echo "floor (a static C wrapper that only execs):"
+  $R/runtimes "$runs" /bin/true -- "$work/exec-only" /bin/true
+fi
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
