@@ -89,7 +89,7 @@ impl Service {
 
     async fn read_value(&self, uri: &SecretUri) -> Result<Option<Arc<Opened>>, ApiError> {
         let name = SecretName::of(uri);
-        let Some(stored) = self.store.get_secret(name.as_str()).await? else {
+        let Some(stored) = self.store.get_sealed(name.as_str()).await? else {
             return Ok(None);
         };
         let cached = self

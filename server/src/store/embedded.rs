@@ -10,6 +10,7 @@
 //! retried: whether a commit whose fsync failed reached the disk is unknown, and running it
 //! again could apply it twice. Until a write succeeds again, `health` reports the failure.
 
+use std::collections::HashMap;
 use std::fs::OpenOptions;
 use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
@@ -118,6 +119,54 @@ fn private_file(path: &Path) -> Result<(), StoreError> {
 #[derive(Debug, Clone)]
 pub struct EmbeddedStore {
     inner: Arc<Inner>,
+    grants: Arc<GrantScans>,
+}
+
+/// Scans of the grants table, kept until the table is written: every request loads its user's
+/// grants (a read transaction, a fifth of a secret read's store time), and grants change
+/// rarely. Only this process writes the database, so a write here is the only way they
+/// change. A scan keeps its answer only if no grants write ended while it ran: it takes the
+/// generation before its read transaction begins, and a write moves the generation on (and
+/// drops every scan) after it ends, so a scan that read the old rows sees another generation
+/// when it comes to keep them.
+#[derive(Debug, Default)]
+struct GrantScans(Mutex<(u64, HashMap<String, Arc<Rows>>)>);
+
+type Rows = Vec<(String, Vec<u8>)>;
+
+/// Scans kept at most; beyond, they are all dropped.
+const GRANT_SCANS: usize = 4096;
+
+impl GrantScans {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (u64, HashMap<String, Arc<Rows>>)> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The kept scan of `prefix`, or the generation a new one must be kept under.
+    fn get(&self, prefix: &str) -> Result<Arc<Rows>, u64> {
+        let g = self.lock();
+        g.1.get(prefix).cloned().ok_or(g.0)
+    }
+
+    fn keep(&self, generation: u64, prefix: &str, rows: Arc<Rows>) {
+        let mut g = self.lock();
+        if g.0 != generation {
+            return;
+        }
+        if g.1.len() >= GRANT_SCANS {
+            g.1.clear();
+        }
+        g.1.insert(prefix.to_owned(), rows);
+    }
+
+    /// A write of the grants table ended (whatever its outcome).
+    fn written(&self) {
+        let mut g = self.lock();
+        g.0 += 1;
+        g.1.clear();
+    }
 }
 
 #[derive(Debug)]
@@ -168,6 +217,7 @@ impl EmbeddedStore {
                 failure: Mutex::new(None),
                 last_probe: Mutex::new(None),
             }),
+            grants: Arc::default(),
         })
     }
 
@@ -387,42 +437,73 @@ impl Store for EmbeddedStore {
     }
 
     async fn scan(&self, table: Table, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        self.read(|tx| {
+        let generation = if table == Table::Grants {
+            match self.grants.get(prefix) {
+                Ok(rows) => return Ok(rows.as_ref().clone()),
+                Err(generation) => Some(generation),
+            }
+        } else {
+            None
+        };
+        let rows = self.read(|tx| {
             let t = tx.open_table(def(table)).map_err(io)?;
             Self::scan_table(&t, prefix)
-        })
+        })?;
+        if let Some(generation) = generation {
+            self.grants.keep(generation, prefix, Arc::new(rows.clone()));
+        }
+        Ok(rows)
     }
 
     async fn put(&self, table: Table, key: &str, value: &[u8]) -> Result<(), StoreError> {
         let (key, value) = (key.to_owned(), value.to_vec());
-        self.write(move |tx| {
-            let mut t = tx.open_table(def(table)).map_err(io)?;
-            t.insert(key.as_str(), value.as_slice()).map_err(io)?;
-            Ok(())
-        })
-        .await
+        let r = self
+            .write(move |tx| {
+                let mut t = tx.open_table(def(table)).map_err(io)?;
+                t.insert(key.as_str(), value.as_slice()).map_err(io)?;
+                Ok(())
+            })
+            .await;
+        self.written(table);
+        r
     }
 
     async fn insert_new(&self, table: Table, key: &str, value: &[u8]) -> Result<bool, StoreError> {
         let (key, value) = (key.to_owned(), value.to_vec());
-        self.write(move |tx| {
-            let mut t = tx.open_table(def(table)).map_err(io)?;
-            if t.get(key.as_str()).map_err(io)?.is_some() {
-                return Ok(false);
-            }
-            t.insert(key.as_str(), value.as_slice()).map_err(io)?;
-            Ok(true)
-        })
-        .await
+        let r = self
+            .write(move |tx| {
+                let mut t = tx.open_table(def(table)).map_err(io)?;
+                if t.get(key.as_str()).map_err(io)?.is_some() {
+                    return Ok(false);
+                }
+                t.insert(key.as_str(), value.as_slice()).map_err(io)?;
+                Ok(true)
+            })
+            .await;
+        self.written(table);
+        r
     }
 
     async fn delete(&self, table: Table, key: &str) -> Result<bool, StoreError> {
         let key = key.to_owned();
-        self.write(move |tx| {
-            let mut t = tx.open_table(def(table)).map_err(io)?;
-            Ok(t.remove(key.as_str()).map_err(io)?.is_some())
+        let r = self
+            .write(move |tx| {
+                let mut t = tx.open_table(def(table)).map_err(io)?;
+                Ok(t.remove(key.as_str()).map_err(io)?.is_some())
+            })
+            .await;
+        self.written(table);
+        r
+    }
+
+    async fn get_sealed(&self, key: &str) -> Result<Option<StoredSecret>, StoreError> {
+        self.read(|tx| {
+            let t = tx.open_table(SECRETS).map_err(io)?;
+            t.get(key)
+                .map_err(io)?
+                .map(|v| decode_secret(key, v.value()))
+                .transpose()
         })
-        .await
     }
 
     async fn get_secret(&self, key: &str) -> Result<Option<StoredSecret>, StoreError> {
@@ -576,6 +657,21 @@ impl Store for EmbeddedStore {
     }
 
     async fn import(&self, records: Vec<Record>) -> Result<(), StoreError> {
+        let r = self.import_rows(records).await;
+        self.written(Table::Grants);
+        r
+    }
+}
+
+impl EmbeddedStore {
+    /// After a write of `table` ended: kept grant scans are dropped.
+    fn written(&self, table: Table) {
+        if table == Table::Grants {
+            self.grants.written();
+        }
+    }
+
+    async fn import_rows(&self, records: Vec<Record>) -> Result<(), StoreError> {
         self.write(move |tx| {
             for r in &records {
                 match r {
@@ -691,5 +787,50 @@ mod tests {
             s.get(Table::Users, "alice").await.unwrap(),
             Some(b"1".to_vec())
         );
+    }
+
+    /// Grant scans are kept, and every kind of grants write shows in the next scan.
+    #[tokio::test]
+    async fn kept_grant_scans_follow_every_write() {
+        let (_d, s) = store();
+        let keys = |s: &EmbeddedStore| {
+            let s = s.clone();
+            async move {
+                let rows = s.scan(Table::Grants, "bob/").await.unwrap();
+                rows.into_iter()
+                    .map(|(k, v)| format!("{k}={}", String::from_utf8(v).unwrap()))
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert!(keys(&s).await.is_empty());
+        s.put(Table::Grants, "bob/x", b"1").await.unwrap();
+        assert_eq!(keys(&s).await, ["bob/x=1"]);
+        assert_eq!(keys(&s).await, ["bob/x=1"], "kept");
+        s.put(Table::Grants, "bob/x", b"2").await.unwrap();
+        assert_eq!(keys(&s).await, ["bob/x=2"], "overwritten");
+        assert!(s.insert_new(Table::Grants, "bob/y", b"3").await.unwrap());
+        assert_eq!(keys(&s).await, ["bob/x=2", "bob/y=3"], "inserted");
+        assert!(s.delete(Table::Grants, "bob/x").await.unwrap());
+        assert_eq!(keys(&s).await, ["bob/y=3"], "deleted");
+        // Writes of other tables keep the scans.
+        s.put(Table::Users, "bob", b"u").await.unwrap();
+        assert_eq!(s.grants.lock().1.len(), 1);
+    }
+
+    /// A scan that read the rows before a grants write ended is not kept after it.
+    #[test]
+    fn a_scan_older_than_a_write_is_not_kept() {
+        let g = GrantScans::default();
+        let before = g.get("bob/").unwrap_err();
+        g.written();
+        g.keep(
+            before,
+            "bob/",
+            Arc::new(vec![("bob/x".into(), b"old".to_vec())]),
+        );
+        let now = g.get("bob/").unwrap_err();
+        assert_ne!(now, before);
+        g.keep(now, "bob/", Arc::new(Vec::new()));
+        assert!(g.get("bob/").unwrap().is_empty());
     }
 }

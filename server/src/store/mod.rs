@@ -192,6 +192,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// `key` is `OWNER/KEY`.
     async fn get_secret(&self, key: &str) -> Result<Option<StoredSecret>, StoreError>;
+    /// `get_secret` for a read of the value: `updated_at` may be left out (the hot path of
+    /// every secret read; the embedded store keeps write times in a table of their own).
+    async fn get_sealed(&self, key: &str) -> Result<Option<StoredSecret>, StoreError> {
+        self.get_secret(key).await
+    }
     /// Secrets whose `OWNER/KEY` starts with `prefix`, in key order.
     async fn list_secrets(&self, prefix: &str) -> Result<Vec<SecretMeta>, StoreError>;
     /// Stores the sealed value under the next revision, which it returns, with the time of
