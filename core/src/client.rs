@@ -399,21 +399,7 @@ fn incompatible(e: &reqwest::Error) -> Option<String> {
     let mut cause = e.source();
     while let Some(c) = cause {
         if let Some(t) = c.downcast_ref::<rustls::Error>() {
-            let why = match t {
-                rustls::Error::InvalidCertificate(ce) => certificate_hint(ce),
-                // Not TLS at all: a plain HTTP service behind an https:// URL.
-                rustls::Error::InvalidMessage(_) => format!(
-                    "{t}\nhint: the service does not speak TLS on this port; is the URL http://?"
-                ),
-                rustls::Error::NoCertificatesPresented
-                | rustls::Error::PeerIncompatible(_)
-                | rustls::Error::PeerMisbehaved(_)
-                | rustls::Error::AlertReceived(_)
-                | rustls::Error::InappropriateHandshakeMessage { .. }
-                | rustls::Error::InappropriateMessage { .. } => t.to_string(),
-                _ => return None,
-            };
-            return Some(format!("TLS handshake failed: {why}"));
+            return tls_failure(t);
         }
         // An answer that is not HTTP, e.g. a TLS service behind an http:// URL.
         if let Some(h) = c.downcast_ref::<hyper::Error>()
@@ -432,6 +418,27 @@ fn incompatible(e: &reqwest::Error) -> Option<String> {
         };
     }
     None
+}
+
+/// Why a TLS failure cannot be mended by trying again, when that is so (the certificate, with
+/// a hint for the common mistakes, or a service that does not speak TLS); `None` for anything
+/// else. Shared with secret-inject's own TLS client.
+pub fn tls_failure(t: &rustls::Error) -> Option<String> {
+    let why = match t {
+        rustls::Error::InvalidCertificate(ce) => certificate_hint(ce),
+        // Not TLS at all: a plain HTTP service behind an https:// URL.
+        rustls::Error::InvalidMessage(_) => {
+            format!("{t}\nhint: the service does not speak TLS on this port; is the URL http://?")
+        }
+        rustls::Error::NoCertificatesPresented
+        | rustls::Error::PeerIncompatible(_)
+        | rustls::Error::PeerMisbehaved(_)
+        | rustls::Error::AlertReceived(_)
+        | rustls::Error::InappropriateHandshakeMessage { .. }
+        | rustls::Error::InappropriateMessage { .. } => t.to_string(),
+        _ => return None,
+    };
+    Some(format!("TLS handshake failed: {why}"))
 }
 
 fn certificate_hint(e: &rustls::CertificateError) -> String {

@@ -52,49 +52,8 @@ pub fn config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, Clien
     Ok(Arc::new(cfg))
 }
 
-/// Why a TLS failure cannot be mended by trying again, when that is so (the certificate, or a
-/// service that does not speak TLS), as `Client` words it; `None` for anything else.
-pub fn incompatible(t: &rustls::Error) -> Option<String> {
-    let why = match t {
-        rustls::Error::InvalidCertificate(ce) => certificate_hint(ce),
-        // Not TLS at all: a plain HTTP service behind an https:// URL.
-        rustls::Error::InvalidMessage(_) => {
-            format!("{t}\nhint: the service does not speak TLS on this port; is the URL http://?")
-        }
-        rustls::Error::NoCertificatesPresented
-        | rustls::Error::PeerIncompatible(_)
-        | rustls::Error::PeerMisbehaved(_)
-        | rustls::Error::AlertReceived(_)
-        | rustls::Error::InappropriateHandshakeMessage { .. }
-        | rustls::Error::InappropriateMessage { .. } => t.to_string(),
-        _ => return None,
-    };
-    Some(format!("TLS handshake failed: {why}"))
-}
-
-/// The certificate error with a hint for the common mistakes (the same words as `Client`'s).
-fn certificate_hint(e: &rustls::CertificateError) -> String {
-    use rustls::CertificateError as C;
-    let hint = match e {
-        C::UnknownIssuer => {
-            "\nhint: the certificate is not signed by a CA this client trusts; pass --ca-file with \
-             the CA certificate (or the self-signed certificate itself)"
-        }
-        C::NotValidForName | C::NotValidForNameContext { .. } => {
-            "\nhint: the certificate does not name the host of the URL; use a host name or IP \
-             address listed in its subjectAltName"
-        }
-        C::Expired | C::ExpiredContext { .. } | C::NotValidYet | C::NotValidYetContext { .. } => {
-            "\nhint: check the certificate's validity dates and this machine's clock"
-        }
-        C::Other(o) if o.to_string().contains("CaUsedAsEndEntity") => {
-            "\nhint: the service's certificate is a CA certificate (basicConstraints CA:TRUE); a \
-             server certificate needs CA:FALSE (README: HTTPS tells how to make one)"
-        }
-        _ => "",
-    };
-    format!("invalid peer certificate: {e:?}{hint}")
-}
+/// Why a TLS failure cannot be mended by trying again, as `Client` words it.
+pub use secrets_core::client::tls_failure as incompatible;
 
 #[cfg(test)]
 mod tests {
