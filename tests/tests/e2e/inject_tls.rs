@@ -189,16 +189,7 @@ fn a_trickling_handshake_is_given_up_at_the_deadline() {
     let url = trickling_service(12);
     let t = Instant::now();
     let out = std::process::Command::new(bin("secret-inject"))
-        .args([
-            "--url",
-            &url,
-            "--timeout",
-            "1",
-            "--env",
-            "A=secret:k",
-            "--",
-            "true",
-        ])
+        .args(one_second_resolve(&url))
         .env("NEURO_TOKEN", "never-sent")
         .env_remove("NEURO_CA_FILE")
         .output()
@@ -231,16 +222,7 @@ fn a_silent_dns_server_is_given_up_at_the_deadline_root() {
         .arg("mount --bind \"$0\" /etc/resolv.conf && exec \"$@\"")
         .arg(&conf)
         .arg(bin("secret-inject"))
-        .args([
-            "--url",
-            "http://secrets.nowhere.test:8080",
-            "--timeout",
-            "1",
-            "--env",
-            "A=secret:k",
-            "--",
-            "true",
-        ])
+        .args(one_second_resolve("http://secrets.nowhere.test:8080"))
         .env(
             "NEURO_TOKEN",
             format!("nst.0123456789abcdef.{}", "0".repeat(64)),
@@ -256,4 +238,18 @@ fn a_silent_dns_server_is_given_up_at_the_deadline_root() {
         "{err}"
     );
     assert!(took < Duration::from_secs(4), "took {took:?}: {err}");
+}
+
+/// Arguments for one mapping resolved through `url` within one second, then `true`.
+fn one_second_resolve(url: &str) -> [&str; 8] {
+    [
+        "--url",
+        url,
+        "--timeout",
+        "1",
+        "--env",
+        "A=secret:k",
+        "--",
+        "true",
+    ]
 }
