@@ -61,8 +61,11 @@ pub(super) async fn put_secret(
     let name = SecretName::of(&uri);
     let sealed = s.keys.seal(name.as_str(), body.value.expose());
     let event = |outcome| AuditEvent::new(caller.0.actor(), ACTION, Some(uri.to_string()), outcome);
+    let written = s.store.put_secret(name.as_str(), &sealed).await;
+    // The old value's plaintext goes now rather than at its expiry (a read racing the write
+    // may keep it again: it is never served, its seal is no longer the stored one).
     s.values.forget(name.as_str());
-    let version = match s.store.put_secret(name.as_str(), &sealed).await {
+    let version = match written {
         Ok(v) => v,
         Err(e) => {
             slot.record(event(Outcome::Error));
@@ -186,8 +189,9 @@ pub(super) async fn delete_secret(
     let slot = s.audit.reserve()?;
     let event = |outcome| AuditEvent::new(caller.0.actor(), ACTION, Some(uri.to_string()), outcome);
     let name = SecretName::of(&uri);
+    let removed = s.store.delete_secret(name.as_str()).await;
     s.values.forget(name.as_str());
-    let removed = match s.store.delete_secret(name.as_str()).await {
+    let removed = match removed {
         Ok(r) => r,
         Err(e) => {
             slot.record(event(Outcome::Error));
