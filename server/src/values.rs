@@ -26,13 +26,22 @@ pub const DEFAULT_MIB: u64 = 64;
 const STAMP: usize = 40;
 
 /// One opened value.
-#[derive(Debug)]
 pub struct Opened {
     pub version: u64,
     pub plain: SecretBytes,
     pub base64: Zeroizing<String>,
     stamp: [u8; STAMP],
     at: Instant,
+}
+
+/// Names no byte of the value: its base64 is as secret as the value.
+impl std::fmt::Debug for Opened {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Opened")
+            .field("version", &self.version)
+            .field("bytes", &self.plain.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Opened {
@@ -201,6 +210,11 @@ mod tests {
         let s1 = sealed(1, 1, 5);
         let e = c.insert("alice/k", 7, &s1, plain(b"hello"));
         assert_eq!(&*e.base64, "aGVsbG8=");
+        let shown = format!("{e:?} {c:?}");
+        assert!(
+            !shown.contains("aGVsbG8") && !shown.contains("hello"),
+            "{shown}"
+        );
         let got = c.get("alice/k", 7, &s1).expect("a hit");
         assert_eq!(got.plain.expose(), b"hello");
         assert!(c.get("alice/k", 8, &s1).is_none(), "another version");
