@@ -67,13 +67,18 @@ fn a_revision_learned_on_one_replica_is_a_valid_since_on_the_other() {
     assert_eq!(r.json()["events"][0]["version"], w.json()["version"]);
 }
 
-/// Writes `value` to alice/k through `w`, then reads it through `r` until it shows (the read
-/// must not be stale and must not fail): returns how long the read took.
+/// Writes `value` to alice/k through `w`, then reads it through `r` (the read must not be
+/// stale and must not fail): returns how long the slower of the two requests took. Each is
+/// one user's request, which the issue wants answered within 5 s with one member down: the
+/// write may wait out an attempt on the hung member and a new leader (etcd::DEADLINE, 4 s),
+/// the read a barrier (1 s), so the two together may pass 5 s.
 fn write_then_read(w: &Server, r: &Server, token: &str, value: &str) -> Duration {
     let body = format!(r#"{{"key":"k","value":"{}"}}"#, b64(value));
     let t0 = Instant::now();
     let put = w.post(token, "/api/v1/secrets", &body);
     assert_eq!(put.status, 201, "write {value}: {}", put.body);
+    let wrote = t0.elapsed();
+    let t0 = Instant::now();
     let got = r.get(token, "/api/v1/secrets/alice/k");
     assert_eq!(got.status, 200, "read {value}: {}", got.body);
     assert_eq!(
@@ -81,7 +86,7 @@ fn write_then_read(w: &Server, r: &Server, token: &str, value: &str) -> Duration
         b64(value),
         "a stale read of an acknowledged write ({value})"
     );
-    t0.elapsed()
+    wrote.max(t0.elapsed())
 }
 
 #[test]
@@ -97,11 +102,8 @@ fn a_hung_member_under_a_replicas_watch_costs_a_delay_not_stale_reads() {
     etcd.pause(0);
     let worst = alternate_writes_and_reads(&a, &b, &alice, Duration::from_secs(12));
     etcd.resume(0);
-    eprintln!("member 0 hung: slowest write and read through the other replica {worst:?}");
-    assert!(
-        worst < Duration::from_secs(5),
-        "a write and read took {worst:?}"
-    );
+    eprintln!("member 0 hung: slowest write or read through the other replica {worst:?}");
+    assert!(worst < Duration::from_secs(5), "a request took {worst:?}");
 
     // Then the leader hangs, whichever member it is.
     std::thread::sleep(Duration::from_secs(2));
@@ -109,15 +111,12 @@ fn a_hung_member_under_a_replicas_watch_costs_a_delay_not_stale_reads() {
     etcd.pause(leader);
     let worst = alternate_writes_and_reads(&a, &b, &alice, Duration::from_secs(8));
     etcd.resume(leader);
-    eprintln!("leader (member {leader}) hung: slowest write and read {worst:?}");
-    assert!(
-        worst < Duration::from_secs(5),
-        "a write and read took {worst:?}"
-    );
+    eprintln!("leader (member {leader}) hung: slowest write or read {worst:?}");
+    assert!(worst < Duration::from_secs(5), "a request took {worst:?}");
 }
 
 /// For `during`, every 100 ms, a write through one replica read back through the other,
-/// both ways in turn; returns the slowest.
+/// both ways in turn; returns the slowest request.
 fn alternate_writes_and_reads(a: &Server, b: &Server, token: &str, during: Duration) -> Duration {
     let t0 = Instant::now();
     let mut worst = Duration::ZERO;
