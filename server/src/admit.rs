@@ -4,8 +4,14 @@
 //! user, a user's jobs included. A client with a valid token can thus hold only so many of the service's
 //! connections busy (a slow body, thousands of long polls), and the connection cap's eviction of
 //! idle connections keeps room for everyone else.
+//!
+//! Requests without a valid token (the console's log-in and forms, a wrong token) that carry a
+//! body have a budget of their own: `anonymous` places, a quarter of the cap in all and a
+//! quarter of that per client address, so that nobody without a token can hold the slots that
+//! users and jobs need while a body trickles in (`api::buffer_body` bounds how long it may).
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use axum::extract::{Request, State};
@@ -15,13 +21,19 @@ use axum::response::{IntoResponse, Response};
 
 use crate::AppState;
 use crate::auth::Principal;
+use crate::client_addr::client_bucket;
 use crate::error::ApiError;
 
 /// Requests one token may have in flight, at most.
 pub const PER_TOKEN: usize = 64;
 /// Requests one user may have in flight, its jobs' included, at most; and never more than a
-/// quarter of the connection cap.
+/// quarter of the connection cap. Requests without a valid token that carry a body share as
+/// many places.
 pub const PER_USER: usize = 1024;
+/// The user name under which requests without a valid token are counted (no user name starts
+/// with '~'), and the prefix of their per-address keys.
+const ANONYMOUS: &str = "~anonymous";
+const ANONYMOUS_ADDR: &str = "~addr ";
 
 /// The outcome of authenticating a request's bearer token, left for the `Caller` extractor.
 #[derive(Debug, Clone)]
@@ -96,24 +108,65 @@ impl InFlight {
     /// which one is full.
     pub fn admit(&self, token_id: &str, p: &Principal) -> Result<Admitted, ApiError> {
         let user = p.user().map_or("", |u| u.as_str());
+        self.admit_as(token_id, user, self.per_token, self.per_user, || {
+            (
+                format!(
+                    "this token has {} requests in flight already; retry when one ends",
+                    self.per_token
+                ),
+                format!(
+                    "this user and its jobs have {} requests in flight already; retry when one ends",
+                    self.per_user
+                ),
+            )
+        })
+    }
+
+    /// Takes a place for a request without a valid token that carries a body, from client
+    /// address `addr`: all such requests share `per_user` places, one address a quarter of
+    /// them (an IPv6 client counts by its /64).
+    pub fn admit_anonymous(&self, addr: Option<IpAddr>) -> Result<Admitted, ApiError> {
+        let per_addr = (self.per_user / 4).max(1);
+        let key = match addr {
+            Some(a) => format!("{ANONYMOUS_ADDR}{}", client_bucket(a)),
+            None => format!("{ANONYMOUS_ADDR}?"),
+        };
+        self.admit_as(&key, ANONYMOUS, per_addr, self.per_user, || {
+            (
+                format!(
+                    "this address has {per_addr} requests without a token in flight already; \
+                     retry when one ends"
+                ),
+                format!(
+                    "{} requests without a token are in flight already; retry when one ends",
+                    self.per_user
+                ),
+            )
+        })
+    }
+
+    /// Takes a place under `token` (at most `per_token` in flight) and `user` (at most
+    /// `per_user`); `why` words the refusals.
+    fn admit_as(
+        &self,
+        token: &str,
+        user: &str,
+        per_token: usize,
+        per_user: usize,
+        why: impl FnOnce() -> (String, String),
+    ) -> Result<Admitted, ApiError> {
         let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        if counts.tokens.get(token_id).copied().unwrap_or(0) >= self.per_token {
-            return Err(ApiError::TooManyRequests(format!(
-                "this token has {} requests in flight already; retry when one ends",
-                self.per_token
-            )));
+        let token_full = counts.tokens.get(token).copied().unwrap_or(0) >= per_token;
+        let user_full = counts.users.get(user).copied().unwrap_or(0) >= per_user;
+        if token_full || user_full {
+            let (t, u) = why();
+            return Err(ApiError::TooManyRequests(if token_full { t } else { u }));
         }
-        if counts.users.get(user).copied().unwrap_or(0) >= self.per_user {
-            return Err(ApiError::TooManyRequests(format!(
-                "this user and its jobs have {} requests in flight already; retry when one ends",
-                self.per_user
-            )));
-        }
-        take(&mut counts.tokens, token_id);
+        take(&mut counts.tokens, token);
         take(&mut counts.users, user);
         Ok(Admitted {
             counts: self.counts.clone(),
-            token: token_id.into(),
+            token: token.into(),
             user: user.into(),
         })
     }
@@ -158,15 +211,35 @@ fn token_id(token: &str) -> &str {
     token.split('.').nth(1).unwrap_or("")
 }
 
+/// The client's address as the per-address limits see it (`client_addr`), in a request's
+/// extensions.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub Option<IpAddr>);
+
+/// Whether a request has a body to read (a length above 0, or chunked).
+fn has_body(h: &axum::http::HeaderMap) -> bool {
+    h.contains_key(header::TRANSFER_ENCODING)
+        || h.get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0")
+}
+
 /// The middleware: authenticates, admits, and keeps the places until the answer has been
 /// sent (or the connection dropped): a client that reads its answer slowly still has its
-/// request in flight.
+/// request in flight. A request without a valid token that has a body takes an anonymous
+/// place; one without a body only runs its handler (nothing it sends can hold it).
 pub async fn admit(State(s): State<AppState>, req: Request, next: Next) -> Response {
     // Reads in this request see every write acknowledged before it arrived, on any replica.
     if let Err(e) = s.store.sync().await {
         return ApiError::from(e).into_response();
     }
     let (mut parts, body) = req.into_parts();
+    let peer = parts
+        .extensions
+        .get::<crate::serve::Peer>()
+        .and_then(|p| p.addr)
+        .map(|a| a.ip());
+    let client = crate::client_addr::client_addr(peer, &parts.headers, &s.trusted_proxies);
+    parts.extensions.insert(ClientAddr(client));
     let presented =
         bearer(&parts.headers).map(|b| b.map(|t| zeroize::Zeroizing::new(t.to_owned())));
     let mut place = None;
@@ -184,6 +257,12 @@ pub async fn admit(State(s): State<AppState>, req: Request, next: Next) -> Respo
                 }
             }
             parts.extensions.insert(Authenticated(outcome));
+        }
+    }
+    if place.is_none() && has_body(&parts.headers) {
+        match s.inflight.admit_anonymous(client) {
+            Ok(a) => place = Some(a),
+            Err(e) => return e.into_response(),
         }
     }
     let resp = next.run(Request::from_parts(parts, body)).await;
@@ -263,31 +342,95 @@ impl<G> Unpin for Held<G> {}
 /// it. Beyond, reads answer 503 until some have gone out.
 pub const ANSWER_BUDGET: usize = 256 * 1024 * 1024;
 
-/// The answer budget, counted in KiB.
+/// The share of `ANSWER_BUDGET` one user's answers (its jobs' included) may hold at once: as
+/// with connections, a quarter, so that one user reading big values slowly cannot make every
+/// other user's reads fail.
+pub const ANSWER_SHARE: usize = ANSWER_BUDGET / 4;
+
+/// The answer budget, counted in KiB, in all and per user.
 #[derive(Debug, Clone)]
-pub struct AnswerBudget(Arc<tokio::sync::Semaphore>);
+pub struct AnswerBudget {
+    all: Arc<tokio::sync::Semaphore>,
+    users: Arc<Mutex<HashMap<Box<str>, usize>>>,
+}
 
 impl Default for AnswerBudget {
     fn default() -> Self {
-        Self(Arc::new(tokio::sync::Semaphore::new(ANSWER_BUDGET / 1024)))
+        Self {
+            all: Arc::new(tokio::sync::Semaphore::new(ANSWER_BUDGET / 1024)),
+            users: Arc::default(),
+        }
+    }
+}
+
+/// A share of the answer budget, given back when dropped (the answer is sent, or dropped).
+#[derive(Debug)]
+pub struct AnswerShare {
+    _all: tokio::sync::OwnedSemaphorePermit,
+    users: Arc<Mutex<HashMap<Box<str>, usize>>>,
+    user: Box<str>,
+    kib: usize,
+}
+
+impl Drop for AnswerShare {
+    fn drop(&mut self) {
+        let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = users.get_mut(&*self.user) {
+            *n = n.saturating_sub(self.kib);
+            if *n == 0 {
+                users.remove(&*self.user);
+            }
+        }
     }
 }
 
 impl AnswerBudget {
-    /// A share for an answer of about `bytes`, held until the answer is sent (`hold`).
-    pub fn take(&self, bytes: usize) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
-        let kib = u32::try_from(bytes.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
-        self.0.clone().try_acquire_many_owned(kib).map_err(|_| {
-            ApiError::Unavailable(format!(
-                "the service is sending {} MiB of answers already; retry shortly",
-                ANSWER_BUDGET >> 20
-            ))
+    /// A share for an answer of about `bytes` to `p` (counted against its user), held until
+    /// the answer is sent (`hold`). 429 past the user's share, 503 past the whole budget.
+    pub fn take(&self, bytes: usize, p: &Principal) -> Result<AnswerShare, ApiError> {
+        let user = p.user().map_or("", |u| u.as_str());
+        let kib = bytes.div_ceil(1024).max(1);
+        let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
+        let held = users.get(user).copied().unwrap_or(0);
+        if held + kib > ANSWER_SHARE / 1024 {
+            return Err(ApiError::TooManyRequests(format!(
+                "answers to this user and its jobs already hold {} MiB, its share of the \
+                 service's memory for answers being sent; retry shortly",
+                held >> 10
+            )));
+        }
+        let permits = u32::try_from(kib).unwrap_or(u32::MAX);
+        let all = self
+            .all
+            .clone()
+            .try_acquire_many_owned(permits)
+            .map_err(|_| {
+                ApiError::Unavailable(format!(
+                    "the service is sending {} MiB of answers already; retry shortly",
+                    ANSWER_BUDGET >> 20
+                ))
+            })?;
+        take_n(&mut users, user, kib);
+        Ok(AnswerShare {
+            _all: all,
+            users: self.users.clone(),
+            user: user.into(),
+            kib,
         })
     }
 
     /// KiB free, for tests.
     pub fn available_kib(&self) -> usize {
-        self.0.available_permits()
+        self.all.available_permits()
+    }
+}
+
+fn take_n(map: &mut HashMap<Box<str>, usize>, key: &str, n: usize) {
+    match map.get_mut(key) {
+        Some(held) => *held += n,
+        None => {
+            map.insert(key.into(), n);
+        }
     }
 }
 
@@ -365,12 +508,66 @@ mod tests {
         let b = AnswerBudget::default();
         let all = b.available_kib();
         assert_eq!(all, ANSWER_BUDGET / 1024);
-        let big = b.take(ANSWER_BUDGET - 1024).unwrap();
-        let e = b.take(2048).unwrap_err();
+        // Four users fill it, each with its whole share.
+        let users = ["u1", "u2", "u3", "u4"].map(user);
+        let big: Vec<AnswerShare> = users
+            .iter()
+            .map(|u| b.take(ANSWER_SHARE - 1024, u).unwrap())
+            .collect();
+        // 4 KiB are left.
+        let e = b.take(5 * 1024, &user("u5")).unwrap_err();
         assert_eq!(e.status(), axum::http::StatusCode::SERVICE_UNAVAILABLE);
-        let small = b.take(10).unwrap();
+        let small = b.take(4 * 1024, &user("u5")).unwrap();
         drop((big, small));
         assert_eq!(b.available_kib(), all);
+    }
+
+    #[test]
+    fn one_user_and_its_jobs_hold_only_their_share_of_answers() {
+        let b = AnswerBudget::default();
+        let alice = user("alice");
+        let held: Vec<AnswerShare> = (0..3)
+            .map(|_| b.take(ANSWER_SHARE / 4, &alice).unwrap())
+            .collect();
+        // alice's job counts as alice: the last quarter of her share, then no more.
+        let j = b.take(ANSWER_SHARE / 4, &job("alice", "job-1")).unwrap();
+        let e = b.take(1, &alice).unwrap_err();
+        assert_eq!(e.status(), axum::http::StatusCode::TOO_MANY_REQUESTS);
+        assert!(e.to_string().contains("its share"), "{e}");
+        // bob, meanwhile, reads as ever.
+        let bob = b.take(1 << 20, &user("bob")).unwrap();
+        drop(j);
+        let again = b.take(ANSWER_SHARE / 4, &alice).unwrap();
+        drop((held, again, bob));
+        assert_eq!(b.available_kib(), ANSWER_BUDGET / 1024);
+        assert!(b.users.lock().unwrap().is_empty(), "every share given back");
+    }
+
+    #[test]
+    fn requests_without_a_token_have_a_budget_of_their_own() {
+        // A cap of 64 connections: 16 anonymous places, 4 per address.
+        let f = InFlight::sized_for(64);
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        let held: Vec<Admitted> = (0..4)
+            .map(|_| f.admit_anonymous(Some(a)).unwrap())
+            .collect();
+        let e = f.admit_anonymous(Some(a)).unwrap_err();
+        assert_eq!(e.status(), axum::http::StatusCode::TOO_MANY_REQUESTS);
+        assert!(e.to_string().contains("this address has 4"), "{e}");
+        let others: Vec<Admitted> = (2..14)
+            .map(|i| {
+                f.admit_anonymous(Some(IpAddr::from([127, 0, 0, i])))
+                    .unwrap()
+            })
+            .collect();
+        let e = f
+            .admit_anonymous(Some("10.0.0.1".parse().unwrap()))
+            .unwrap_err();
+        assert!(e.to_string().contains("16 requests without a token"), "{e}");
+        // Users and their tokens are not counted among them.
+        let alice = f.admit("t1", &user("alice")).unwrap();
+        drop((held, others, alice));
+        assert_eq!(f.count(&format!("user {ANONYMOUS}")), 0);
     }
 
     #[test]

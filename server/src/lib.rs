@@ -4,6 +4,7 @@ pub mod admit;
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod client_addr;
 pub mod console;
 pub mod crypto;
 pub mod error;
@@ -120,6 +121,11 @@ pub struct Args {
     /// DATA_DIR/master.key]
     #[arg(long, value_name = "FILE")]
     pub master_key: Option<PathBuf>,
+    /// A proxy (ADDR or ADDR/PREFIX) whose X-Forwarded-For is believed for the limits kept per
+    /// client address (failed console log-ins, requests without a token); repeat for several.
+    /// Without it X-Forwarded-For is ignored: any client can send one
+    #[arg(long = "trusted-proxy", value_name = "CIDR")]
+    pub trusted_proxies: Vec<client_addr::Cidr>,
     /// MiB of recently opened values kept decrypted in memory, so that repeated reads skip
     /// decryption: each is used for 30s after it was opened and freed within 35s; 0 decrypts
     /// every read
@@ -466,6 +472,8 @@ pub async fn open_service_on(
         inflight: admit::InFlight::default(),
         answers: admit::AnswerBudget::default(),
         console: console::LoginLimiter::default(),
+        tls: false,
+        trusted_proxies: Vec::new(),
         stopping: Arc::default(),
         values: {
             let v = values::ValueCache::new((values::DEFAULT_MIB << 20) as usize);
@@ -612,6 +620,8 @@ pub async fn run(mut args: Args) -> anyhow::Result<ExitCode> {
     )
     .await?;
     service.inflight = admit::InFlight::sized_for(max_connections);
+    service.trusted_proxies = args.trusted_proxies.clone();
+    service.tls = tls.is_some();
     service.values = values::ValueCache::new(usize::try_from(args.value_cache << 20)?);
     service.values.sweep_every();
     let (per_token, per_user) = service.inflight.limits();

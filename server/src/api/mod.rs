@@ -60,8 +60,12 @@ pub struct Service {
     pub inflight: crate::admit::InFlight,
     /// Bytes of answers waiting to be sent (`admit::ANSWER_BUDGET`).
     pub answers: crate::admit::AnswerBudget,
-    /// Failed console log-ins per client address.
+    /// Failed console log-ins per client address and target user.
     pub console: crate::console::LoginLimiter,
+    /// Whether the API's listener serves TLS (the console's cookie is `__Host-` then).
+    pub tls: bool,
+    /// Proxies whose X-Forwarded-For names the client (`--trusted-proxy`).
+    pub trusted_proxies: Vec<crate::client_addr::Cidr>,
     /// Set at SIGTERM: waiting watches answer at once instead of holding the shutdown for
     /// the whole grace period.
     pub stopping: Arc<std::sync::atomic::AtomicBool>,
@@ -229,6 +233,50 @@ async fn whoami(State(s): State<AppState>, Caller(p): Caller) -> Json<WhoAmI> {
     })
 }
 
+/// Reads every request's body, on every route (the console's included), before its handler
+/// runs: at most `MAX_BODY` bytes (413), within `BODY_TIMEOUT` whatever its pace (408). The
+/// request holds its place in flight meanwhile (`admit`, the layer outside this one), so a
+/// client trickling bodies holds at most its share of the connections, and only so long.
+pub async fn buffer_body(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    use http_body::Body as _;
+    if req.body().size_hint().exact() == Some(0) {
+        return next.run(req).await;
+    }
+    let too_large =
+        || ApiError::PayloadTooLarge(format!("request body is larger than {MAX_BODY} bytes"));
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return too_large().into_response();
+    }
+    let (parts, body) = req.into_parts();
+    let read = tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY)).await;
+    let bytes = match read {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(e)) => {
+            let limit = std::error::Error::source(&e)
+                .is_some_and(|c| c.is::<http_body_util::LengthLimitError>());
+            return match limit {
+                true => too_large(),
+                false => ApiError::BadRequest(format!("reading the request body: {e}")),
+            }
+            .into_response();
+        }
+        Err(_) => {
+            return ApiError::RequestTimeout(format!(
+                "the request body did not arrive within {} s",
+                BODY_TIMEOUT.as_secs()
+            ))
+            .into_response();
+        }
+    };
+    next.run(axum::extract::Request::from_parts(parts, bytes.into()))
+        .await
+}
+
 async fn no_route(method: Method, uri: Uri) -> Response {
     ApiError::NotFound(format!("no route for {method} {}", uri.path())).into_response()
 }
@@ -290,6 +338,7 @@ pub fn app(state: AppState) -> Router {
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn(buffer_body))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::admit::admit,

@@ -152,7 +152,7 @@ pub(super) async fn get_secret(
         s.audit_refused(&p, ACTION, Some(uri.to_string()), Outcome::NotFound);
         return Err(not_found_secret(&uri.key));
     };
-    let share = s.answers.take(value.base64.len() + 256)?;
+    let share = s.answers.take(value.base64.len() + 256, &p)?;
     s.audit_read(&p, ACTION, Some(uri.to_string()))?;
     Ok(crate::admit::hold(value_response(&uri, &value), share))
 }
@@ -300,7 +300,7 @@ pub(super) async fn resolve(
     }
     // The values, their base64 and the JSON around them stay in memory until a slow client
     // has read them all.
-    let share = s.answers.take(total * 7 / 3 + 256 * results.len())?;
+    let share = s.answers.take(total * 7 / 3 + 256 * results.len(), &p)?;
     let answer = ResolveResponse { results };
     let body = if total > BLOCKING_ENCODE {
         tokio::task::spawn_blocking(move || serde_json::to_vec(&answer))

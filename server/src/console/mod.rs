@@ -26,7 +26,10 @@ use crate::admit::Authenticated;
 use crate::auth::Principal;
 use crate::error::ApiError;
 
-pub use session::{ABSOLUTE_TTL, FAILURE_WINDOW, IDLE_TTL, LoginLimiter, MAX_FAILURES};
+pub use session::{
+    ABSOLUTE_TTL, FAILURE_WINDOW, IDLE_TTL, LoginLimiter, MAX_FAILURES, MAX_USER_FAILURES,
+    MAX_WINDOWS,
+};
 
 /// The console's script and style sheet, embedded at build time.
 const SCRIPT: &str = include_str!("assets/console.js");
@@ -70,7 +73,7 @@ pub fn routes(svc: AppState, api: Router) -> Router<AppState> {
         .route("/console/jobs/revoke", post(actions::revoke_job))
         .route("/assets/console.js", get(script))
         .route("/assets/console.css", get(style))
-        .layer(axum::middleware::from_fn(headers))
+        .layer(axum::middleware::from_fn_with_state(c.clone(), headers))
         .with_state(c)
 }
 
@@ -86,10 +89,21 @@ fn asset(kind: &'static str, text: &'static str) -> Response {
     ([(header::CONTENT_TYPE, kind)], text).into_response()
 }
 
-/// Sets the security headers on every console answer, errors included.
-async fn headers(req: Request, next: Next) -> Response {
+/// Sets the security headers on every console answer, errors included; the answer to a
+/// request with more than one session cookie (refused) expires them all.
+async fn headers(
+    axum::extract::State(c): axum::extract::State<Console>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let duplicates = session::has_duplicate_cookies(req.headers(), c.svc.tls);
     let mut resp = next.run(req).await;
     let h = resp.headers_mut();
+    if duplicates {
+        for v in session::clear_cookies(c.svc.tls) {
+            h.append(header::SET_COOKIE, v);
+        }
+    }
     for (name, value) in [
         (header::CONTENT_SECURITY_POLICY, CSP),
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),

@@ -24,7 +24,7 @@ pub(super) async fn root(State(c): State<Console>, h: HeaderMap) -> Response {
     match c.session(&h).await {
         Ok(Some(_)) => Redirect::to("/secrets").into_response(),
         Ok(None) => login(StatusCode::OK, None),
-        Err(e) => e.into_response(),
+        Err(e) => login(e.status(), Some(&e.to_string())),
     }
 }
 
@@ -33,7 +33,7 @@ async fn need_session(c: &Console, h: &HeaderMap) -> Result<Session, Response> {
     match c.session(h).await {
         Ok(Some(s)) => Ok(s),
         Ok(None) => Err(Redirect::to("/").into_response()),
-        Err(e) => Err(e.into_response()),
+        Err(e) => Err(login(e.status(), Some(&e.to_string()))),
     }
 }
 

@@ -15,25 +15,60 @@ use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq as _;
 
 use super::{Console, pages, same_origin};
+use crate::admit::ClientAddr;
 use crate::audit::{AuditAction, AuditEvent, Outcome};
 use crate::auth::{self, Principal, now_secs};
+use crate::client_addr::client_bucket;
 use crate::crypto::{hex, random_bytes};
 use crate::error::ApiError;
-use crate::serve::Peer;
+use crate::records::Subject;
 use crate::store::Table;
 
 /// A session unused this long ends.
 pub const IDLE_TTL: Duration = Duration::from_secs(30 * 60);
 /// A session ends this long after log-in, used or not.
 pub const ABSOLUTE_TTL: Duration = Duration::from_secs(12 * 3600);
-/// Failed log-ins one client address may make within `FAILURE_WINDOW`.
+/// Failed log-ins one client address may make against one user (or against tokens that do
+/// not exist) within `FAILURE_WINDOW`; then that address waits, for that user only, until the
+/// window ends.
 pub const MAX_FAILURES: u32 = 10;
+/// Failed log-ins against one user from all addresses together within `FAILURE_WINDOW`: a
+/// guesser rotating addresses (one per try) is stopped here, and the user waits at most the
+/// window.
+pub const MAX_USER_FAILURES: u32 = 10 * MAX_FAILURES;
 pub const FAILURE_WINDOW: Duration = Duration::from_secs(5 * 60);
 /// The session's last use is written back at most this often.
 const TOUCH_EVERY_S: u64 = 60;
-/// Addresses the limiter remembers at most; past that, the oldest windows are dropped.
-const MAX_ADDRESSES: usize = 65_536;
+/// Windows the limiter remembers at most; past that, expired ones are dropped, then the oldest.
+pub const MAX_WINDOWS: usize = 65_536;
+/// The session cookie over plain HTTP, and over TLS: a `__Host-` cookie must be `Secure`, have
+/// `Path=/` and no `Domain`, so no page of another port or subdomain over plain HTTP can set
+/// one.
 const COOKIE: &str = "neuro_session";
+const COOKIE_TLS: &str = "__Host-neuro_session";
+/// Every path a console route answers at, and their directories: a cookie planted with one of
+/// these paths is sent with the console's requests, so refusing a request for a second
+/// session cookie expires the cookie at each of them.
+const COOKIE_PATHS: &[&str] = &[
+    "/",
+    "/login",
+    "/logout",
+    "/secrets",
+    "/shared",
+    "/dashboard",
+    "/assets",
+    "/assets/",
+    "/console",
+    "/console/",
+    "/console/secrets",
+    "/console/secrets/",
+    "/console/secrets/delete",
+    "/console/share",
+    "/console/revoke",
+    "/console/jobs",
+    "/console/jobs/",
+    "/console/jobs/revoke",
+];
 
 /// What the store keeps of a session: never the token it was opened with.
 #[derive(Debug, Serialize, Deserialize)]
@@ -73,40 +108,136 @@ impl Session {
     }
 }
 
-/// Failed log-ins per client address, in memory (each replica counts its own).
+/// Failed log-ins, in memory (each replica counts its own): per client address and target
+/// user, and per target user. The target is the user of the token id presented, or nobody
+/// (`""`) for an id that names no token; so failures from one address (a shared proxy's, say)
+/// never refuse another user's correct token, and refuse anyone for the window at most.
 #[derive(Debug, Default)]
 pub struct LoginLimiter {
-    failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+    windows: Mutex<Windows>,
+}
+
+/// Whose failures a window counts.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Counted {
+    /// From one client address (or an unknown one) against one target.
+    Pair(Option<IpAddr>, Box<str>),
+    /// Against one target user, from anywhere.
+    User(Box<str>),
+}
+
+#[derive(Debug, Default)]
+struct Windows {
+    open: HashMap<Counted, (u32, Instant)>,
+    /// Windows by when they opened, oldest first; an entry whose window has since been
+    /// reopened (its time differs) is stale and skipped.
+    order: std::collections::VecDeque<(Instant, Counted)>,
+}
+
+impl Windows {
+    fn failures(&self, k: &Counted) -> u32 {
+        match self.open.get(k) {
+            Some((n, since)) if since.elapsed() < FAILURE_WINDOW => *n,
+            _ => 0,
+        }
+    }
+
+    fn wait(&self, k: &Counted) -> u64 {
+        self.open.get(k).map_or(1, |(_, since)| {
+            FAILURE_WINDOW
+                .saturating_sub(since.elapsed())
+                .as_secs()
+                .max(1)
+        })
+    }
+
+    fn count(&mut self, k: Counted) {
+        self.expire();
+        let now = Instant::now();
+        if let Some((n, since)) = self.open.get_mut(&k)
+            && since.elapsed() < FAILURE_WINDOW
+        {
+            *n += 1;
+            return;
+        }
+        while self.open.len() >= MAX_WINDOWS {
+            self.drop_oldest();
+        }
+        self.open.insert(k.clone(), (1, now));
+        self.order.push_back((now, k));
+    }
+
+    /// Drops the windows that have ended, oldest first.
+    fn expire(&mut self) {
+        while self
+            .order
+            .front()
+            .is_some_and(|(t, _)| t.elapsed() >= FAILURE_WINDOW)
+        {
+            self.drop_oldest();
+        }
+    }
+
+    fn drop_oldest(&mut self) {
+        let Some((t, k)) = self.order.pop_front() else {
+            // Every window is in `order`; this cannot leave the table full.
+            self.open.clear();
+            return;
+        };
+        if self.open.get(&k).is_some_and(|(_, since)| *since == t) {
+            self.open.remove(&k);
+        }
+    }
 }
 
 impl LoginLimiter {
-    /// `Err(seconds to wait)` while `addr` has used up its failures.
-    fn check(&self, addr: Option<IpAddr>) -> Result<(), u64> {
-        let Some(addr) = addr else { return Ok(()) };
-        let map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        match map.get(&addr) {
-            Some((n, since)) if *n >= MAX_FAILURES && since.elapsed() < FAILURE_WINDOW => {
-                Err((FAILURE_WINDOW - since.elapsed()).as_secs().max(1))
-            }
-            _ => Ok(()),
+    /// `Err(seconds to wait)` while log-ins from `addr` against `target` are refused.
+    fn check(&self, addr: Option<IpAddr>, target: &str) -> Result<(), u64> {
+        let w = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        let pair = Counted::Pair(addr.map(client_bucket), target.into());
+        if w.failures(&pair) >= MAX_FAILURES {
+            return Err(w.wait(&pair));
+        }
+        let user = Counted::User(target.into());
+        if !target.is_empty() && w.failures(&user) >= MAX_USER_FAILURES {
+            return Err(w.wait(&user));
+        }
+        Ok(())
+    }
+
+    fn failed(&self, addr: Option<IpAddr>, target: &str) {
+        let mut w = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        w.count(Counted::Pair(addr.map(client_bucket), target.into()));
+        if !target.is_empty() {
+            w.count(Counted::User(target.into()));
         }
     }
 
-    fn failed(&self, addr: Option<IpAddr>) {
-        let Some(addr) = addr else { return };
-        let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        if map.len() >= MAX_ADDRESSES {
-            map.retain(|_, (_, since)| since.elapsed() < FAILURE_WINDOW);
-        }
-        if map.len() >= MAX_ADDRESSES {
-            return;
-        }
-        let e = map.entry(addr).or_insert((0, Instant::now()));
-        if e.1.elapsed() >= FAILURE_WINDOW {
-            *e = (0, Instant::now());
-        }
-        e.0 += 1;
+    /// Windows held, for tests.
+    pub fn windows(&self) -> usize {
+        self.windows
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .open
+            .len()
     }
+}
+
+/// Whom a log-in with `token` tries to log in as: the user (or `~operator`, `~job`) of the
+/// token id it names, `""` for an id that names no token or a token of the wrong shape.
+async fn login_target(store: &dyn crate::store::Store, token: &str) -> Result<String, ApiError> {
+    let id = token.split('.').nth(1).unwrap_or_default();
+    if id.len() != 16 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Ok(String::new());
+    }
+    Ok(
+        match auth::load_token(store, id).await?.map(|t| t.subject) {
+            Some(Subject::User { name }) => name,
+            Some(Subject::Operator) => "~operator".into(),
+            Some(Subject::Job { .. }) => "~job".into(),
+            None => String::new(),
+        },
+    )
 }
 
 /// Sessions one user may have open at once; a log-in past it ends the one used the longest
@@ -156,21 +287,59 @@ impl SessionRecord {
     }
 }
 
-fn cookie_id(h: &HeaderMap) -> Option<&str> {
-    h.get_all(header::COOKIE)
+/// The session cookie's name on this service (`__Host-` over TLS).
+fn cookie_name(tls: bool) -> &'static str {
+    if tls { COOKIE_TLS } else { COOKIE }
+}
+
+/// The value of the request's one session cookie. Two or more are refused: a page on another
+/// port of this host can set a cookie for it (cookies know no ports), and with two the
+/// request's session would be whichever the browser sent first.
+fn cookie_id(h: &HeaderMap, tls: bool) -> Result<Option<&str>, ApiError> {
+    let name = cookie_name(tls);
+    let mut found = h
+        .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == COOKIE)
-        .map(|(_, v)| v)
+        .filter(|(k, _)| *k == name)
+        .map(|(_, v)| v);
+    let first = found.next();
+    if found.next().is_some() {
+        return Err(ApiError::BadRequest(
+            "the request carries more than one session cookie (another site on this host may \
+             have set one); they have been cleared: log in again"
+                .into(),
+        ));
+    }
+    Ok(first)
+}
+
+/// Whether the request carries more than one session cookie (see `cookie_id`).
+pub(super) fn has_duplicate_cookies(h: &HeaderMap, tls: bool) -> bool {
+    cookie_id(h, tls).is_err()
+}
+
+/// `Set-Cookie` values that expire the session cookie at every console path: the answer to a
+/// request with more than one, so that the planted one goes too (where it was set without a
+/// `Domain`; else the browser's "clear site data" does it).
+pub(super) fn clear_cookies(tls: bool) -> impl Iterator<Item = HeaderValue> {
+    COOKIE_PATHS.iter().filter_map(move |path| {
+        let secure = if tls { "; Secure" } else { "" };
+        HeaderValue::from_str(&format!(
+            "{}=; Path={path}; Max-Age=0; HttpOnly; SameSite=Strict{secure}",
+            cookie_name(tls)
+        ))
+        .ok()
+    })
 }
 
 impl Console {
     /// The session the request's cookie names, if it is live; an ended or expired one is
     /// deleted.
     pub(super) async fn session(&self, h: &HeaderMap) -> Result<Option<Session>, ApiError> {
-        let Some((user, id)) = cookie_id(h).and_then(parse_cookie) else {
+        let Some((user, id)) = cookie_id(h, self.svc.tls)?.and_then(parse_cookie) else {
             return Ok(None);
         };
         let key = session_key(self, user, id);
@@ -219,8 +388,8 @@ fn b64(bytes: &[u8]) -> String {
 
 fn cookie(value: &str, max_age: u64, tls: bool) -> HeaderValue {
     let secure = if tls { "; Secure" } else { "" };
-    let c =
-        format!("{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}");
+    let name = cookie_name(tls);
+    let c = format!("{name}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}");
     HeaderValue::from_str(&c).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
@@ -234,26 +403,29 @@ pub(super) struct LoginForm {
 /// the client's address.
 pub(super) async fn login(
     State(c): State<Console>,
-    peer: Option<Extension<Peer>>,
+    client: Option<Extension<ClientAddr>>,
     h: HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> Response {
     let token = zeroize::Zeroizing::new(form.token);
-    let peer = peer.map(|Extension(p)| p);
-    let addr = peer.and_then(|p| p.addr).map(|a| a.ip());
-    let tls = peer.is_some_and(|p| p.tls);
+    let addr = client.and_then(|Extension(ClientAddr(a))| a);
+    let tls = c.svc.tls;
     if let Err(e) = same_origin(&h) {
         return pages::login(StatusCode::FORBIDDEN, Some(&e.to_string()));
     }
-    if let Err(wait) = c.svc.console.check(addr) {
+    let token = token.trim();
+    let target = match login_target(c.svc.store.as_ref(), token).await {
+        Ok(t) => t,
+        Err(e) => return e.into_response(),
+    };
+    if let Err(wait) = c.svc.console.check(addr, &target) {
         return pages::login(
             StatusCode::TOO_MANY_REQUESTS,
             Some(&format!(
-                "too many failed log-ins from this address; try again in {wait} s"
+                "too many failed log-ins with this token from this address; try again in {wait} s"
             )),
         );
     }
-    let token = token.trim();
     let outcome = c
         .svc
         .auth
@@ -262,16 +434,17 @@ pub(super) async fn login(
     let user = match outcome {
         Ok(Principal::User(u)) => u,
         Ok(_) => {
-            c.svc.console.failed(addr);
+            c.svc.console.failed(addr, &target);
             return pages::login(
                 StatusCode::FORBIDDEN,
                 Some(
-                    "the console is for users: log in with a user token (neuro admin token issue USER)",
+                    "the console is for users: log in with a user token (the operator makes \
+                     one with: neuro admin token add USER)",
                 ),
             );
         }
         Err(e) => {
-            c.svc.console.failed(addr);
+            c.svc.console.failed(addr, &target);
             let status = e.status();
             return pages::login(status, Some(&format!("log-in refused: {e}")));
         }
@@ -334,11 +507,10 @@ pub(super) struct LogoutForm {
 /// `POST /logout`: the session's record is deleted, so the cookie opens nothing any more.
 pub(super) async fn logout(
     State(c): State<Console>,
-    peer: Option<Extension<Peer>>,
     h: HeaderMap,
     Form(form): Form<LogoutForm>,
 ) -> Response {
-    let tls = peer.is_some_and(|Extension(p)| p.tls);
+    let tls = c.svc.tls;
     if let Err(e) = same_origin(&h) {
         return e.into_response();
     }
@@ -372,4 +544,127 @@ pub(super) async fn logout(
     resp.headers_mut()
         .insert(header::SET_COOKIE, cookie("", 0, tls));
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> Option<IpAddr> {
+        Some(s.parse().unwrap())
+    }
+
+    fn fail(l: &LoginLimiter, addr: Option<IpAddr>, target: &str, times: u32) {
+        for _ in 0..times {
+            l.failed(addr, target);
+        }
+    }
+
+    #[test]
+    fn failures_refuse_one_address_for_one_target_only() {
+        let l = LoginLimiter::default();
+        let a = ip("127.0.0.1");
+        // Ten guesses at tokens that do not exist, from a (a shared proxy, say)...
+        fail(&l, a, "", MAX_FAILURES);
+        assert!(l.check(a, "").is_err(), "more guesses from a");
+        // ...refuse no real user's log-in from a.
+        assert_eq!(l.check(a, "alice"), Ok(()));
+        // Ten failures against alice from a refuse alice from a, for the window at most.
+        fail(&l, a, "alice", MAX_FAILURES - 1);
+        assert_eq!(l.check(a, "alice"), Ok(()));
+        l.failed(a, "alice");
+        let wait = l.check(a, "alice").unwrap_err();
+        assert!(wait <= FAILURE_WINDOW.as_secs(), "{wait}");
+        assert_eq!(l.check(ip("127.0.0.2"), "alice"), Ok(()), "another address");
+        assert_eq!(l.check(a, "bob"), Ok(()), "another user");
+        // An IPv6 client is one client across its /64.
+        fail(&l, ip("2001:db8::1"), "bob", MAX_FAILURES);
+        assert!(l.check(ip("2001:db8::ffff"), "bob").is_err());
+        assert_eq!(l.check(ip("2001:db8:0:1::1"), "bob"), Ok(()));
+    }
+
+    #[test]
+    fn a_guesser_rotating_addresses_is_stopped_per_user() {
+        let l = LoginLimiter::default();
+        for i in 0..MAX_USER_FAILURES {
+            let addr = ip(&format!("127.0.{}.{}", i / 200, i % 200 + 1));
+            assert_eq!(l.check(addr, "alice"), Ok(()), "try {i}");
+            l.failed(addr, "alice");
+        }
+        assert!(l.check(ip("127.9.9.9"), "alice").is_err());
+        assert_eq!(l.check(ip("127.9.9.9"), "bob"), Ok(()));
+        // Tokens that name nobody are not pooled across addresses: nobody to protect.
+        for i in 0..MAX_USER_FAILURES {
+            l.failed(ip(&format!("10.0.{}.{}", i / 200, i % 200 + 1)), "");
+        }
+        assert_eq!(l.check(ip("10.9.9.9"), ""), Ok(()));
+    }
+
+    #[test]
+    fn windows_end_and_a_full_table_drops_the_oldest() {
+        let l = LoginLimiter::default();
+        let a = ip("192.0.2.1");
+        fail(&l, a, "alice", MAX_FAILURES);
+        assert!(l.check(a, "alice").is_err());
+        // The window opened longer ago than FAILURE_WINDOW: it is over.
+        {
+            let mut w = l.windows.lock().unwrap();
+            let long_ago = Instant::now()
+                .checked_sub(FAILURE_WINDOW + Duration::from_secs(1))
+                .unwrap();
+            for (_, since) in w.open.values_mut() {
+                *since = long_ago;
+            }
+            for (t, _) in w.order.iter_mut() {
+                *t = long_ago;
+            }
+        }
+        assert_eq!(l.check(a, "alice"), Ok(()));
+        l.failed(a, "alice");
+        assert_eq!(l.windows(), 2, "the old windows went, the new ones stay");
+        // Fill the table with other clients: it stays bounded, and a newcomer is still
+        // counted (the oldest window makes room).
+        for i in 0..MAX_WINDOWS as u32 {
+            let b = i.to_be_bytes();
+            l.failed(ip(&format!("10.{}.{}.{}", b[1], b[2], b[3])), "");
+        }
+        assert_eq!(l.windows(), MAX_WINDOWS);
+        let newcomer = ip("198.51.100.7");
+        fail(&l, newcomer, "", MAX_FAILURES);
+        assert!(l.check(newcomer, "").is_err(), "a newcomer is limited");
+        assert_eq!(l.windows(), MAX_WINDOWS);
+        assert_eq!(l.check(a, "alice"), Ok(()), "the oldest window made room");
+    }
+
+    #[test]
+    fn a_request_with_two_session_cookies_is_refused() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("neuro_session=a.x"),
+        );
+        assert_eq!(cookie_id(&h, false).unwrap(), Some("a.x"));
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("other=1; neuro_session=b.y"),
+        );
+        assert!(cookie_id(&h, false).is_err());
+        assert!(has_duplicate_cookies(&h, false));
+        // Over TLS only the __Host- cookie counts: a planted plain one is never used.
+        assert_eq!(cookie_id(&h, true).unwrap(), None);
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("neuro_session=b.y; __Host-neuro_session=a.x"),
+        );
+        assert_eq!(cookie_id(&h, true).unwrap(), Some("a.x"));
+        let cleared: Vec<HeaderValue> = clear_cookies(true).collect();
+        assert_eq!(cleared.len(), COOKIE_PATHS.len());
+        assert!(
+            cleared
+                .iter()
+                .all(|v| v.to_str().unwrap().starts_with("__Host-neuro_session=;")),
+            "{cleared:?}"
+        );
+    }
 }

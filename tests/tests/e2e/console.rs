@@ -290,8 +290,8 @@ fn leaks(alice: &str, bob: &str, job: &str) -> Vec<(&'static str, Vec<u8>)> {
 #[test]
 fn console_sessions_headers_and_login_limit() {
     let srv = Server::start();
-    let t = srv.add_users(&["alice"]);
-    let alice = &t[0];
+    let t = srv.add_users(&["alice", "bob"]);
+    let (alice, bob) = (&t[0], &t[1]);
     let origin = srv.url.clone();
 
     let r = login(&srv, alice);
@@ -380,15 +380,29 @@ fn console_sessions_headers_and_login_limit() {
     assert_eq!(r.status, 403, "{}", r.body);
     assert!(r.body.contains("role=\"alert\""));
 
-    // Failed log-ins from one address (the operator's above was one): MAX_FAILURES, then
-    // even the right token waits.
-    for i in 0..9 {
+    // Failed log-ins: tokens that name nobody, from this address, refuse no real user here.
+    for i in 0..12 {
         let r = login(&srv, &format!("nst.0123456789abcdef.wrong{i}"));
+        let want = if i < 10 { 401 } else { 429 };
+        assert_eq!(r.status, want, "attempt {i}: {}", r.body);
+    }
+    let r = login(&srv, alice);
+    assert_eq!(
+        r.status, 303,
+        "failures against nobody refused alice: {}",
+        r.body
+    );
+    // Ten failures against alice's token id from this address: then alice waits here (for
+    // the window at most), while bob's correct token from the same address goes in.
+    for i in 0..10 {
+        let r = login(&srv, &format!("nst.{alice_id}.wrong{i}"));
         assert_eq!(r.status, 401, "attempt {i}: {}", r.body);
     }
     let r = login(&srv, alice);
     assert_eq!(r.status, 429, "{}", r.body);
     assert!(r.body.contains("too many failed log-ins"), "{}", r.body);
+    let r = login(&srv, bob);
+    assert_eq!(r.status, 303, "alice's failures refused bob: {}", r.body);
     assert_eq!(
         srv.get(alice, "/api/v1/whoami").status,
         200,
@@ -487,8 +501,142 @@ fn console_cookie_is_secure_over_https() {
         .lines()
         .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
         .unwrap_or_else(|| panic!("no cookie: {text}"));
-    for attr in ["HttpOnly", "SameSite=Strict", "; Secure"] {
+    for attr in [
+        "set-cookie: __Host-neuro_session=alice.",
+        "Path=/;",
+        "HttpOnly",
+        "SameSite=Strict",
+        "; Secure",
+    ] {
         assert!(set.contains(attr), "{set}");
+    }
+    assert!(!set.contains("Domain"), "{set}");
+    // The __Host- cookie opens the session; a plain one (which a page of another port over
+    // plain HTTP could plant) is never used.
+    let id = set
+        .split_once('=')
+        .unwrap()
+        .1
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let page = |cookie: String| https(&srv.addr, "GET", "/secrets", &[("Cookie", &cookie)], "");
+    let ok = page(format!("__Host-neuro_session={id}"));
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    let planted = page(format!("neuro_session={id}"));
+    assert!(planted.starts_with("HTTP/1.1 303"), "{planted}");
+}
+
+/// A page on another port of this host can set a cookie for it (cookies know no ports): bob
+/// plants his session cookie in alice's browser on a deeper path, so her browser sends both.
+/// The console refuses such a request (it would otherwise be whichever came first: bob's),
+/// stores nothing, expires the cookies at every console path, and every page says who is
+/// logged in.
+#[test]
+fn a_planted_second_session_cookie_is_refused() {
+    let srv = Server::start();
+    let t = srv.add_users(&["alice", "bob"]);
+    let alice = cookie_of(&login(&srv, &t[0]));
+    let bob = cookie_of(&login(&srv, &t[1]));
+    let page = raw(&srv.addr, "GET", "/secrets", &[("Cookie", &alice)], b"");
+    assert!(
+        page.body
+            .contains("<strong id=\"user-name\">alice</strong>"),
+        "{}",
+        page.body
+    );
+    // The browser sends the more specific path's cookie first: bob's.
+    let both = format!("{bob}; {alice}");
+    let r = raw(&srv.addr, "GET", "/secrets", &[("Cookie", &both)], b"");
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.body.contains("more than one session cookie"),
+        "{}",
+        r.body
+    );
+    assert!(!r.body.contains("bob"), "bob's page: {}", r.body);
+    let cleared: Vec<&str> = r
+        .head
+        .lines()
+        .filter(|l| {
+            l.to_ascii_lowercase()
+                .starts_with("set-cookie: neuro_session=;")
+        })
+        .collect();
+    for path in ["Path=/;", "Path=/secrets;", "Path=/console/secrets;"] {
+        assert!(
+            cleared.iter().any(|c| c.contains(path)),
+            "{path} not cleared: {cleared:?}"
+        );
+    }
+    // A value added with both cookies is stored for nobody.
+    let csrf = {
+        let p = raw(&srv.addr, "GET", "/secrets", &[("Cookie", &bob)], b"");
+        let at = p.body.find("data-csrf=\"").expect("the page's CSRF token") + 11;
+        p.body[at..at + 43].to_owned()
+    };
+    let origin = srv.url.clone();
+    let r = raw(
+        &srv.addr,
+        "POST",
+        "/console/secrets",
+        &[
+            ("Cookie", &both),
+            ("Origin", &origin),
+            ("X-CSRF-Token", &csrf),
+            ("Content-Type", "application/json"),
+        ],
+        format!(
+            r#"{{"key":"planted","value":"{}"}}"#,
+            crate::harness::b64("alice's")
+        )
+        .as_bytes(),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(value_of(&srv, &t[1], "bob", "planted"), None);
+    assert_eq!(value_of(&srv, &t[0], "alice", "planted"), None);
+}
+
+/// Behind a proxy named with --trusted-proxy, log-in failures count by the address in its
+/// X-Forwarded-For; from anyone else that header is ignored.
+#[test]
+fn login_failures_count_by_forwarded_address_only_behind_a_trusted_proxy() {
+    for trusted in [true, false] {
+        let extra: &[&str] = if trusted {
+            &["--trusted-proxy", "127.0.0.0/8"]
+        } else {
+            &[]
+        };
+        let srv = Server::start_with(extra);
+        let t = srv.add_users(&["alice"]);
+        let id = t[0].split('.').nth(1).unwrap();
+        let origin = srv.url.clone();
+        let login_from = |client: &str, token: &str| {
+            let form = format!("token={}", token.replace('.', "%2E"));
+            raw(
+                &srv.addr,
+                "POST",
+                "/login",
+                &[
+                    ("Origin", &origin),
+                    ("Content-Type", "application/x-www-form-urlencoded"),
+                    ("X-Forwarded-For", client),
+                ],
+                form.as_bytes(),
+            )
+            .status
+        };
+        for i in 0..10 {
+            assert_eq!(
+                login_from("203.0.113.9", &format!("nst.{id}.wrong{i}")),
+                401
+            );
+        }
+        assert_eq!(login_from("203.0.113.9", &t[0]), 429, "trusted {trusted}");
+        let other = login_from("198.51.100.1", &t[0]);
+        let want = if trusted { 303 } else { 429 };
+        assert_eq!(other, want, "another forwarded client, trusted {trusted}");
     }
 }
 

@@ -545,15 +545,18 @@ fn slow_reader(addr: &str) -> std::net::TcpStream {
 #[test]
 fn answers_read_slowly_stay_in_flight() {
     use std::io::{Read as _, Write as _};
-    // A cap of 24 connections: one token may have 6 requests in flight.
-    let srv = Server::start_with(&["--cluster", "neuro-compute", "--max-connections", "24"]);
+    // A cap of 16 connections: one token may have 4 requests in flight.
+    let srv = Server::start_with(&["--cluster", "neuro-compute", "--max-connections", "16"]);
     let t = srv.add_users(&["alice"]);
     let alice = t[0].clone();
-    let uris: Vec<String> = (0..8)
+    let uris: Vec<String> = (0..6)
         .map(|i| {
             srv.put(
                 &alice,
                 &format!("big{i}"),
+                // 6 MiB a resolve: four answers (8 MB each, too big for the socket buffers)
+                // stay within the user's share of the answer budget (a quarter), so the
+                // token's own limit is what refuses.
                 &vec![b'a' + i as u8; 1024 * 1024],
             );
             format!("\"secret:big{i}\"")
@@ -575,14 +578,14 @@ fn answers_read_slowly_stay_in_flight() {
     std::thread::sleep(Duration::from_secs(2));
     let mut statuses = Vec::new();
     for s in &mut conns {
-        // A debug build takes a while to encode six 11 MB answers on two cores.
+        // A debug build takes a while to encode four 8 MB answers on two cores.
         s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
         let mut b = [0u8; 12];
         s.read_exact(&mut b).unwrap();
         statuses.push(String::from_utf8_lossy(&b[9..12]).into_owned());
     }
     let answered = statuses.iter().filter(|s| *s == "200").count();
-    assert!(answered <= 6, "{statuses:?}");
+    assert!(answered <= 4, "{statuses:?}");
     assert!(statuses.iter().any(|s| s == "429"), "{statuses:?}");
     // While those answers wait, the token's other requests wait too.
     let r = srv.get(&alice, "/api/v1/whoami");
@@ -607,4 +610,65 @@ fn answers_read_slowly_stay_in_flight() {
         std::thread::sleep(Duration::from_millis(50));
     }
     eprintln!("places released {:?} after the clients left", t0.elapsed());
+}
+
+/// One user (with its jobs) reading big values slowly holds only a quarter of the memory for
+/// answers being sent: seven resolves of 16 × 1 MiB, read slowly, used to take the whole
+/// 256 MiB, and every other user's reads failed with 503 meanwhile. Now the second is refused
+/// with 429 (its share is full) and another user reads as ever.
+#[test]
+fn one_user_reading_slowly_holds_only_a_share_of_the_answer_budget() {
+    use std::io::{Read as _, Write as _};
+    let srv = Server::start();
+    let t = srv.add_users(&["mallory", "bob"]);
+    let (mallory, bob) = (&t[0], &t[1]);
+    srv.put(bob, "small", b"8 bytes!");
+    let uris: Vec<String> = (0..16)
+        .map(|i| {
+            srv.put(
+                mallory,
+                &format!("big{i}"),
+                &vec![b'a' + i as u8; 1024 * 1024],
+            );
+            format!("\"secret:big{i}\"")
+        })
+        .collect();
+    let body = format!(r#"{{"uris":[{}]}}"#, uris.join(","));
+    let request = format!(
+        "POST /api/v1/secrets/resolve HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {mallory}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut conns: Vec<std::net::TcpStream> = Vec::new();
+    let mut statuses = Vec::new();
+    for _ in 0..7 {
+        let mut s = slow_reader(&srv.addr);
+        s.write_all(request.as_bytes()).unwrap();
+        // A debug build takes a while to encode a 22 MB answer.
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let mut b = [0u8; 12];
+        s.read_exact(&mut b).unwrap();
+        statuses.push(String::from_utf8_lossy(&b[9..12]).into_owned());
+        conns.push(s);
+    }
+    eprintln!("mallory's slow resolves: {statuses:?}");
+    assert_eq!(
+        statuses.iter().filter(|s| *s == "200").count(),
+        1,
+        "{statuses:?}"
+    );
+    assert!(statuses[1..].iter().all(|s| s == "429"), "{statuses:?}");
+    let mut refused = slow_reader(&srv.addr);
+    refused.write_all(request.as_bytes()).unwrap();
+    refused
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut answer = String::new();
+    let _ = refused.read_to_string(&mut answer);
+    assert!(answer.contains("its share"), "{answer}");
+    for i in 0..45 {
+        let r = srv.get(bob, "/api/v1/secrets/bob/small");
+        assert_eq!(r.status, 200, "bob's read {i}: {}", r.body);
+    }
+    drop(conns);
 }

@@ -748,3 +748,95 @@ fn a_token_trickling_bodies_cannot_hold_every_connection() {
     eprintln!("{refused} of 80 refused with 429, {held} held; worst ping {worst:?}");
     assert!(worst < Duration::from_secs(2), "{worst:?}");
 }
+
+/// Nobody without a token can hold the connections: 16 sockets (the whole cap) each send a
+/// console form's head and then one body byte every 2 s (never silent for the idle timeout).
+/// Requests without a token have their own budget (a quarter of the cap, a quarter of that
+/// per address), so ping and a user's request keep being answered; and a body that has not
+/// arrived after 30 s gets 408 on the console's routes as on the API's.
+#[test]
+fn nobody_without_a_token_holds_every_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let srv = Secretd::start(
+        &[],
+        &data,
+        &["--max-connections", "16"],
+        dir.path().join("stderr"),
+    );
+    let alice = srv.add_user(&data, "alice");
+    let mut conns: Vec<(TcpStream, Option<String>)> = ["/console/secrets", "/login", "/logout"]
+        .iter()
+        .cycle()
+        .take(16)
+        .map(|path| {
+            let mut s = TcpStream::connect(&srv.addr).unwrap();
+            let head = format!(
+                "POST {path} HTTP/1.1\r\nHost: {}\r\nOrigin: http://{}\r\n\
+                 Content-Type: application/x-www-form-urlencoded\r\n\
+                 Content-Length: 100000\r\n\r\nt",
+                srv.addr, srv.addr
+            );
+            s.write_all(head.as_bytes()).unwrap();
+            s.set_nonblocking(true).unwrap();
+            (s, None)
+        })
+        .collect();
+    // Reads whatever each socket got: the status line of its answer, once.
+    let poll = |conns: &mut Vec<(TcpStream, Option<String>)>| {
+        for (s, got) in conns.iter_mut().filter(|(_, g)| g.is_none()) {
+            let mut b = [0u8; 512];
+            match s.read(&mut b) {
+                Ok(0) => *got = Some("closed".into()),
+                Ok(n) => {
+                    let text = String::from_utf8_lossy(&b[..n]).into_owned();
+                    *got = Some(text.lines().next().unwrap_or("").to_owned());
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => *got = Some("reset".into()),
+            }
+        }
+    };
+    let t0 = Instant::now();
+    let mut worst = Duration::ZERO;
+    let mut last_byte = Instant::now();
+    while t0.elapsed() < Duration::from_secs(36) {
+        if last_byte.elapsed() >= Duration::from_secs(2) {
+            for (s, got) in conns.iter_mut() {
+                if got.is_none() {
+                    let _ = s.write_all(b"a");
+                }
+            }
+            last_byte = Instant::now();
+        }
+        poll(&mut conns);
+        if t0.elapsed() < Duration::from_secs(10) {
+            let (st, took) = ping(&srv.addr);
+            assert_eq!(st, 200);
+            worst = worst.max(took);
+            let r = http(&srv.addr, "GET", "/api/v1/secrets", Some(&alice), None).unwrap();
+            assert_eq!(r.status, 200, "{}", r.body);
+        }
+        if conns.iter().all(|(_, g)| g.is_some()) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let got: Vec<String> = conns
+        .iter()
+        .map(|(_, g)| g.clone().unwrap_or_else(|| "still trickling".into()))
+        .collect();
+    eprintln!(
+        "worst ping {worst:?}; answers {got:?} after {:?}",
+        t0.elapsed()
+    );
+    assert!(worst < Duration::from_secs(2), "{worst:?}");
+    let timed_out = got.iter().filter(|g| g.starts_with("HTTP/1.1 408")).count();
+    assert!(timed_out >= 1, "no body timed out with 408: {got:?}");
+    assert!(
+        got.iter().all(|g| g != "still trickling"),
+        "a trickling body outlived the body deadline: {got:?}"
+    );
+    let refused = got.iter().filter(|g| g.starts_with("HTTP/1.1 429")).count();
+    assert!(refused >= 12, "{refused} of 16 refused with 429: {got:?}");
+}
