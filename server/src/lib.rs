@@ -343,6 +343,33 @@ pub async fn open_store(
 
 /// The key check value's name in the store's settings.
 const KEY_CHECK: &str = "master-key-check";
+/// The name of the cluster the store serves, beside the key check value: every grant and job
+/// names secrets by URIs with it, so replicas with different `--cluster` names on one store
+/// would each refuse to revoke the other's grants.
+const CLUSTER_NAME: &str = "cluster-name";
+
+/// Stores `cluster` as the store's cluster name on its first start (or the first start since
+/// the name was kept), and refuses a start with another name before anything is written.
+async fn check_cluster(store: &dyn store::Store, cluster: &ClusterName) -> anyhow::Result<()> {
+    use store::Table;
+    let ours = cluster.as_str().as_bytes();
+    let mut stored = store.get(Table::Meta, CLUSTER_NAME).await?;
+    if stored.is_none() && !store.insert_new(Table::Meta, CLUSTER_NAME, ours).await? {
+        // Another replica stored its name first: read it once this replica has caught up.
+        store.sync().await?;
+        stored = store.get(Table::Meta, CLUSTER_NAME).await?;
+    }
+    match stored {
+        Some(v) if v != ours => bail!(
+            "this store serves cluster '{}', but this secretd was started with --cluster '{}': \
+             every replica of one store needs the same --cluster (the name is part of every \
+             secret URI its grants and jobs hold); nothing was written",
+            String::from_utf8_lossy(&v),
+            cluster
+        ),
+        _ => Ok(()),
+    }
+}
 
 /// Loads the master key (creating it for a new store) and checks it against the store's key
 /// check value, which the first start stores. A key that does not match stops the start before
@@ -420,6 +447,12 @@ pub async fn open_service_on(
         .with_context(|| format!("creating data directory '{}'", data_dir.display()))?;
     let key_path = master_key_path.unwrap_or_else(|| data_dir.join("master.key"));
     let (keys, created) = master_key(store.as_ref(), &key_path).await?;
+    if let Err(e) = check_cluster(store.as_ref(), &cluster).await {
+        if created {
+            let _ = std::fs::remove_file(&key_path);
+        }
+        return Err(e);
+    }
     let shared = store.changes().is_some();
     let admin_path = data_dir.join("admin.token");
     if admin_path.exists() {
@@ -524,6 +557,46 @@ fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     sock.listen(1024)
 }
 
+/// Refuses a `migrate` target directory (or the store file in it) that another user could
+/// read or change: one that is a symbolic link, owned by another user, or writable by group or
+/// others. What is missing is created 0700 (the directory) and 0600 (the store) by `open_store`.
+fn check_own_target(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    let me = nix::unistd::geteuid().as_raw();
+    let check = |path: &Path, what: &str| -> anyhow::Result<()> {
+        let meta = match std::fs::symlink_metadata(path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e).with_context(|| format!("reading '{}'", path.display())),
+        };
+        if meta.file_type().is_symlink() {
+            bail!(
+                "the target {what} '{}' is a symbolic link; name the real one",
+                path.display()
+            );
+        }
+        if meta.uid() != me {
+            bail!(
+                "the target {what} '{}' belongs to uid {}, not to this user (uid {me}): another \
+                 user could read or change the copy; migrate into a directory of your own",
+                path.display(),
+                meta.uid()
+            );
+        }
+        if meta.mode() & 0o022 != 0 {
+            bail!(
+                "the target {what} '{}' has mode {:o}: group or others may write to it; \
+                 chmod go-w it, or migrate into a new directory",
+                path.display(),
+                meta.mode() & 0o7777
+            );
+        }
+        Ok(())
+    };
+    check(dir, "directory")?;
+    check(&dir.join("secrets.redb"), "store")
+}
+
 /// Copies every record of `--from` into `--to`, then compares counts and checksums.
 pub async fn migrate(m: MigrateArgs) -> anyhow::Result<ExitCode> {
     // Opening a directory creates a store in it: a mistyped source would "copy" nothing.
@@ -534,6 +607,9 @@ pub async fn migrate(m: MigrateArgs) -> anyhow::Result<ExitCode> {
             "there is no store in '{}' (no secrets.redb): nothing to migrate from",
             d.display()
         );
+    }
+    if let Location::Dir(d) = &m.to {
+        check_own_target(d)?;
     }
     let from = m.from.open(&m.etcd).await?;
     let to = m.to.open(&m.etcd).await?;

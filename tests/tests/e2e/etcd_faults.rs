@@ -574,3 +574,119 @@ fn a_replica_cut_off_from_etcd_stops_honouring_a_grant_revoked_elsewhere_after_m
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// Replicas of one store must share one --cluster name: it is part of every URI the store's
+/// grants and jobs hold, and a replica under another name could neither see nor revoke them.
+/// The first start keeps the name beside the key check value; a replica with another name
+/// stops before writing anything and names both. (Embedded stores keep theirs too.)
+#[test]
+fn a_replica_with_another_cluster_name_is_refused() {
+    let etcd = EtcdCluster::start(1);
+    let url = etcd.url("names");
+    let a = start(&url, None);
+    let alice = a.add_users(&["alice"]).remove(0);
+    a.put(&alice, "k", b"v");
+    let before = etcd.etcdctl(&["get", "--prefix", "/names/", "--keys-only"]);
+    let dir = tempfile::tempdir().unwrap();
+    let key = a.data_dir().join("master.key");
+    let (code, err) = crate::harness::secretd_start_fails(
+        &dir.path().join("b"),
+        &[
+            "--cluster",
+            "other",
+            "--store",
+            &url,
+            "--master-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 1, "{err}");
+    for needle in [
+        "'neuro-compute'",
+        "--cluster 'other'",
+        "nothing was written",
+    ] {
+        assert!(err.contains(needle), "{needle}: {err}");
+    }
+    let after = etcd.etcdctl(&["get", "--prefix", "/names/", "--keys-only"]);
+    assert_eq!(before.stdout, after.stdout, "the refused replica wrote");
+    // The same name starts.
+    let b = start(&url, Some(&key));
+    assert_eq!(b.get(&alice, "/api/v1/secrets/alice/k").status, 200);
+
+    // An embedded store keeps its name too.
+    let mut e = Server::start_with(&["--store", "embedded"]);
+    let data = e.data_dir();
+    e.stop();
+    let (code, err) = crate::harness::secretd_start_fails(
+        &data,
+        &["--cluster", "renamed", "--store", "embedded"],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("serves cluster 'default'"), "{err}");
+}
+
+/// `migrate` refuses a target another user could read or change: a directory owned by
+/// another user, one writable by others, a store file of another user's, a symbolic link.
+/// What is missing it creates 0700 and 0600.
+#[test]
+fn migrate_refuses_a_target_another_user_can_touch_root() {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    crate::harness::require_root("chown to nobody");
+    let dir = tempfile::tempdir().unwrap();
+    let mut src = Server::start_with(&["--store", "embedded"]);
+    let data = src.data_dir();
+    let alice = src.add_users(&["alice"]).remove(0);
+    src.put(&alice, "k", b"v");
+    src.stop();
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap().uid;
+    let migrate = |to: &std::path::Path| {
+        Command::new(bin("secretd"))
+            .args(["migrate", "--from"])
+            .arg(&data)
+            .arg("--to")
+            .arg(to)
+            .output()
+            .unwrap()
+    };
+    let theirs = dir.path().join("theirs");
+    std::fs::create_dir(&theirs).unwrap();
+    std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o777)).unwrap();
+    nix::unistd::chown(&theirs, Some(nobody), None).unwrap();
+    let open = dir.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let planted = dir.path().join("planted");
+    std::fs::create_dir_all(&planted).unwrap();
+    std::fs::write(planted.join("secrets.redb"), b"").unwrap();
+    nix::unistd::chown(&planted.join("secrets.redb"), Some(nobody), None).unwrap();
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&theirs, &link).unwrap();
+    for (to, needle) in [
+        (&theirs, "belongs to uid"),
+        (&open, "group or others may write"),
+        (&planted, "belongs to uid"),
+        (&link, "symbolic link"),
+    ] {
+        let out = migrate(to);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{}: {err}", to.display());
+        assert!(err.contains(needle), "{}: {err}", to.display());
+    }
+    assert!(
+        !theirs.join("secrets.redb").exists(),
+        "a copy in nobody's directory"
+    );
+    assert!(!open.join("secrets.redb").exists());
+    // A new directory: created private, and the copy in it too.
+    let fresh = dir.path().join("new/backup");
+    let out = migrate(&fresh);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().mode() & 0o777;
+    assert_eq!(mode(&fresh), 0o700);
+    assert_eq!(mode(&fresh.join("secrets.redb")), 0o600);
+}
