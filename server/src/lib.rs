@@ -43,7 +43,8 @@ pub use api::{AppState, Service, app};
                   mode 0600.\n\nWith --store etcd://HOST:PORT,...[/PREFIX], any number of \
                   replicas share one etcd cluster: each needs the same master key (a copy of \
                   master.key, or --master-key FILE; one that does not match the store's check \
-                  value stops the start before anything is written), the first one creates \
+                  value stops the start before anything is written) and the same --cluster \
+                  (the store keeps the first start's name), the first one creates \
                   the operator token, and `secretd migrate` moves a data directory's store to \
                   etcd and back.",
     after_help = "Connection limits: at most --max-connections (default 4096) client connections \
@@ -59,9 +60,13 @@ pub use api::{AppState, Service, app};
                   exits 0. One token may have at most 64 requests in flight (a \
                   body being read, a watch waiting), one user with its jobs at most a quarter \
                   of the connection cap and at most 1024 (429 beyond); a request body must \
-                  arrive within 30 s (408). A request counts as in flight until its answer \
-                  has been sent; answers waiting for slow readers may hold 256 MiB in all (503 \
-                  beyond).\n\n\
+                  arrive within 30 s (408), on every route, the console's included. Requests \
+                  without a valid token that carry a body (console log-ins and forms) share \
+                  as many places as one user, a quarter of them per client address (429 \
+                  beyond; --trusted-proxy says whose X-Forwarded-For names the client). A \
+                  request counts as in flight until its answer has been sent; answers waiting \
+                  for slow readers may hold 256 MiB in all (503 beyond), one user's with its \
+                  jobs' at most 64 MiB (429 beyond).\n\n\
                   Request limits: a request body of at most 2 MiB (413); a secret value of 1 \
                   byte to 1 MiB (400); a resolve of at most 1000 URIs (400), each distinct URI \
                   read once, and at most 16 MiB (16777216 bytes) of values in one answer \
@@ -817,6 +822,10 @@ mod tests {
             format!("and at most {} (429", crate::admit::PER_USER),
             format!("within {} s (408)", crate::api::BODY_TIMEOUT.as_secs()),
             format!("may hold {} MiB in all", crate::admit::ANSWER_BUDGET >> 20),
+            format!(
+                "jobs' at most {} MiB (429",
+                crate::admit::ANSWER_SHARE >> 20
+            ),
             format!("lives at most {} days", crate::api::MAX_JOB_TTL_S / 86400),
         ] {
             assert!(help.contains(&needle), "--help lacks '{needle}':\n{help}");
