@@ -15,7 +15,7 @@ pub mod tls;
 #[allow(unsafe_code)]
 mod sys;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStringExt as _;
 use std::os::unix::process::CommandExt as _;
@@ -245,13 +245,24 @@ fn jitter() -> f64 {
 }
 
 /// Resolves every mapping in one request, retrying transient failures within `deadline`.
+/// Results are matched to mappings by the URI they answer, never by their place; an answer
+/// without exactly one result per URI asked is refused as a whole.
 pub fn resolve(
     transport: &http::Service,
     maps: &[EnvMapping],
     deadline: Instant,
     verbose: bool,
 ) -> Result<Vec<Resolved>, Vec<Failure>> {
-    let uris: Vec<String> = maps.iter().map(|m| m.secret.to_string()).collect();
+    // Each URI once, however many mappings name it: the service answers once per URI asked,
+    // and every result must be one URI's only answer.
+    let mut uris: Vec<String> = Vec::with_capacity(maps.len());
+    let mut asked = HashSet::with_capacity(maps.len());
+    for m in maps {
+        let uri = m.secret.to_string();
+        if asked.insert(uri.clone()) {
+            uris.push(uri);
+        }
+    }
     let mut backoff = Duration::from_millis(100);
     let mut attempt = 0u32;
     let resp = loop {
@@ -295,20 +306,40 @@ pub fn resolve(
             }
         }
     };
+    let results = by_uri(&uris, resp.results).map_err(|(uri, detail)| {
+        vec![Failure {
+            var: None,
+            uri,
+            class: ExitClass::Unavailable,
+            detail: ClientError::Protocol {
+                url: transport.base_url().to_owned(),
+                detail: detail.into(),
+            }
+            .to_string(),
+        }]
+    })?;
     let mut out = Vec::new();
     let mut errs = Vec::new();
-    for (m, r) in maps.iter().zip(resp.results) {
-        let uri = r
-            .resolved_uri
-            .clone()
-            .unwrap_or_else(|| m.secret.to_string());
+    for m in maps {
+        let asked = m.secret.to_string();
+        let Some(r) = results.get(&asked) else {
+            // `by_uri` holds a result for every URI asked; were one missing, fail closed.
+            errs.push(Failure {
+                var: Some(m.name.to_string()),
+                uri: Some(asked),
+                class: ExitClass::Unavailable,
+                detail: "the service sent no result".into(),
+            });
+            continue;
+        };
+        let uri = r.resolved_uri.clone().unwrap_or(asked);
         let fail = |class, detail: String| Failure {
             var: Some(m.name.to_string()),
             uri: Some(uri.clone()),
             class,
             detail,
         };
-        match (r.status, r.value) {
+        match (r.status, &r.value) {
             (ResolveStatus::Ok, Some(v)) => {
                 let entry = m.name.as_str().len() + 1 + v.len() + 1;
                 if v.expose().contains(&0) {
@@ -345,12 +376,37 @@ pub fn resolve(
             )),
             (ResolveStatus::NotFound, _) => errs.push(fail(ExitClass::NotFound, String::new())),
             (ResolveStatus::Forbidden, _) => errs.push(fail(ExitClass::Forbidden, String::new())),
-            (ResolveStatus::Invalid, _) => {
-                errs.push(fail(ExitClass::Invalid, r.error.unwrap_or_default()))
-            }
+            (ResolveStatus::Invalid, _) => errs.push(fail(
+                ExitClass::Invalid,
+                r.error.clone().unwrap_or_default(),
+            )),
         }
     }
     if errs.is_empty() { Ok(out) } else { Err(errs) }
+}
+
+/// The results of an answer by the URI each answers (as asked, as the service echoes it):
+/// exactly one for each URI in `asked` and none for another, or why not (the URI, when it
+/// was asked; a URI not asked is the service's text and is not repeated).
+fn by_uri(
+    asked: &[String],
+    results: Vec<secrets_core::api::Resolved>,
+) -> Result<HashMap<String, secrets_core::api::Resolved>, (Option<String>, &'static str)> {
+    let set: HashSet<&str> = asked.iter().map(String::as_str).collect();
+    let mut by_uri = HashMap::with_capacity(asked.len());
+    for r in results {
+        if !set.contains(r.uri.as_str()) {
+            return Err((None, "a result for a URI that was not asked"));
+        }
+        if by_uri.contains_key(&r.uri) {
+            return Err((Some(r.uri), "more than one result for this URI"));
+        }
+        by_uri.insert(r.uri.clone(), r);
+    }
+    match asked.iter().find(|u| !by_uri.contains_key(*u)) {
+        Some(u) => Err((Some(u.clone()), "no result for this URI")),
+        None => Ok(by_uri),
+    }
 }
 
 /// The job's environment: the inherited one, minus the wrapper's credentials, plus the
