@@ -1,7 +1,8 @@
 //! The real `secret-inject` against a hostile service: a listener on 127.0.0.1 that reads the
 //! request, then answers raw bytes of its choosing (results missing, reordered, repeated or
-//! never asked for). The tests look only at what any HTTP client inside the wrapper must
-//! give: the exit code, stderr, whether the job ran and what it saw.
+//! never asked for; bodies without end). The tests look only at what any HTTP client inside
+//! the wrapper must give: the exit code, stderr, whether the job ran and what it saw, the
+//! time taken and the peak memory.
 
 #![allow(clippy::unwrap_used)]
 
@@ -9,7 +10,7 @@ use std::io::{Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_secret-inject");
 
@@ -22,6 +23,11 @@ const JOB: &str = r#"printf 'ran A=%s B=%s' "${A-unset}" "${B-unset}""#;
 
 /// The `--timeout` of every run.
 const TIMEOUT_SECS: u64 = 10;
+
+/// The peak resident memory allowed to secret-inject on any answer: 64 MiB for the process
+/// itself and its parsing, plus the most raw bytes of an answer it should ever hold (32 MiB,
+/// the wrapper's bound, derived from the service's 16 MiB of values per resolve).
+const PEAK_LIMIT_KIB: u64 = (64 + 32) * 1024;
 
 /// The URIs asked by each request the service received.
 type Asked = Arc<Mutex<Vec<Vec<String>>>>;
@@ -212,4 +218,211 @@ fn two_mappings_of_one_uri_both_get_its_value() {
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
     assert_eq!(text(&o.stdout), "ran A=alpha B=alpha");
     assert_eq!(asked.lock().unwrap().len(), 1, "one request");
+}
+
+/// How a run under [`measure`] ended.
+#[derive(Debug)]
+struct Measured {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+    /// The most of secret-inject's peak resident memory (VmHWM) seen while it ran.
+    peak_kib: u64,
+    elapsed: Duration,
+}
+
+/// secret-inject's VmHWM, or None once it is gone (or a zombie, which has no memory).
+fn vm_hwm_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Runs `cmd` to its end, reading its peak resident memory about every millisecond; kills
+/// it once the peak passes [`PEAK_LIMIT_KIB`] or it outlives its timeout by 10 s.
+fn measure(cmd: &mut Command) -> Measured {
+    let t0 = Instant::now();
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut peak_kib = 0;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if let Some(kib) = vm_hwm_kib(child.id()) {
+            peak_kib = peak_kib.max(kib);
+        }
+        if peak_kib > PEAK_LIMIT_KIB || t0.elapsed() > Duration::from_secs(TIMEOUT_SECS + 10) {
+            let _ = child.kill();
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    let elapsed = t0.elapsed();
+    let (mut stdout, mut stderr) = (String::new(), String::new());
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    Measured {
+        code: status.code(),
+        stdout,
+        stderr,
+        peak_kib,
+        elapsed,
+    }
+}
+
+/// An answer that never ends, `head` then `unit` forever, is refused (69) within the
+/// timeout without the job, and secret-inject's memory stays under [`PEAK_LIMIT_KIB`].
+#[track_caller]
+fn bounded(what: &str, head: &'static [u8], unit: Vec<u8>) {
+    let url = serve(move |c, _| {
+        if c.write_all(head).is_err() {
+            return;
+        }
+        while c.write_all(&unit).is_ok() {}
+    })
+    .0;
+    let m = measure(&mut inject(&url, &["A=secret:a"]));
+    eprintln!(
+        "{what}: peak {} KiB in {:?}, exit {:?}",
+        m.peak_kib, m.elapsed, m.code
+    );
+    assert!(
+        m.peak_kib <= PEAK_LIMIT_KIB,
+        "{what}: peak resident memory {} KiB > {PEAK_LIMIT_KIB} KiB ({m:?})",
+        m.peak_kib
+    );
+    assert!(
+        m.elapsed < Duration::from_secs(TIMEOUT_SECS + 2),
+        "{what}: ran {:?} with --timeout {TIMEOUT_SECS}",
+        m.elapsed
+    );
+    assert_eq!(m.code, Some(69), "{what}: {m:?}");
+    assert_eq!(m.stdout, "", "{what}: the job ran: {m:?}");
+}
+
+#[test]
+fn endless_chunks_with_long_extensions_keep_memory_bounded() {
+    // A chunk of one byte (a space) behind 8000 bytes of extension, forever.
+    let mut unit = b"1;".to_vec();
+    unit.extend(std::iter::repeat_n(b'x', 8000));
+    unit.extend_from_slice(b"\r\n \r\n");
+    bounded(
+        "chunks with 8000-byte extensions",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+        unit,
+    );
+}
+
+#[test]
+fn endless_chunks_keep_memory_bounded() {
+    let mut unit = b"2000\r\n".to_vec();
+    unit.extend(std::iter::repeat_n(b' ', 0x2000));
+    unit.extend_from_slice(b"\r\n");
+    bounded(
+        "8 KiB chunks",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+        unit,
+    );
+}
+
+#[test]
+fn a_huge_content_length_keeps_memory_bounded() {
+    bounded(
+        "Content-Length of 512 MiB",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 536870912\r\n\r\n",
+        vec![0; 64 * 1024],
+    );
+    bounded(
+        "Content-Length of 2^64-1",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 18446744073709551615\r\n\r\n",
+        vec![0; 64 * 1024],
+    );
+}
+
+#[test]
+fn an_endless_body_to_the_close_keeps_memory_bounded() {
+    bounded(
+        "a body to the close",
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n",
+        vec![b' '; 64 * 1024],
+    );
+}
+
+#[test]
+fn an_endless_head_keeps_memory_bounded() {
+    bounded(
+        "header lines",
+        b"HTTP/1.1 200 OK\r\n",
+        b"X-Pad: 0123456789abcdef0123456789abcdef\r\n".to_vec(),
+    );
+    bounded(
+        "one header line",
+        b"HTTP/1.1 200 OK\r\nX: ",
+        vec![b'x'; 8192],
+    );
+}
+
+#[test]
+fn an_endless_chunk_size_line_keeps_memory_bounded() {
+    bounded(
+        "one chunk line",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1;",
+        vec![b'x'; 8192],
+    );
+}
+
+/// The largest answer the service gives: 16 MiB of values (its `MAX_RESOLVE_BYTES`), here
+/// 16 values of 1 MiB (its `MAX_VALUE_LEN`) as base64, sent in 8 KiB chunks and with a
+/// length. It is read whole: each mapping is then refused for its own reason (no
+/// environment entry holds 1 MiB), not the answer for its size.
+#[test]
+fn the_largest_answer_the_service_gives_is_read() {
+    // 1 MiB - 1 bytes of 0x69 0xa6 0x9a: "aaaa" in base64, no NUL.
+    let value = "aaaa".repeat((1024 * 1024 - 1) / 3);
+    let uris: Vec<String> = (0..16).map(|i| format!("secret:k{i}")).collect();
+    let body = results(&uris.iter().map(|u| ok(u, &value)).collect::<Vec<_>>());
+    assert!(body.len() > 21 * 1024 * 1024, "{}", body.len());
+    let mut chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for c in body.as_bytes().chunks(8192) {
+        chunked.extend_from_slice(format!("{:x}\r\n", c.len()).as_bytes());
+        chunked.extend_from_slice(c);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let envs: Vec<String> = (0..16).map(|i| format!("V{i}=secret:k{i}")).collect();
+    let envs: Vec<&str> = envs.iter().map(String::as_str).collect();
+    for (how, answer) in [
+        ("chunked", chunked),
+        ("with a length", http("200 OK", &body)),
+    ] {
+        let url = canned(answer);
+        let m = measure(&mut inject(&url, &envs));
+        eprintln!(
+            "largest answer, {how}: peak {} KiB in {:?}",
+            m.peak_kib, m.elapsed
+        );
+        assert_eq!(m.code, Some(65), "{how}: {m:?}");
+        assert_eq!(m.stdout, "");
+        assert_eq!(m.stderr.lines().count(), 16, "{how}: {}", m.stderr);
+        assert!(
+            m.stderr.lines().all(|l| l.contains("MAX_ARG_STRLEN")),
+            "{how}: {}",
+            m.stderr
+        );
+    }
 }
