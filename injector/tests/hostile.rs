@@ -1,8 +1,8 @@
 //! The real `secret-inject` against a hostile service: a listener on 127.0.0.1 that reads the
 //! request, then answers raw bytes of its choosing (results missing, reordered, repeated or
-//! never asked for; bodies without end). The tests look only at what any HTTP client inside
-//! the wrapper must give: the exit code, stderr, whether the job ran and what it saw, the
-//! time taken and the peak memory.
+//! never asked for; bodies without end; control characters in its error text). The tests
+//! look only at what any HTTP client inside the wrapper must give: the exit code, stderr,
+//! whether the job ran and what it saw, the time taken and the peak memory.
 
 #![allow(clippy::unwrap_used)]
 
@@ -218,6 +218,35 @@ fn two_mappings_of_one_uri_both_get_its_value() {
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
     assert_eq!(text(&o.stdout), "ran A=alpha B=alpha");
     assert_eq!(asked.lock().unwrap().len(), 1, "one request");
+}
+
+#[test]
+fn the_services_error_text_reaches_stderr_with_control_characters_escaped() {
+    // In the error of a refused request, and in a result's.
+    for (answer, code) in [
+        (
+            http(
+                "403 Forbidden",
+                r#"{"error":"\u001b[31mdenied\nsecret-inject: ERROR: forged line\r\u0007"}"#,
+            ),
+            77,
+        ),
+        (
+            http(
+                "200 OK",
+                r#"{"results":[{"uri":"secret:a","status":"invalid","error":"\u001b[31mbad\nsecret-inject: ERROR: forged line\u009b"}]}"#,
+            ),
+            65,
+        ),
+    ] {
+        let url = canned(answer);
+        let o = inject(&url, &["A=secret:a"]).output().unwrap();
+        failed_closed(&o, code);
+        let err = text(&o.stderr);
+        assert!(!o.stderr.contains(&0x1b), "a raw ESC on stderr: {err:?}");
+        assert_eq!(err.lines().count(), 1, "{err:?}");
+        assert!(err.contains("forged line"), "the text is kept: {err:?}");
+    }
 }
 
 /// How a run under [`measure`] ended.
