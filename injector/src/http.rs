@@ -394,11 +394,15 @@ impl Service {
                 });
             }
             if let Some(end) = find(&buf[scanned..], b"\r\n\r\n").map(|i| scanned + i) {
-                let (status, framing) =
-                    parse_head(&buf[..end]).ok_or_else(|| ClientError::Incompatible {
+                let (status, framing) = parse_head(&buf[..end]).map_err(|e| match e {
+                    BadHead::Malformed => ClientError::Incompatible {
                         url: self.base.clone(),
                         detail: not_http("a malformed HTTP head"),
-                    })?;
+                    },
+                    BadHead::Framing(why) => {
+                        self.protocol(&format!("the length of the answer is ambiguous: {why}"))
+                    }
+                })?;
                 buf.drain(..end + 4);
                 break (status, framing);
             }
@@ -495,36 +499,75 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
+/// Why a head is refused.
+#[derive(Debug, PartialEq, Eq)]
+enum BadHead {
+    /// It is not an HTTP/1.x response head.
+    Malformed,
+    /// It is one, but where its body ends cannot be told for sure.
+    Framing(&'static str),
+}
+
 /// The status and the framing of a head (without its final empty line).
-fn parse_head(head: &[u8]) -> Option<(u16, Framing)> {
-    let head = std::str::from_utf8(head).ok()?;
+///
+/// The framing follows RFC 9112 section 6.3, refusing what it lets a recipient refuse:
+/// - `Content-Length` values (repeated fields, or a comma list in one) must all be equal
+///   (rule 5: differing ones are an unrecoverable error);
+/// - `Transfer-Encoding` beside a `Content-Length` is refused too. Rule 3 says the former
+///   wins and such a message "ought to be handled as an error", and a sender "MUST NOT"
+///   send both (section 6.2). secretd never does; one that does is broken, or something on
+///   the way rewrote the framing, and then which bytes are the service's answer is a guess.
+///   A wrapper that puts secrets into a job does not start it on a guess: refusing costs
+///   one failed start against a service that breaks the protocol, guessing could cost the
+///   job values that are not its own.
+fn parse_head(head: &[u8]) -> Result<(u16, Framing), BadHead> {
+    let head = std::str::from_utf8(head).map_err(|_| BadHead::Malformed)?;
     let mut lines = head.split("\r\n");
-    let status_line = lines.next()?;
+    let status_line = lines.next().ok_or(BadHead::Malformed)?;
     let mut parts = status_line.splitn(3, ' ');
-    let version = parts.next()?;
+    let version = parts.next().ok_or(BadHead::Malformed)?;
     if version != "HTTP/1.1" && version != "HTTP/1.0" {
-        return None;
+        return Err(BadHead::Malformed);
     }
-    let code = parts.next()?;
+    let code = parts.next().ok_or(BadHead::Malformed)?;
     if code.len() != 3 || !code.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
+        return Err(BadHead::Malformed);
     }
-    let status: u16 = code.parse().ok()?;
-    let mut framing = Framing::Close;
+    let status: u16 = code.parse().map_err(|_| BadHead::Malformed)?;
+    let mut chunked = false;
+    let mut length: Option<u64> = None;
     for line in lines {
-        let (name, value) = line.split_once(':')?;
+        let (name, value) = line.split_once(':').ok_or(BadHead::Malformed)?;
         let value = value.trim();
         if name.eq_ignore_ascii_case("transfer-encoding") {
-            if value.eq_ignore_ascii_case("chunked") {
-                framing = Framing::Chunked;
-            } else {
-                return None;
+            if !value.eq_ignore_ascii_case("chunked") {
+                return Err(BadHead::Malformed);
             }
-        } else if name.eq_ignore_ascii_case("content-length") && framing != Framing::Chunked {
-            framing = Framing::Length(value.parse().ok()?);
+            if chunked {
+                return Err(BadHead::Framing("chunked twice"));
+            }
+            chunked = true;
+        } else if name.eq_ignore_ascii_case("content-length") {
+            for v in value.split(',').map(str::trim) {
+                if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(BadHead::Malformed);
+                }
+                let v: u64 = v.parse().map_err(|_| BadHead::Malformed)?;
+                if length.is_some_and(|l| l != v) {
+                    return Err(BadHead::Framing("differing Content-Length values"));
+                }
+                length = Some(v);
+            }
         }
     }
-    Some((status, framing))
+    match (chunked, length) {
+        (true, Some(_)) => Err(BadHead::Framing(
+            "both Transfer-Encoding and Content-Length",
+        )),
+        (true, None) => Ok((status, Framing::Chunked)),
+        (false, Some(len)) => Ok((status, Framing::Length(len))),
+        (false, None) => Ok((status, Framing::Close)),
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -640,24 +683,50 @@ mod tests {
     fn heads_and_chunks() {
         assert_eq!(
             parse_head(b"HTTP/1.1 200 OK\r\ncontent-length: 12\r\nx: y"),
-            Some((200, Framing::Length(12)))
+            Ok((200, Framing::Length(12)))
         );
         assert_eq!(
-            parse_head(b"HTTP/1.1 503 X\r\nTransfer-Encoding: chunked\r\nContent-Length: 3"),
-            Some((503, Framing::Chunked))
+            parse_head(b"HTTP/1.1 503 X\r\nTransfer-Encoding: chunked"),
+            Ok((503, Framing::Chunked))
         );
-        assert_eq!(
-            parse_head(b"HTTP/1.0 404 Nope"),
-            Some((404, Framing::Close))
-        );
+        assert_eq!(parse_head(b"HTTP/1.0 404 Nope"), Ok((404, Framing::Close)));
+        // One length said several times is that length (RFC 9112 section 6.3, rule 5).
+        for same in [
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\nContent-Length: 12"[..],
+            b"HTTP/1.1 200 OK\r\nContent-Length: 12, 12",
+        ] {
+            assert_eq!(parse_head(same), Ok((200, Framing::Length(12))));
+        }
+        for ambiguous in [
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nContent-Length: 20"[..],
+            b"HTTP/1.1 200 OK\r\nContent-Length: 10, 20",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 10,10,20",
+            b"HTTP/1.1 503 X\r\nTransfer-Encoding: chunked\r\nContent-Length: 3",
+            b"HTTP/1.1 503 X\r\nContent-Length: 3\r\nTransfer-Encoding: chunked",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked",
+        ] {
+            assert!(
+                matches!(parse_head(ambiguous), Err(BadHead::Framing(_))),
+                "{}",
+                String::from_utf8_lossy(ambiguous)
+            );
+        }
         for bad in [
             &b"HTTP/2 200 OK"[..],
             b"HTTP/1.1 20 OK",
             b"HTTP/1.1 200 OK\r\nno colon",
             b"HTTP/1.1 200 OK\r\ncontent-length: -1",
             b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip",
+            b"HTTP/1.1 200 OK\r\ncontent-length: +1",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 1,",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 18446744073709551616",
         ] {
-            assert_eq!(parse_head(bad), None, "{}", String::from_utf8_lossy(bad));
+            assert_eq!(
+                parse_head(bad),
+                Err(BadHead::Malformed),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
         let mut out = Vec::new();
         assert_eq!(

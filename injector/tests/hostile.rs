@@ -1,8 +1,8 @@
 //! The real `secret-inject` against a hostile service: a listener on 127.0.0.1 that reads the
 //! request, then answers raw bytes of its choosing (results missing, reordered, repeated or
-//! never asked for; bodies without end; control characters in its error text). The tests
-//! look only at what any HTTP client inside the wrapper must give: the exit code, stderr,
-//! whether the job ran and what it saw, the time taken and the peak memory.
+//! never asked for; bodies without end; conflicting lengths; control characters in its error
+//! text). The tests look only at what any HTTP client inside the wrapper must give: the exit
+//! code, stderr, whether the job ran and what it saw, the time taken and the peak memory.
 
 #![allow(clippy::unwrap_used)]
 
@@ -246,6 +246,23 @@ fn the_services_error_text_reaches_stderr_with_control_characters_escaped() {
         assert!(!o.stderr.contains(&0x1b), "a raw ESC on stderr: {err:?}");
         assert_eq!(err.lines().count(), 1, "{err:?}");
         assert!(err.contains("forged line"), "the text is kept: {err:?}");
+    }
+}
+
+#[test]
+fn conflicting_content_lengths_are_refused() {
+    // The body is a whole answer at the second length, so a client that believes either
+    // header alone would run the job.
+    let body = results(&[ok("secret:a", ALPHA)]);
+    let n = body.len();
+    for head in [
+        format!("Content-Length: 10\r\nContent-Length: {n}"),
+        format!("Content-Length: {n}\r\nContent-Length: 10"),
+        format!("Content-Length: 10, {n}"),
+    ] {
+        let url = canned(format!("HTTP/1.1 200 OK\r\n{head}\r\n\r\n{body}").into_bytes());
+        let o = inject(&url, &["A=secret:a"]).output().unwrap();
+        failed_closed(&o, 69);
     }
 }
 
