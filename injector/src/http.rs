@@ -8,6 +8,8 @@
 //! ([`secrets_core::client::answer`]), and failures map to the same `ClientError`s: refused,
 //! reset or timed out is `Unavailable` (retried); an answer that is not HTTP, or a TLS
 //! handshake that fails on the certificate or the protocol, is `Incompatible` (not retried).
+//! Unlike `Client`, it reads at most `MAX_ANSWER` bytes of an answer, framing included,
+//! however long the answer says it is or goes on: a hostile service cannot make it grow.
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs as _};
@@ -19,12 +21,25 @@ use rustls::pki_types::ServerName;
 use secrets_core::Token;
 use secrets_core::api::{ResolveRequest, ResolveResponse};
 use secrets_core::client::{ClientError, answer, not_http};
-use zeroize::Zeroizing;
+use zeroize::{Zeroize as _, Zeroizing};
 
-/// The most header bytes read before the body.
+/// The most bytes of an answer's head, its final empty line included.
 const MAX_HEAD: usize = 64 * 1024;
-/// The largest answer body read.
-const MAX_BODY: u64 = 512 * 1024 * 1024;
+/// The most raw bytes of one answer read, head, chunk sizes, extensions and line ends
+/// included; a `Content-Length` that says more is refused before its body is read.
+///
+/// The largest answer the service gives is 16 MiB of values (`MAX_RESOLVE_BYTES` of the
+/// server's resolve) as base64 (x 4/3: 21.3 MiB) in at most 1,000 results (`MAX_RESOLVE`),
+/// each under 2 KiB besides its value (two URIs of at most 390 bytes, the status, the
+/// version, an error text): 23.3 MiB of JSON. 32 MiB leaves 8.7 MiB (37%) for the head and
+/// for chunked framing (a few bytes a chunk, under 1% for chunks of 1 KiB or more).
+/// Whatever a service sends, reading it costs at most about this much memory (twice in the
+/// worst case: a chunked body decoded beside the one chunk still arriving), never an amount
+/// the service chooses.
+const MAX_ANSWER: usize = 32 * 1024 * 1024;
+/// The longest chunk-size line, extensions included: the service sends no extension, and
+/// a bound keeps a line without end from being searched again at every read.
+const MAX_CHUNK_LINE: usize = 16 * 1024;
 /// How long a connection may take, at most (as `Client`'s connect timeout).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -344,11 +359,21 @@ impl Service {
 
         let mut buf = Zeroizing::new(Vec::with_capacity(8192));
         let mut chunk = Zeroizing::new([0u8; 8192]);
-        let mut read = |s: &mut S, buf: &mut Vec<u8>| -> Result<usize, ClientError> {
+        let too_long = || self.protocol(&format!("the answer is longer than {MAX_ANSWER} bytes"));
+        let closed = || self.unavailable("connection closed before a complete answer");
+        // Every read goes through here: at most `want` bytes, and never more than
+        // MAX_ANSWER + 1 of the answer in all, the one past the bound refusing it.
+        let total = std::cell::Cell::new(0usize);
+        let mut read = |s: &mut S, buf: &mut Vec<u8>, want: usize| -> Result<usize, ClientError> {
+            let want = want.min(chunk.len()).min(MAX_ANSWER + 1 - total.get());
             loop {
-                match s.read(&mut chunk[..]) {
+                match s.read(&mut chunk[..want]) {
                     Ok(n) => {
-                        buf.extend_from_slice(&chunk[..n]);
+                        total.set(total.get() + n);
+                        if total.get() > MAX_ANSWER {
+                            return Err(too_long());
+                        }
+                        append(buf, &chunk[..n]);
                         return Ok(n);
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -356,69 +381,75 @@ impl Service {
                 }
             }
         };
-        // The head, then as much body as the length says (or to the end).
-        let (status, head_len, framing) = loop {
-            let n = read(&mut s, &mut buf)?;
+        // The head, which may arrive with the start of the body.
+        let mut scanned = 0;
+        let (status, framing) = loop {
+            // Below MAX_HEAD: checked at the end of each turn.
+            let want = MAX_HEAD - buf.len();
+            let n = read(&mut s, &mut buf, want)?;
             if !buf.is_empty() && !b"HTTP/1.".starts_with(&buf[..buf.len().min(7)]) {
                 return Err(ClientError::Incompatible {
                     url: self.base.clone(),
                     detail: not_http("no HTTP status line"),
                 });
             }
-            if let Some(end) = find(&buf, b"\r\n\r\n") {
-                let (status, framing) =
-                    parse_head(&buf[..end]).ok_or_else(|| ClientError::Incompatible {
+            if let Some(end) = find(&buf[scanned..], b"\r\n\r\n").map(|i| scanned + i) {
+                let (status, framing) = parse_head(&buf[..end]).map_err(|e| match e {
+                    BadHead::Malformed => ClientError::Incompatible {
                         url: self.base.clone(),
                         detail: not_http("a malformed HTTP head"),
-                    })?;
-                break (status, end + 4, framing);
+                    },
+                    BadHead::Framing(why) => {
+                        self.protocol(&format!("the length of the answer is ambiguous: {why}"))
+                    }
+                })?;
+                buf.drain(..end + 4);
+                break (status, framing);
             }
             if n == 0 {
-                return Err(self.unavailable("connection closed before a complete answer"));
+                return Err(closed());
             }
-            if buf.len() > MAX_HEAD {
+            if buf.len() >= MAX_HEAD {
                 return Err(self.protocol("the answer's head is too long"));
             }
+            scanned = buf.len().saturating_sub(3);
         };
+        // `buf` holds what came of the body with the head; `total` counts the head too.
         let body = match framing {
             Framing::Length(len) => {
-                if len > MAX_BODY {
-                    return Err(self.protocol("the answer is too long"));
+                let len = usize::try_from(len)
+                    .ok()
+                    .filter(|len| *len <= MAX_ANSWER + buf.len() - total.get())
+                    .ok_or_else(too_long)?;
+                // Sized once: no reallocation leaves a copy of the answer behind.
+                let have = buf.len();
+                if have < len {
+                    buf.reserve_exact(len - have);
                 }
-                let len = len as usize;
-                let need = (head_len + len).saturating_sub(buf.len());
-                buf.reserve(need);
-                while buf.len() < head_len + len {
-                    if read(&mut s, &mut buf)? == 0 {
-                        return Err(self.unavailable("connection closed before a complete answer"));
+                while buf.len() < len {
+                    let want = len - buf.len();
+                    if read(&mut s, &mut buf, want)? == 0 {
+                        return Err(closed());
                     }
                 }
-                Zeroizing::new(buf[head_len..head_len + len].to_vec())
+                buf.truncate(len);
+                buf
             }
             Framing::Close => {
-                while read(&mut s, &mut buf)? != 0 {
-                    if buf.len() as u64 > MAX_BODY {
-                        return Err(self.protocol("the answer is too long"));
-                    }
-                }
-                Zeroizing::new(buf[head_len..].to_vec())
+                while read(&mut s, &mut buf, usize::MAX)? != 0 {}
+                buf
             }
             Framing::Chunked => {
                 let mut body = Zeroizing::new(Vec::new());
-                let mut at = head_len;
                 loop {
-                    match dechunk(&buf[at..], &mut body) {
+                    match dechunk(&buf, &mut body) {
                         Dechunk::Done => break,
                         Dechunk::Bad => return Err(self.protocol("a malformed chunked body")),
                         Dechunk::More(used) => {
-                            at += used;
-                            if body.len() as u64 > MAX_BODY {
-                                return Err(self.protocol("the answer is too long"));
-                            }
-                            if read(&mut s, &mut buf)? == 0 {
-                                return Err(
-                                    self.unavailable("connection closed before a complete answer")
-                                );
+                            // Only the incomplete chunk stays in `buf`.
+                            buf.drain(..used);
+                            if read(&mut s, &mut buf, usize::MAX)? == 0 {
+                                return Err(closed());
                             }
                         }
                     }
@@ -445,40 +476,98 @@ enum Framing {
     Close,
 }
 
+/// Appends `data` to `v`, doubling its capacity when it must grow but never past
+/// `MAX_ANSWER + 1` bytes (a `Zeroizing` vector is wiped over all its capacity when dropped,
+/// which makes every page of it resident), and wiping the old allocation, which held the
+/// answer so far, before freeing it.
+fn append(v: &mut Vec<u8>, data: &[u8]) {
+    if v.capacity() - v.len() < data.len() {
+        let cap = v
+            .capacity()
+            .saturating_mul(2)
+            .min(MAX_ANSWER + 1)
+            .max(v.len() + data.len());
+        let mut grown = Vec::with_capacity(cap);
+        grown.extend_from_slice(v);
+        v.zeroize();
+        *v = grown;
+    }
+    v.extend_from_slice(data);
+}
+
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
+/// Why a head is refused.
+#[derive(Debug, PartialEq, Eq)]
+enum BadHead {
+    /// It is not an HTTP/1.x response head.
+    Malformed,
+    /// It is one, but where its body ends cannot be told for sure.
+    Framing(&'static str),
+}
+
 /// The status and the framing of a head (without its final empty line).
-fn parse_head(head: &[u8]) -> Option<(u16, Framing)> {
-    let head = std::str::from_utf8(head).ok()?;
+///
+/// The framing follows RFC 9112 section 6.3, refusing what it lets a recipient refuse:
+/// - `Content-Length` values (repeated fields, or a comma list in one) must all be equal
+///   (rule 5: differing ones are an unrecoverable error);
+/// - `Transfer-Encoding` beside a `Content-Length` is refused too. Rule 3 says the former
+///   wins and such a message "ought to be handled as an error", and a sender "MUST NOT"
+///   send both (section 6.2). secretd never does; one that does is broken, or something on
+///   the way rewrote the framing, and then which bytes are the service's answer is a guess.
+///   A wrapper that puts secrets into a job does not start it on a guess: refusing costs
+///   one failed start against a service that breaks the protocol, guessing could cost the
+///   job values that are not its own.
+fn parse_head(head: &[u8]) -> Result<(u16, Framing), BadHead> {
+    let head = std::str::from_utf8(head).map_err(|_| BadHead::Malformed)?;
     let mut lines = head.split("\r\n");
-    let status_line = lines.next()?;
+    let status_line = lines.next().ok_or(BadHead::Malformed)?;
     let mut parts = status_line.splitn(3, ' ');
-    let version = parts.next()?;
+    let version = parts.next().ok_or(BadHead::Malformed)?;
     if version != "HTTP/1.1" && version != "HTTP/1.0" {
-        return None;
+        return Err(BadHead::Malformed);
     }
-    let code = parts.next()?;
+    let code = parts.next().ok_or(BadHead::Malformed)?;
     if code.len() != 3 || !code.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
+        return Err(BadHead::Malformed);
     }
-    let status: u16 = code.parse().ok()?;
-    let mut framing = Framing::Close;
+    let status: u16 = code.parse().map_err(|_| BadHead::Malformed)?;
+    let mut chunked = false;
+    let mut length: Option<u64> = None;
     for line in lines {
-        let (name, value) = line.split_once(':')?;
+        let (name, value) = line.split_once(':').ok_or(BadHead::Malformed)?;
         let value = value.trim();
         if name.eq_ignore_ascii_case("transfer-encoding") {
-            if value.eq_ignore_ascii_case("chunked") {
-                framing = Framing::Chunked;
-            } else {
-                return None;
+            if !value.eq_ignore_ascii_case("chunked") {
+                return Err(BadHead::Malformed);
             }
-        } else if name.eq_ignore_ascii_case("content-length") && framing != Framing::Chunked {
-            framing = Framing::Length(value.parse().ok()?);
+            if chunked {
+                return Err(BadHead::Framing("chunked twice"));
+            }
+            chunked = true;
+        } else if name.eq_ignore_ascii_case("content-length") {
+            for v in value.split(',').map(str::trim) {
+                if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(BadHead::Malformed);
+                }
+                let v: u64 = v.parse().map_err(|_| BadHead::Malformed)?;
+                if length.is_some_and(|l| l != v) {
+                    return Err(BadHead::Framing("differing Content-Length values"));
+                }
+                length = Some(v);
+            }
         }
     }
-    Some((status, framing))
+    match (chunked, length) {
+        (true, Some(_)) => Err(BadHead::Framing(
+            "both Transfer-Encoding and Content-Length",
+        )),
+        (true, None) => Ok((status, Framing::Chunked)),
+        (false, Some(len)) => Ok((status, Framing::Length(len))),
+        (false, None) => Ok((status, Framing::Close)),
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -495,14 +584,20 @@ fn dechunk(data: &[u8], out: &mut Vec<u8>) -> Dechunk {
     let mut at = 0;
     loop {
         let Some(eol) = find(&data[at..], b"\r\n") else {
+            if data.len() - at > MAX_CHUNK_LINE {
+                return Dechunk::Bad;
+            }
             return Dechunk::More(at);
         };
+        if eol > MAX_CHUNK_LINE {
+            return Dechunk::Bad;
+        }
         let line = &data[at..at + eol];
         let size = line.split(|b| *b == b';').next().unwrap_or_default();
         let Some(size) = std::str::from_utf8(size)
             .ok()
             .and_then(|s| usize::from_str_radix(s.trim(), 16).ok())
-            .filter(|s| *s as u64 <= MAX_BODY)
+            .filter(|s| *s <= MAX_ANSWER)
         else {
             return Dechunk::Bad;
         };
@@ -517,7 +612,7 @@ fn dechunk(data: &[u8], out: &mut Vec<u8>) -> Dechunk {
         if &data[start + size..start + size + 2] != b"\r\n" {
             return Dechunk::Bad;
         }
-        out.extend_from_slice(&data[start..start + size]);
+        append(out, &data[start..start + size]);
         at = start + size + 2;
     }
 }
@@ -588,24 +683,50 @@ mod tests {
     fn heads_and_chunks() {
         assert_eq!(
             parse_head(b"HTTP/1.1 200 OK\r\ncontent-length: 12\r\nx: y"),
-            Some((200, Framing::Length(12)))
+            Ok((200, Framing::Length(12)))
         );
         assert_eq!(
-            parse_head(b"HTTP/1.1 503 X\r\nTransfer-Encoding: chunked\r\nContent-Length: 3"),
-            Some((503, Framing::Chunked))
+            parse_head(b"HTTP/1.1 503 X\r\nTransfer-Encoding: chunked"),
+            Ok((503, Framing::Chunked))
         );
-        assert_eq!(
-            parse_head(b"HTTP/1.0 404 Nope"),
-            Some((404, Framing::Close))
-        );
+        assert_eq!(parse_head(b"HTTP/1.0 404 Nope"), Ok((404, Framing::Close)));
+        // One length said several times is that length (RFC 9112 section 6.3, rule 5).
+        for same in [
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\nContent-Length: 12"[..],
+            b"HTTP/1.1 200 OK\r\nContent-Length: 12, 12",
+        ] {
+            assert_eq!(parse_head(same), Ok((200, Framing::Length(12))));
+        }
+        for ambiguous in [
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nContent-Length: 20"[..],
+            b"HTTP/1.1 200 OK\r\nContent-Length: 10, 20",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 10,10,20",
+            b"HTTP/1.1 503 X\r\nTransfer-Encoding: chunked\r\nContent-Length: 3",
+            b"HTTP/1.1 503 X\r\nContent-Length: 3\r\nTransfer-Encoding: chunked",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked",
+        ] {
+            assert!(
+                matches!(parse_head(ambiguous), Err(BadHead::Framing(_))),
+                "{}",
+                String::from_utf8_lossy(ambiguous)
+            );
+        }
         for bad in [
             &b"HTTP/2 200 OK"[..],
             b"HTTP/1.1 20 OK",
             b"HTTP/1.1 200 OK\r\nno colon",
             b"HTTP/1.1 200 OK\r\ncontent-length: -1",
             b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip",
+            b"HTTP/1.1 200 OK\r\ncontent-length: +1",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 1,",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 18446744073709551616",
         ] {
-            assert_eq!(parse_head(bad), None, "{}", String::from_utf8_lossy(bad));
+            assert_eq!(
+                parse_head(bad),
+                Err(BadHead::Malformed),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
         let mut out = Vec::new();
         assert_eq!(
@@ -620,5 +741,23 @@ mod tests {
         assert_eq!(out, b"abcde");
         assert_eq!(dechunk(b"zz\r\n", &mut out), Dechunk::Bad);
         assert_eq!(dechunk(b"1\r\nab\r\n", &mut out), Dechunk::Bad);
+        // A chunk larger than a whole answer, a size line without end or too long.
+        assert_eq!(dechunk(b"2000001\r\n", &mut out), Dechunk::Bad);
+        let mut line = b"1;".to_vec();
+        line.resize(MAX_CHUNK_LINE, b'x');
+        assert_eq!(dechunk(&line, &mut out), Dechunk::More(0));
+        line.push(b'x');
+        assert_eq!(dechunk(&line, &mut out), Dechunk::Bad);
+        line.extend_from_slice(b"\r\n");
+        assert_eq!(dechunk(&line, &mut out), Dechunk::Bad);
+    }
+
+    #[test]
+    fn appending_stops_doubling_at_the_bound() {
+        let mut v = Vec::with_capacity(MAX_ANSWER - 10);
+        v.resize(MAX_ANSWER - 10, 1u8);
+        append(&mut v, &[2; 11]);
+        assert_eq!((v.len(), v.capacity()), (MAX_ANSWER + 1, MAX_ANSWER + 1));
+        assert_eq!(v[MAX_ANSWER - 11..MAX_ANSWER - 9], [1, 2]);
     }
 }

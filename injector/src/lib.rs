@@ -15,7 +15,8 @@ pub mod tls;
 #[allow(unsafe_code)]
 mod sys;
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStringExt as _;
 use std::os::unix::process::CommandExt as _;
@@ -142,30 +143,76 @@ pub struct Args {
     pub command: Vec<OsString>,
 }
 
-/// One failing mapping (or the whole request): what, which URI, which class, why.
+/// One failing mapping (or the whole request): what, which URI, which class, why, and what
+/// to do about it.
 #[derive(Debug)]
 pub struct Failure {
     pub var: Option<String>,
     pub uri: Option<String>,
     pub class: ExitClass,
     pub detail: String,
+    /// Advice in this program's words, printed on a line of its own.
+    pub hint: Option<String>,
 }
 
 impl Failure {
+    /// A failure of the request as a whole. Of the client's errors only `Incompatible` is
+    /// all in our words (a TLS failure, an answer that is not HTTP), so only its hint keeps
+    /// a line of its own; a `Status` message is the service's text, hint or not.
+    fn request(e: &ClientError, detail: String) -> Self {
+        let (detail, hint) = match (e, detail.split_once("\nhint: ")) {
+            (ClientError::Incompatible { .. }, Some((d, h))) => (d.to_owned(), Some(h.to_owned())),
+            _ => (detail, None),
+        };
+        Failure {
+            var: None,
+            uri: None,
+            class: ExitClass::from(e),
+            detail,
+            hint,
+        }
+    }
+
+    /// The error line. Every part is escaped: the URI and detail may be the service's text,
+    /// and no text, whoever wrote it, may color the terminal, move its cursor or start a
+    /// line that looks like another error.
     fn line(&self) -> String {
         let mut s = String::from("secret-inject: ERROR: ");
         if let Some(v) = &self.var {
-            s.push_str(&format!("{v}: "));
+            s.push_str(&format!("{}: ", escaped(v)));
         }
         if let Some(u) = &self.uri {
-            s.push_str(&format!("{u}: "));
+            s.push_str(&format!("{}: ", escaped(u)));
         }
         s.push_str(self.class.name());
-        if !self.detail.is_empty() {
-            s.push_str(&format!(" ({})", self.detail));
+        if !self.detail.is_empty() || self.hint.is_some() {
+            s.push_str(&format!(" ({}", escaped(&self.detail)));
+            if let Some(h) = &self.hint {
+                s.push_str(&format!("\nhint: {}", escaped(h)));
+            }
+            s.push(')');
         }
         s
     }
+}
+
+/// `s` with its control characters (C0, DEL, C1) written as escapes: `\n`, `\r`, `\t`, and
+/// `\xHH` for the others (ESC is `\x1b`).
+fn escaped(s: &str) -> Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 16);
+    for c in s.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push_str(&format!("\\x{:02x}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
 }
 
 fn invalid(var: Option<&str>, uri: Option<&str>, detail: impl Into<String>) -> Failure {
@@ -174,6 +221,7 @@ fn invalid(var: Option<&str>, uri: Option<&str>, detail: impl Into<String>) -> F
         uri: uri.map(str::to_owned),
         class: ExitClass::Invalid,
         detail: detail.into(),
+        hint: None,
     }
 }
 
@@ -245,13 +293,24 @@ fn jitter() -> f64 {
 }
 
 /// Resolves every mapping in one request, retrying transient failures within `deadline`.
+/// Results are matched to mappings by the URI they answer, never by their place; an answer
+/// without exactly one result per URI asked is refused as a whole.
 pub fn resolve(
     transport: &http::Service,
     maps: &[EnvMapping],
     deadline: Instant,
     verbose: bool,
 ) -> Result<Vec<Resolved>, Vec<Failure>> {
-    let uris: Vec<String> = maps.iter().map(|m| m.secret.to_string()).collect();
+    // Each URI once, however many mappings name it: the service answers once per URI asked,
+    // and every result must be one URI's only answer.
+    let mut uris: Vec<String> = Vec::with_capacity(maps.len());
+    let mut asked = HashSet::with_capacity(maps.len());
+    for m in maps {
+        let uri = m.secret.to_string();
+        if asked.insert(uri.clone()) {
+            uris.push(uri);
+        }
+    }
     let mut backoff = Duration::from_millis(100);
     let mut attempt = 0u32;
     let resp = loop {
@@ -272,43 +331,56 @@ pub fn resolve(
                 // The last attempt is made at the deadline, not skipped before it.
                 let wait = backoff.mul_f64(jitter()).min(left);
                 if left.is_zero() {
-                    return Err(vec![Failure {
-                        var: None,
-                        uri: None,
-                        class: ExitClass::Unavailable,
-                        detail: format!("{e}; gave up after {attempt} attempt(s)"),
-                    }]);
+                    let detail = format!("{e}; gave up after {attempt} attempt(s)");
+                    return Err(vec![Failure::request(&e, detail)]);
                 }
                 if verbose {
+                    let e = escaped(&e.to_string()).into_owned();
                     eprintln!("secret-inject: attempt {attempt}: {e}; retrying in {wait:?}");
                 }
                 std::thread::sleep(wait);
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
-            Err(e) => {
-                return Err(vec![Failure {
-                    var: None,
-                    uri: None,
-                    class: ExitClass::from(&e),
-                    detail: e.to_string(),
-                }]);
-            }
+            Err(e) => return Err(vec![Failure::request(&e, e.to_string())]),
         }
     };
+    let results = by_uri(&uris, resp.results).map_err(|(uri, detail)| {
+        vec![Failure {
+            var: None,
+            uri,
+            class: ExitClass::Unavailable,
+            detail: ClientError::Protocol {
+                url: transport.base_url().to_owned(),
+                detail: detail.into(),
+            }
+            .to_string(),
+            hint: None,
+        }]
+    })?;
     let mut out = Vec::new();
     let mut errs = Vec::new();
-    for (m, r) in maps.iter().zip(resp.results) {
-        let uri = r
-            .resolved_uri
-            .clone()
-            .unwrap_or_else(|| m.secret.to_string());
+    for m in maps {
+        let asked = m.secret.to_string();
+        let Some(r) = results.get(&asked) else {
+            // `by_uri` holds a result for every URI asked; were one missing, fail closed.
+            errs.push(Failure {
+                var: Some(m.name.to_string()),
+                uri: Some(asked),
+                class: ExitClass::Unavailable,
+                detail: "the service sent no result".into(),
+                hint: None,
+            });
+            continue;
+        };
+        let uri = r.resolved_uri.clone().unwrap_or(asked);
         let fail = |class, detail: String| Failure {
             var: Some(m.name.to_string()),
             uri: Some(uri.clone()),
             class,
             detail,
+            hint: None,
         };
-        match (r.status, r.value) {
+        match (r.status, &r.value) {
             (ResolveStatus::Ok, Some(v)) => {
                 let entry = m.name.as_str().len() + 1 + v.len() + 1;
                 if v.expose().contains(&0) {
@@ -327,8 +399,9 @@ pub fn resolve(
                 } else {
                     if verbose {
                         eprintln!(
-                            "secret-inject: {} <- {uri} (version {}, {} bytes)",
+                            "secret-inject: {} <- {} (version {}, {} bytes)",
                             m.name,
+                            escaped(&uri),
                             r.version.unwrap_or(0),
                             v.len()
                         );
@@ -345,12 +418,37 @@ pub fn resolve(
             )),
             (ResolveStatus::NotFound, _) => errs.push(fail(ExitClass::NotFound, String::new())),
             (ResolveStatus::Forbidden, _) => errs.push(fail(ExitClass::Forbidden, String::new())),
-            (ResolveStatus::Invalid, _) => {
-                errs.push(fail(ExitClass::Invalid, r.error.unwrap_or_default()))
-            }
+            (ResolveStatus::Invalid, _) => errs.push(fail(
+                ExitClass::Invalid,
+                r.error.clone().unwrap_or_default(),
+            )),
         }
     }
     if errs.is_empty() { Ok(out) } else { Err(errs) }
+}
+
+/// The results of an answer by the URI each answers (as asked, as the service echoes it):
+/// exactly one for each URI in `asked` and none for another, or why not (the URI, when it
+/// was asked; a URI not asked is the service's text and is not repeated).
+fn by_uri(
+    asked: &[String],
+    results: Vec<secrets_core::api::Resolved>,
+) -> Result<HashMap<String, secrets_core::api::Resolved>, (Option<String>, &'static str)> {
+    let set: HashSet<&str> = asked.iter().map(String::as_str).collect();
+    let mut by_uri = HashMap::with_capacity(asked.len());
+    for r in results {
+        if !set.contains(r.uri.as_str()) {
+            return Err((None, "a result for a URI that was not asked"));
+        }
+        if by_uri.contains_key(&r.uri) {
+            return Err((Some(r.uri), "more than one result for this URI"));
+        }
+        by_uri.insert(r.uri.clone(), r);
+    }
+    match asked.iter().find(|u| !by_uri.contains_key(*u)) {
+        Some(u) => Err((Some(u.clone()), "no result for this URI")),
+        None => Ok(by_uri),
+    }
 }
 
 /// The job's environment: the inherited one, minus the wrapper's credentials, plus the
@@ -405,6 +503,7 @@ fn read_token(args: &Args) -> Result<Token, Failure> {
         uri: None,
         class: e.class(),
         detail: e.to_string(),
+        hint: None,
     })
 }
 
@@ -437,6 +536,7 @@ fn prepare(args: &Args) -> Result<std::process::Command, u8> {
             uri: None,
             class: ExitClass::Usage,
             detail: "--url or NEURO_URL is required".into(),
+            hint: None,
         }]));
     }
     let maps = mappings(args).map_err(|e| report(&e))?;
@@ -667,6 +767,37 @@ mod tests {
     }
 
     #[test]
+    fn error_lines_escape_control_characters() {
+        #[track_caller]
+        fn check(input: &str, expected: &str) {
+            assert_eq!(escaped(input), expected);
+        }
+        check("plain 'text' é", "plain 'text' é");
+        check("\x1b[31mred\n", "\\x1b[31mred\\n");
+        check("a\r\tb\x00\x7f\u{9b}c", "a\\r\\tb\\x00\\x7f\\x9bc");
+        let f = |e: ClientError| Failure::request(&e, e.to_string()).line();
+        // Our own hint keeps its line; the service's text never makes one.
+        let ours = f(ClientError::Incompatible {
+            url: "http://x".into(),
+            detail: "the answer is not HTTP (x)\nhint: is the URL https://?".into(),
+        });
+        assert_eq!(
+            ours,
+            "secret-inject: ERROR: unavailable (service unavailable at http://x: the answer is \
+             not HTTP (x)\nhint: is the URL https://?)"
+        );
+        let theirs = f(ClientError::Status {
+            status: 403,
+            message: "\x1b[2Jno\nhint: run rm -rf".into(),
+            missing: vec![],
+        });
+        assert_eq!(
+            theirs,
+            "secret-inject: ERROR: forbidden (\\x1b[2Jno\\nhint: run rm -rf)"
+        );
+    }
+
+    #[test]
     fn exit_codes_are_exit_class_help() {
         assert_eq!(EXIT_CODES, exit_codes());
     }
@@ -678,6 +809,7 @@ mod tests {
             uri: None,
             class,
             detail: String::new(),
+            hint: None,
         };
         // The precedence itself is ExitClass's (its table test); this is its use here.
         assert_eq!(
