@@ -307,7 +307,9 @@ pub fn error_line(e: &anyhow::Error) -> String {
     {
         line = format!("not authenticated: {line} (hint: neuro login --url URL --token TOKEN)");
     }
-    line.replace('\n', " ")
+    // One line; what is left of control characters (the service's text may hold any) is
+    // escaped.
+    secrets_core::exit::escape_control(&line.replace('\n', " ")).into_owned()
 }
 
 /// Connection settings after flags, environment and the config file.
@@ -681,4 +683,26 @@ async fn admin(client: &Client, cmd: &AdminCmd) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use secrets_core::client::ClientError;
+
+    /// The service's text reaches the terminal as one line with its control characters
+    /// escaped: a hostile server cannot recolour the terminal or forge a line.
+    #[test]
+    fn error_lines_escape_what_the_service_says() {
+        let e = anyhow::Error::new(ClientError::Status {
+            status: 403,
+            message: "\x1b[31mdenied\nERROR: forged\r\x07".into(),
+            missing: Vec::new(),
+        });
+        let line = super::error_line(&e);
+        assert!(!line.contains('\x1b') && !line.contains('\r') && !line.contains('\n'));
+        assert!(
+            line.contains("\\x1b[31mdenied ERROR: forged\\r\\x07"),
+            "{line}"
+        );
+    }
 }

@@ -4,7 +4,30 @@
 //! several things fail at once (one secret missing, another forbidden), [`ExitClass::of`]
 //! picks the class that is reported, by [`ExitClass::PRECEDENCE`].
 
+use std::borrow::Cow;
+
 use crate::client::ClientError;
+
+/// `s` with its control characters (C0, DEL, C1) written as escapes: `\n`, `\r`, `\t`, and
+/// `\xHH` for the others (ESC is `\x1b`). Every error line the binaries print passes through
+/// it, so text from the service (or from a server that only claims to be it) cannot move the
+/// cursor, recolour the terminal or forge a line of its own.
+pub fn escape_control(s: &str) -> Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 16);
+    for c in s.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push_str(&format!("\\x{:02x}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
 
 /// What a process exit means, before the job (if any) runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -48,7 +48,8 @@ impl FailedItem {
         }
     }
 
-    /// The item as one line: `PATH: URI: DETAIL`, without the parts it lacks.
+    /// The item as one line: `PATH: URI: DETAIL`, without the parts it lacks, its control
+    /// characters escaped (the detail may quote the service).
     pub fn line(&self) -> String {
         let mut out = String::new();
         for part in [&self.path, &self.uri].into_iter().flatten() {
@@ -56,7 +57,7 @@ impl FailedItem {
             out.push_str(": ");
         }
         out.push_str(&self.detail);
-        out
+        crate::exit::escape_control(&out).into_owned()
     }
 }
 

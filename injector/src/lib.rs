@@ -15,7 +15,7 @@ pub mod tls;
 #[allow(unsafe_code)]
 mod sys;
 
-use std::borrow::Cow;
+use secrets_core::exit::escape_control as escaped;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStringExt as _;
@@ -194,25 +194,6 @@ impl Failure {
         }
         s
     }
-}
-
-/// `s` with its control characters (C0, DEL, C1) written as escapes: `\n`, `\r`, `\t`, and
-/// `\xHH` for the others (ESC is `\x1b`).
-fn escaped(s: &str) -> Cow<'_, str> {
-    if !s.chars().any(char::is_control) {
-        return Cow::Borrowed(s);
-    }
-    let mut out = String::with_capacity(s.len() + 16);
-    for c in s.chars() {
-        match c {
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if c.is_control() => out.push_str(&format!("\\x{:02x}", u32::from(c))),
-            c => out.push(c),
-        }
-    }
-    Cow::Owned(out)
 }
 
 fn invalid(var: Option<&str>, uri: Option<&str>, detail: impl Into<String>) -> Failure {
