@@ -250,27 +250,26 @@ pub async fn buffer_body(req: axum::extract::Request, next: axum::middleware::Ne
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > MAX_BODY as u64) {
-        return too_large().into_response();
+        return crate::admit::refused_early(req.headers(), too_large());
     }
     let (parts, body) = req.into_parts();
+    let refused = |e: ApiError| crate::admit::refused_early(&parts.headers, e);
     let read = tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY)).await;
     let bytes = match read {
         Ok(Ok(bytes)) => bytes,
         Ok(Err(e)) => {
             let limit = std::error::Error::source(&e)
                 .is_some_and(|c| c.is::<http_body_util::LengthLimitError>());
-            return match limit {
+            return refused(match limit {
                 true => too_large(),
                 false => ApiError::BadRequest(format!("reading the request body: {e}")),
-            }
-            .into_response();
+            });
         }
         Err(_) => {
-            return ApiError::RequestTimeout(format!(
+            return refused(ApiError::RequestTimeout(format!(
                 "the request body did not arrive within {} s",
                 BODY_TIMEOUT.as_secs()
-            ))
-            .into_response();
+            )));
         }
     };
     next.run(axum::extract::Request::from_parts(parts, bytes.into()))

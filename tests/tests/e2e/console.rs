@@ -375,10 +375,17 @@ fn console_sessions_headers_and_login_limit() {
     assert_eq!(r.status, 401, "{}", r.body);
     assert_eq!(srv.get(alice, "/api/v1/whoami").status, 200);
 
-    // The operator's token opens no console session.
+    // The operator's token opens no console session, and the page names the command that
+    // makes a user token, which exists.
     let r = login(&srv, &srv.admin_token());
     assert_eq!(r.status, 403, "{}", r.body);
     assert!(r.body.contains("role=\"alert\""));
+    assert!(r.body.contains("neuro admin token add USER"), "{}", r.body);
+    let help = std::process::Command::new(crate::harness::bin("neuro"))
+        .args(["admin", "token", "add", "--help"])
+        .output()
+        .unwrap();
+    assert!(help.status.success(), "{help:?}");
 
     // Failed log-ins: tokens that name nobody, from this address, refuse no real user here.
     for i in 0..12 {
