@@ -223,21 +223,6 @@ fn has_body(h: &axum::http::HeaderMap) -> bool {
             .is_some_and(|v| v.as_bytes() != b"0")
 }
 
-/// The answer to a request refused before its body was read: with `Connection: close` when
-/// it has one, so that hyper closes the connection after the answer instead of waiting for a
-/// body that may never come (such a connection could not be evicted to make room: it has
-/// served a request, and would be given the shutdown grace to finish it).
-pub fn refused_early(h: &axum::http::HeaderMap, e: ApiError) -> Response {
-    let mut resp = e.into_response();
-    if has_body(h) {
-        resp.headers_mut().insert(
-            header::CONNECTION,
-            axum::http::HeaderValue::from_static("close"),
-        );
-    }
-    resp
-}
-
 /// The middleware: authenticates, admits, and keeps the places until the answer has been
 /// sent (or the connection dropped): a client that reads its answer slowly still has its
 /// request in flight. A request without a valid token that has a body takes an anonymous
@@ -268,7 +253,7 @@ pub async fn admit(State(s): State<AppState>, req: Request, next: Next) -> Respo
             if let Ok(p) = &outcome {
                 match s.inflight.admit(token_id(&token), p) {
                     Ok(a) => place = Some(a),
-                    Err(e) => return refused_early(&parts.headers, e),
+                    Err(e) => return e.into_response(),
                 }
             }
             parts.extensions.insert(Authenticated(outcome));
@@ -277,7 +262,7 @@ pub async fn admit(State(s): State<AppState>, req: Request, next: Next) -> Respo
     if place.is_none() && has_body(&parts.headers) {
         match s.inflight.admit_anonymous(client) {
             Ok(a) => place = Some(a),
-            Err(e) => return refused_early(&parts.headers, e),
+            Err(e) => return e.into_response(),
         }
     }
     let resp = next.run(Request::from_parts(parts, body)).await;

@@ -250,10 +250,12 @@ pub async fn buffer_body(req: axum::extract::Request, next: axum::middleware::Ne
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > MAX_BODY as u64) {
-        return crate::admit::refused_early(req.headers(), too_large());
+        return too_large().into_response();
     }
     let (parts, body) = req.into_parts();
-    let refused = |e: ApiError| crate::admit::refused_early(&parts.headers, e);
+    // Refused before the whole body was read, hyper closes the connection after the answer
+    // rather than wait for the rest, so such a connection holds no slot.
+    let refused = |e: ApiError| e.into_response();
     let read = tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY)).await;
     let bytes = match read {
         Ok(Ok(bytes)) => bytes,
