@@ -1,12 +1,13 @@
-//! The one place where failures become HTTP answers (`{"error": ...}` bodies).
+//! The one place where failures become HTTP answers (`{"error": ...}` bodies): the domain's
+//! (`From<DomainError>`) and the transport's own (a method, a media type, a body too slow or
+//! too large, too many requests in flight).
 
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use secrets_core::api::{ErrorBody, MissingPermission};
 
-use crate::audit::AuditUnavailable;
-use crate::store::StoreError;
+use crate::domain::DomainError;
 
 /// Every failure a handler can answer with.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -52,18 +53,6 @@ impl ApiError {
         }
     }
 
-    /// A 403 that lists what the caller lacks.
-    pub fn missing(missing: Vec<MissingPermission>) -> Self {
-        let list: Vec<String> = missing
-            .iter()
-            .map(|m| format!("{} on {}", m.action, m.uri))
-            .collect();
-        ApiError::Forbidden {
-            message: format!("permission denied: missing {}", list.join(", ")),
-            missing,
-        }
-    }
-
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -82,24 +71,18 @@ impl ApiError {
     }
 }
 
-impl From<StoreError> for ApiError {
-    fn from(e: StoreError) -> Self {
+impl From<DomainError> for ApiError {
+    fn from(e: DomainError) -> Self {
         match e {
-            StoreError::Unavailable(why) => {
-                tracing::warn!(%why, "the store is unavailable");
-                ApiError::Unavailable(
-                    "the store is unavailable (etcd cannot be reached or has no quorum); retry later"
-                        .into(),
-                )
-            }
-            e => ApiError::Internal(e.to_string()),
+            DomainError::Invalid(m) => ApiError::BadRequest(m),
+            DomainError::Unauthenticated(m) => ApiError::Unauthenticated(m),
+            DomainError::Forbidden { message, missing } => ApiError::Forbidden { message, missing },
+            DomainError::NotFound(m) => ApiError::NotFound(m),
+            DomainError::Conflict(m) => ApiError::Conflict(m),
+            DomainError::TooLarge(m) => ApiError::PayloadTooLarge(m),
+            DomainError::Unavailable(m) => ApiError::Unavailable(m),
+            DomainError::Internal(m) => ApiError::Internal(m),
         }
-    }
-}
-
-impl From<AuditUnavailable> for ApiError {
-    fn from(e: AuditUnavailable) -> Self {
-        ApiError::Unavailable(e.to_string())
     }
 }
 

@@ -3,16 +3,20 @@
 pub mod admit;
 pub mod api;
 pub mod audit;
-pub mod auth;
 pub mod client_addr;
+pub mod clock;
 pub mod console;
 pub mod crypto;
+pub mod domain;
 pub mod error;
-pub mod health;
+pub mod limits;
 pub mod metrics;
 pub mod records;
+pub mod router;
 pub mod serve;
+pub mod state;
 pub mod store;
+pub mod sync;
 pub mod values;
 
 use std::io::Write as _;
@@ -27,7 +31,8 @@ use anyhow::{Context as _, bail};
 use clap::Parser;
 use secrets_core::ClusterName;
 
-pub use api::{AppState, Service, app};
+pub use router::app;
+pub use state::{App, AppState};
 
 /// Command line of `secretd`.
 #[derive(Debug, Parser)]
@@ -431,7 +436,7 @@ pub async fn open_service(
     data_dir: &Path,
     cluster: ClusterName,
     audit_log: Option<PathBuf>,
-) -> anyhow::Result<Service> {
+) -> anyhow::Result<App> {
     let store = open_store(&StoreArg::Embedded, data_dir, &Default::default()).await?;
     open_service_on(store, data_dir, None, cluster, audit_log).await
 }
@@ -444,7 +449,7 @@ pub async fn open_service_on(
     master_key_path: Option<PathBuf>,
     cluster: ClusterName,
     audit_log: Option<PathBuf>,
-) -> anyhow::Result<Service> {
+) -> anyhow::Result<App> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -463,7 +468,7 @@ pub async fn open_service_on(
     if admin_path.exists() {
         crypto::check_private(&admin_path, "operator token")?;
     } else if created || shared {
-        match auth::issue_operator(store.as_ref(), &keys).await? {
+        match domain::auth::issue_operator(store.as_ref(), &keys).await? {
             Some(token) => {
                 let line = zeroize::Zeroizing::new(format!("{}\n", token.expose()));
                 crypto::create_private(&admin_path, line.as_bytes())
@@ -489,36 +494,11 @@ pub async fn open_service_on(
     let audit_path = audit_log.unwrap_or_else(|| data_dir.join("audit.log"));
     let audit = audit::Audit::open(&audit_path)
         .with_context(|| format!("opening audit log '{}'", audit_path.display()))?;
-    let changed = tokio::sync::watch::channel(0).0;
-    if let Some(mut rx) = store.changes() {
-        // Changes made through other replicas wake this one's watchers.
-        let tx = changed.clone();
-        tokio::spawn(async move {
-            while rx.changed().await.is_ok() {
-                let rev = *rx.borrow_and_update();
-                tx.send_replace(rev);
-            }
-        });
-    }
-    Ok(Service {
-        store,
-        keys,
-        cluster,
-        audit,
-        auth: auth::Authenticator::default(),
-        changed,
-        inflight: admit::InFlight::default(),
-        answers: admit::AnswerBudget::default(),
-        console: console::LoginLimiter::default(),
-        tls: false,
-        trusted_proxies: Vec::new(),
-        stopping: Arc::default(),
-        values: {
-            let v = values::ValueCache::new((values::DEFAULT_MIB << 20) as usize);
-            v.sweep_every();
-            v
-        },
-    })
+    let values = values::ValueCache::new((values::DEFAULT_MIB << 20) as usize);
+    values.sweep_every();
+    Ok(App::new(domain::Domain::new(
+        store, keys, cluster, audit, values,
+    )))
 }
 
 /// Reads the certificate chain and key for HTTPS (HTTP/1.1 only).
@@ -700,13 +680,13 @@ pub async fn run(mut args: Args) -> anyhow::Result<ExitCode> {
         args.audit_log,
     )
     .await?;
-    service.inflight = admit::InFlight::sized_for(max_connections);
+    service.inflight = limits::InFlight::sized_for(max_connections);
     service.trusted_proxies = args.trusted_proxies.clone();
     service.tls = tls.is_some();
-    service.values = values::ValueCache::new(usize::try_from(args.value_cache << 20)?);
-    service.values.sweep_every();
+    service.domain.values = values::ValueCache::new(usize::try_from(args.value_cache << 20)?);
+    service.domain.values.sweep_every();
     let (per_token, per_user) = service.inflight.limits();
-    let audit = service.audit.clone();
+    let audit = service.domain.audit.clone();
     let state = Arc::new(service);
     let router = app(state.clone());
     let ops = match args.metrics_listen {
@@ -762,7 +742,7 @@ pub async fn run(mut args: Args) -> anyhow::Result<ExitCode> {
     if let Some(ops) = ops {
         let ops_addr = ops.local_addr()?;
         tracing::info!(addr = %ops_addr, "serving /metrics, /healthz and /readyz");
-        let router = api::ops_app(state.clone());
+        let router = router::ops_app(state.clone());
         let mut stop = stop_rx.clone();
         // The same accept loop, with its timeouts, and a small cap: scrapers and probes only.
         let ops_limits = serve::Limits {
@@ -785,7 +765,7 @@ pub async fn run(mut args: Args) -> anyhow::Result<ExitCode> {
         }
         tracing::info!("stopping: no new connections; requests in flight may finish");
         let _ = stop_tx.send(true);
-        state.stop_watchers();
+        state.domain.stop_watchers();
         drop(state);
     };
     serve::serve(listener, router, tls, limits, shutdown).await?;
@@ -808,25 +788,28 @@ mod tests {
         let help = super::Args::command().render_long_help().to_string();
         let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
         for needle in [
-            format!("body of at most {} MiB", crate::api::MAX_BODY >> 20),
-            format!("resolve of at most {} URIs", crate::api::MAX_RESOLVE),
-            format!("({} bytes) of values", crate::api::MAX_RESOLVE_BYTES),
+            format!("body of at most {} MiB", crate::admit::MAX_BODY >> 20),
+            format!("resolve of at most {} URIs", crate::domain::MAX_RESOLVE),
+            format!("({} bytes) of values", crate::domain::MAX_RESOLVE_BYTES),
             format!("{} lines waiting", crate::audit::QUEUE),
             format!("more than {} s", crate::audit::STALL.as_secs()),
             format!(
                 "value of 1 byte to {} MiB",
                 secrets_core::MAX_VALUE_LEN >> 20
             ),
-            format!("watch waits at most {} s", crate::api::MAX_WATCH_S),
-            format!("at most {} requests in flight", crate::admit::PER_TOKEN),
-            format!("and at most {} (429", crate::admit::PER_USER),
-            format!("within {} s (408)", crate::api::BODY_TIMEOUT.as_secs()),
-            format!("may hold {} MiB in all", crate::admit::ANSWER_BUDGET >> 20),
+            format!("watch waits at most {} s", crate::domain::MAX_WATCH_S),
+            format!("at most {} requests in flight", crate::limits::PER_TOKEN),
+            format!("and at most {} (429", crate::limits::PER_USER),
+            format!("within {} s (408)", crate::admit::BODY_TIMEOUT.as_secs()),
+            format!("may hold {} MiB in all", crate::limits::ANSWER_BUDGET >> 20),
             format!(
                 "jobs' at most {} MiB (429",
-                crate::admit::ANSWER_SHARE >> 20
+                crate::limits::ANSWER_SHARE >> 20
             ),
-            format!("lives at most {} days", crate::api::MAX_JOB_TTL_S / 86400),
+            format!(
+                "lives at most {} days",
+                crate::domain::MAX_JOB_TTL_S / 86400
+            ),
         ] {
             assert!(help.contains(&needle), "--help lacks '{needle}':\n{help}");
         }

@@ -10,17 +10,15 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{LazyLock, Mutex, MutexGuard};
+use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderMap, Method, header};
+use axum::extract::{MatchedPath, Request};
+use axum::http::{Method, header};
 use axum::middleware::Next;
-use axum::response::{IntoResponse as _, Response};
+use axum::response::Response;
 
-use crate::AppState;
-use crate::auth::Principal;
-use crate::error::ApiError;
+use crate::sync::lock;
 
 /// Upper bounds (seconds) of the latency histograms' buckets.
 pub const BUCKETS: [f64; 14] = [
@@ -104,10 +102,6 @@ static GLOBAL: LazyLock<Metrics> = LazyLock::new(Metrics::default);
 /// The process's metrics.
 pub fn global() -> &'static Metrics {
     &GLOBAL
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The method's label: standard methods by name, anything else `other`.
@@ -454,7 +448,10 @@ pub async fn track(req: Request, next: Next) -> Response {
     );
     drop(guard);
     for c in resp.headers().get_all(header::SET_COOKIE) {
-        let Some(v) = c.to_str().ok().and_then(|v| v.strip_prefix(SESSION_COOKIE)) else {
+        let Some(v) = c.to_str().ok().and_then(|v| {
+            let v = v.strip_prefix("__Host-").unwrap_or(v);
+            v.strip_prefix(SESSION_COOKIE)
+        }) else {
             continue;
         };
         if v.starts_with(';') || v.contains("Max-Age=0") {
@@ -462,47 +459,10 @@ pub async fn track(req: Request, next: Next) -> Response {
         } else {
             m.sessions_created.fetch_add(1, Ordering::Relaxed);
         }
+        // One session a response: a refusal of two cookies clears them at every path.
+        break;
     }
     resp
-}
-
-/// `GET /metrics` on `--metrics-listen`: anyone who reaches that address reads them.
-pub async fn scrape(State(s): State<AppState>) -> Response {
-    let body = global().render(
-        s.audit.queue_depth(),
-        s.audit.check().is_ok(),
-        s.values.held(),
-    );
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        body,
-    )
-        .into_response()
-}
-
-/// `GET /metrics` on the API port: the operator token only (401 without a token, 403 with
-/// another one).
-pub async fn scrape_operator(State(s): State<AppState>, headers: HeaderMap) -> Response {
-    let token = match crate::admit::bearer(&headers) {
-        None => {
-            return ApiError::Unauthenticated(
-                "the metrics on the API port need the operator token (or use --metrics-listen)"
-                    .into(),
-            )
-            .into_response();
-        }
-        Some(Err(e)) => return e.into_response(),
-        Some(Ok(t)) => zeroize::Zeroizing::new(t.to_owned()),
-    };
-    match s.auth.authenticate(s.store.as_ref(), &s.keys, &token).await {
-        Ok(Principal::Operator) => scrape(State(s)).await,
-        Ok(_) => ApiError::forbidden("only the operator reads the metrics on the API port")
-            .into_response(),
-        Err(e) => e.into_response(),
-    }
 }
 
 #[cfg(test)]

@@ -7,9 +7,8 @@ use secrets_core::{Action, ClusterName, ResourceUri, SecretKey, SecretUri, UserN
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::auth::now_secs;
+use crate::clock::now_secs;
 use crate::crypto::{hex, random_bytes};
-use crate::error::ApiError;
 
 /// A secret's name in the store, `OWNER/KEY`: its key in the secrets table, its change-log key
 /// and the AAD its value is sealed with. A name never starts with `~` (change-log markers do).
@@ -146,9 +145,20 @@ impl GrantRecord {
     }
 }
 
+/// A stored record that does not decode: a fault of the store or of an older version.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {why}")]
+pub struct Corrupt {
+    what: String,
+    why: String,
+}
+
 /// A stored record; `what` (its table and key) names it in the error.
-pub fn decode<T: DeserializeOwned>(what: &str, raw: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(raw).map_err(|e| ApiError::Internal(format!("{what}: {e}")))
+pub fn decode<T: DeserializeOwned>(what: &str, raw: &[u8]) -> Result<T, Corrupt> {
+    serde_json::from_slice(raw).map_err(|e| Corrupt {
+        what: what.to_owned(),
+        why: e.to_string(),
+    })
 }
 
 pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {

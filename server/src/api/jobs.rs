@@ -1,217 +1,32 @@
 //! Jobs: creating one (its URIs checked, its token issued) and deleting it (its token revoked).
 
-use std::collections::BTreeSet;
-
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use secrets_core::api::{JobCreated, JobSpec, MissingPermission};
-use secrets_core::{Action, EnvName, JobId, SecretRef, UserName, VolumeMapping};
+use secrets_core::api::{JobCreated, JobSpec};
 
-use super::admin::set_revoked;
-use super::{ApiJson, AppState, Caller, MAX_JOB_TTL_S, Service};
-use crate::audit::{AuditAction, AuditEvent, Outcome};
-use crate::auth::{self, Principal, now_secs, rfc3339};
-use crate::crypto::random_bytes;
+use super::extract::parse_job;
+use super::{ApiJson, Caller};
 use crate::error::ApiError;
-use crate::records::{JobRecord, SecretName, Subject, decode, encode};
-use crate::store::Table;
-
-const DEFAULT_JOB_TTL_S: u64 = 24 * 3600;
+use crate::state::AppState;
 
 pub(super) async fn create_job(
     State(s): State<AppState>,
-    caller: Caller,
+    Caller(p): Caller,
     ApiJson(spec): ApiJson<JobSpec>,
 ) -> Result<(StatusCode, Json<JobCreated>), ApiError> {
-    const ACTION: AuditAction = AuditAction::JobCreate;
-    let me = caller.user("creating jobs needs a user token")?;
-    let bad = |e: String| ApiError::BadRequest(e);
-    let ctx = s.ctx(me);
-    let mut uris = BTreeSet::new();
-    for (name, uri) in &spec.secret_env {
-        EnvName::new(name).map_err(|e| bad(e.to_string()))?;
-        uris.insert(
-            SecretRef::parse(uri)
-                .map_err(|e| bad(e.to_string()))?
-                .resolve(&ctx),
-        );
-    }
-    let mut paths = BTreeSet::new();
-    for v in &spec.secret_volumes {
-        VolumeMapping::check_path(&v.dst_path)
-            .map_err(|e| bad(format!("invalid dst_path '{}': {e}", v.dst_path)))?;
-        if !paths.insert(v.dst_path.as_str()) {
-            return Err(bad(format!("dst_path '{}' is used twice", v.dst_path)));
-        }
-        uris.insert(
-            SecretRef::parse(&v.src_secret_uri)
-                .map_err(|e| bad(e.to_string()))?
-                .resolve(&ctx),
-        );
-    }
-    let ttl = spec.ttl_s.unwrap_or(DEFAULT_JOB_TTL_S);
-    if ttl == 0 || ttl > MAX_JOB_TTL_S {
-        return Err(bad(format!(
-            "ttl_s {ttl} is out of range: 1 to {MAX_JOB_TTL_S} seconds"
-        )));
-    }
-    if let Some(u) = uris.iter().find(|u| u.cluster != s.cluster) {
-        return Err(bad(format!(
-            "'{u}' names cluster '{}'; this service is cluster '{}'",
-            u.cluster, s.cluster
-        )));
-    }
-    let perms = s.perms(me).await?;
-    let missing: Vec<MissingPermission> = uris
-        .iter()
-        .filter(|u| !perms.holds_secret(u, Action::Read))
-        .map(|u| MissingPermission {
-            uri: u.to_string(),
-            action: Action::Read,
-        })
-        .collect();
-    if !missing.is_empty() {
-        // One line for the refused job, without a URI, as the log has always had it.
-        s.audit_refused(&caller.0, ACTION, None, Outcome::Denied);
-        return Err(ApiError::missing(missing));
-    }
-    let mut absent = Vec::new();
-    for u in &uris {
-        if s.store
-            .get_secret(SecretName::of(u).as_str())
-            .await?
-            .is_none()
-        {
-            absent.push(if u.owner == *me {
-                u.key.to_string()
-            } else {
-                u.short()
-            });
-        }
-    }
-    if !absent.is_empty() {
-        absent.sort();
-        s.audit_refused(&caller.0, ACTION, None, Outcome::NotFound);
-        let list: Vec<String> = absent.iter().map(|k| format!("'{k}'")).collect();
-        return Err(ApiError::NotFound(format!(
-            "Missing secrets: {}",
-            list.join(", ")
-        )));
-    }
-    let job_id = JobId::from_random(random_bytes::<8>());
-    let expires_at = now_secs() + ttl;
-    let mut slots = s.audit.reserve_many(uris.len().max(1))?;
-    let event = |uri: Option<String>, outcome| {
-        AuditEvent::new(caller.0.actor(), ACTION, uri, outcome).subject(format!("job:{job_id}"))
-    };
-    let stored = async {
-        // The job's token dies with its creator, even if the creator is being removed now.
-        let incarnation = auth::user_incarnation(s.store.as_ref(), me.as_str())
-            .await?
-            .ok_or_else(|| ApiError::Unauthenticated(format!("user '{me}' has been removed")))?;
-        let (token_id, token) = auth::issue(
-            s.store.as_ref(),
-            &s.keys,
-            Subject::Job {
-                id: job_id.to_string(),
-            },
-            Some(expires_at),
-            Some(incarnation),
-        )
-        .await?;
-        let rec = JobRecord {
-            owner: me.to_string(),
-            uris: uris.iter().map(|u| u.to_string()).collect(),
-            token_id,
-            created_at: now_secs(),
-            expires_at,
-        };
-        s.store
-            .put(Table::Jobs, job_id.as_str(), &encode(&rec))
-            .await?;
-        Ok::<_, ApiError>(token)
-    }
-    .await;
-    let token = match stored {
-        Ok(t) => t,
-        Err(e) => {
-            if let Some(slot) = slots.pop() {
-                slot.record(event(None, Outcome::Error));
-            }
-            return Err(e);
-        }
-    };
-    if uris.is_empty()
-        && let Some(slot) = slots.pop()
-    {
-        slot.record(event(None, Outcome::Ok));
-    }
-    for (u, slot) in uris.iter().zip(slots) {
-        slot.record(event(Some(u.to_string()), Outcome::Ok));
-    }
     Ok((
         StatusCode::CREATED,
-        Json(JobCreated {
-            job_id,
-            token,
-            expires_at: rfc3339(expires_at),
-        }),
+        Json(s.domain.create_job(&p, &spec).await?),
     ))
 }
 
-/// Deleting a job ends it: its record goes, its token is revoked, its watch ends. Whoever may
-/// not delete it is told it does not exist.
 pub(super) async fn delete_job(
     State(s): State<AppState>,
     Caller(p): Caller,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let id = JobId::new(&id)
-        .map_err(|e| ApiError::BadRequest(e.to_string()))?
-        .to_string();
-    let not_found = || ApiError::NotFound(format!("job '{id}' not found"));
-    let raw = s.store.get(Table::Jobs, &id).await?.ok_or_else(not_found)?;
-    let job: JobRecord = decode(&id, &raw)?;
-    let allowed = match &p {
-        Principal::Operator => true,
-        Principal::User(u) => u.as_str() == job.owner,
-        Principal::Job { id: own, .. } => *own == id,
-    };
-    let event = |outcome| {
-        AuditEvent::new(p.actor(), AuditAction::JobDelete, None, outcome)
-            .subject(format!("job:{id}"))
-    };
-    if !allowed {
-        s.audit.record_best_effort(event(Outcome::Denied));
-        return Err(not_found());
-    }
-    let slot = s.audit.reserve()?;
-    let done = async {
-        s.store.delete(Table::Jobs, &id).await?;
-        set_revoked(&s, &job.token_id).await
-    }
-    .await;
-    s.wake_watchers();
-    if let Err(e) = done {
-        slot.record(event(Outcome::Error));
-        return Err(e);
-    }
-    slot.record(event(Outcome::Ok));
+    let id = parse_job(&id)?;
+    s.domain.delete_job(&p, &id).await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// The jobs `user` created: `(job id, record)`.
-pub(super) async fn jobs_of(
-    s: &Service,
-    user: &UserName,
-) -> Result<Vec<(String, JobRecord)>, ApiError> {
-    let mut out = Vec::new();
-    for (id, raw) in s.store.scan(Table::Jobs, "").await? {
-        let job: JobRecord = decode(&id, &raw)?;
-        if job.owner == user.as_str() {
-            out.push((id, job));
-        }
-    }
-    Ok(out)
 }

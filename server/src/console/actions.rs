@@ -1,26 +1,26 @@
 //! The console's state-changing requests (JSON from its script): add, delete and share a
 //! secret, revoke a grant, run a job and revoke it. Each is same-origin, carries the
-//! session's CSRF token, and goes through the API handler that does the same for a bearer
-//! token.
+//! session's CSRF token, and calls the domain operation a bearer-token request calls.
 
 use axum::Json;
 use axum::extract::{Extension, State};
-use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use secrets_core::api::{JobCreated, JobSpec, JobVolume};
+use secrets_core::api::{Grant, JobSpec, JobVolume};
 use secrets_core::manifest::{self as pod, PodInputs, PodJob};
-use secrets_core::{EnvSpec, VolumeMapping};
+use secrets_core::{Action, EnvSpec, JobId, SecretBytes, SecretKey, UserName, VolumeMapping};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::session::Session;
-use super::{Answer, Console, enc, json_error, same_origin};
+use super::{Console, json_error, same_origin};
+use crate::domain::DomainError;
+use crate::domain::sessions::Session;
 use crate::error::ApiError;
 use crate::serve::Peer;
 
 /// The session of a state-changing request, once it has passed the origin and CSRF checks,
 /// and its place among the user's requests in flight.
-async fn begin(c: &Console, h: &HeaderMap) -> Result<(Session, crate::admit::Admitted), Response> {
+async fn begin(c: &Console, h: &HeaderMap) -> Result<(Session, crate::limits::Admitted), Response> {
     let fail = |e: ApiError| json_error(e.status(), &e.to_string());
     same_origin(h).map_err(fail)?;
     let s = match c.session(h).await {
@@ -37,7 +37,8 @@ async fn begin(c: &Console, h: &HeaderMap) -> Result<(Session, crate::admit::Adm
         .get("x-csrf-token")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    s.check_csrf(presented).map_err(fail)?;
+    s.check_csrf(presented)
+        .map_err(|e| fail(ApiError::from(e)))?;
     let place = c
         .svc
         .inflight
@@ -46,13 +47,26 @@ async fn begin(c: &Console, h: &HeaderMap) -> Result<(Session, crate::admit::Adm
     Ok((s, place))
 }
 
-/// The API's answer, passed on: its JSON on success, its message otherwise.
-fn relay(a: Result<Answer, ApiError>) -> Response {
-    match a {
-        Ok(a) if a.ok() => (a.status, Json(json!({"ok": true}))).into_response(),
-        Ok(a) => json_error(a.status, &a.error()),
-        Err(e) => json_error(e.status(), &e.to_string()),
+/// A domain operation's outcome, as the script takes it: `{"ok": true}` with `status`, or the
+/// error's status and message.
+fn relay<T>(status: StatusCode, r: Result<T, DomainError>) -> Response {
+    match r {
+        Ok(_) => (status, Json(json!({"ok": true}))).into_response(),
+        Err(e) => {
+            let e = ApiError::from(e);
+            json_error(e.status(), &e.to_string())
+        }
     }
+}
+
+/// A name the user typed, or the 400 that says what is wrong with it.
+macro_rules! parsed {
+    ($r:expr) => {
+        match $r {
+            Ok(v) => v,
+            Err(e) => return json_error(StatusCode::BAD_REQUEST, &e.to_string()),
+        }
+    };
 }
 
 macro_rules! begin {
@@ -83,7 +97,7 @@ struct AddSecret {
     value: String,
 }
 
-/// `POST /console/secrets`: the API's write handler validates key and value and audits.
+/// `POST /console/secrets`: the domain's write validates key and value and audits.
 pub(super) async fn add_secret(
     State(c): State<Console>,
     h: HeaderMap,
@@ -91,11 +105,15 @@ pub(super) async fn add_secret(
 ) -> Response {
     let (s, _place) = begin!(c, h);
     let b: AddSecret = body!(raw);
-    let req = json!({"key": b.key, "value": b.value});
-    relay(
-        c.call(&s.principal, Method::POST, "/api/v1/secrets", Some(req))
-            .await,
-    )
+    let key = parsed!(SecretKey::new(&b.key));
+    let value =
+        parsed!(SecretBytes::from_base64(&b.value).map_err(|_| "the value is not valid base64"));
+    let r = c
+        .svc
+        .domain
+        .put_secret(&s.principal, None, key, &value)
+        .await;
+    relay(StatusCode::CREATED, r)
 }
 
 #[derive(Debug, Deserialize)]
@@ -111,8 +129,13 @@ pub(super) async fn delete_secret(
 ) -> Response {
     let (s, _place) = begin!(c, h);
     let b: KeyOnly = body!(raw);
-    let path = format!("/api/v1/secrets/{}/{}", enc(&s.user), enc(&b.key));
-    relay(c.call(&s.principal, Method::DELETE, &path, None).await)
+    let key = parsed!(SecretKey::new(&b.key));
+    let r = c
+        .svc
+        .domain
+        .delete_secret(&s.principal, s.name().clone(), key)
+        .await;
+    relay(StatusCode::NO_CONTENT, r)
 }
 
 #[derive(Debug, Deserialize)]
@@ -134,9 +157,14 @@ pub(super) async fn share(
     if user.is_empty() {
         return json_error(StatusCode::BAD_REQUEST, "enter the user to share with");
     }
-    let path = format!("/api/v1/users/{}/permissions", enc(user));
-    let req = json!([{"uri": format!("secret:{}", b.key), "action": b.action}]);
-    relay(c.call(&s.principal, Method::POST, &path, Some(req)).await)
+    let grantee = parsed!(UserName::new(user));
+    let action: Action = parsed!(b.action.parse());
+    let grant = Grant {
+        uri: format!("secret:{}", b.key),
+        action,
+    };
+    let r = c.svc.domain.grant(&s.principal, &grantee, &[grant]).await;
+    relay(StatusCode::CREATED, r)
 }
 
 #[derive(Debug, Deserialize)]
@@ -153,12 +181,9 @@ pub(super) async fn revoke_grant(
 ) -> Response {
     let (s, _place) = begin!(c, h);
     let b: Revoke = body!(raw);
-    let path = format!(
-        "/api/v1/users/{}/permissions?uri={}",
-        enc(&b.user),
-        enc(&b.uri)
-    );
-    relay(c.call(&s.principal, Method::DELETE, &path, None).await)
+    let grantee = parsed!(UserName::new(&b.user));
+    let r = c.svc.domain.revoke(&s.principal, &grantee, &b.uri).await;
+    relay(StatusCode::NO_CONTENT, r)
 }
 
 #[derive(Debug, Deserialize)]
@@ -256,23 +281,12 @@ pub(super) async fn run_job(
             .collect(),
         ttl_s: None,
     };
-    let spec = match serde_json::to_value(&spec) {
-        Ok(v) => v,
-        Err(e) => return json_error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
-    };
-    let a = match c
-        .call(&s.principal, Method::POST, "/api/v1/jobs", Some(spec))
-        .await
-    {
-        Ok(a) => a,
-        Err(e) => return json_error(e.status(), &e.to_string()),
-    };
-    if !a.ok() {
-        return json_error(a.status, &a.error());
-    }
-    let created: JobCreated = match a.json() {
+    let created = match c.svc.domain.create_job(&s.principal, &spec).await {
         Ok(j) => j,
-        Err(e) => return json_error(e.status(), &e.to_string()),
+        Err(e) => {
+            let e = ApiError::from(e);
+            return json_error(e.status(), &e.to_string());
+        }
     };
     let scheme = if peer.is_some_and(|Extension(p)| p.tls) {
         "https"
@@ -306,8 +320,7 @@ pub(super) async fn run_job(
     let manifest = match pod::render(&job, &inputs) {
         Ok(m) => zeroize::Zeroizing::new(m),
         Err(e) => {
-            let path = format!("/api/v1/jobs/{}", enc(created.job_id.as_str()));
-            let _ = c.call(&s.principal, Method::DELETE, &path, None).await;
+            let _ = c.svc.domain.delete_job(&s.principal, &created.job_id).await;
             return json_error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string());
         }
     };
@@ -353,6 +366,7 @@ pub(super) async fn revoke_job(
 ) -> Response {
     let (s, _place) = begin!(c, h);
     let b: JobOnly = body!(raw);
-    let path = format!("/api/v1/jobs/{}", enc(&b.job_id));
-    relay(c.call(&s.principal, Method::DELETE, &path, None).await)
+    let id = parsed!(JobId::new(&b.job_id));
+    let r = c.svc.domain.delete_job(&s.principal, &id).await;
+    relay(StatusCode::NO_CONTENT, r)
 }

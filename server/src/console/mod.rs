@@ -2,9 +2,9 @@
 //! launch dialog, as server-rendered HTML and one small script, on the API's port.
 //!
 //! A browser holds a random session id in an HttpOnly cookie, never the token it logged in
-//! with (`session`). Every console action goes through the API's own handlers, called in
-//! process with the session's user as the caller (`call`): the same permissions, validation
-//! and audit as a bearer-token request. `pages` renders, `actions` changes things.
+//! with (`session`). Every page and action calls the domain layer with the session's user as
+//! the caller: the same permissions, validation and audit as a bearer-token request. `pages`
+//! renders, `actions` changes things.
 
 mod actions;
 mod html;
@@ -12,24 +12,14 @@ mod pages;
 mod session;
 
 use axum::Router;
-use axum::body::Body;
 use axum::extract::Request;
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde::de::DeserializeOwned;
-use tower::ServiceExt as _;
 
-use crate::AppState;
-use crate::admit::Authenticated;
-use crate::auth::Principal;
 use crate::error::ApiError;
-
-pub use session::{
-    ABSOLUTE_TTL, FAILURE_WINDOW, IDLE_TTL, LoginLimiter, MAX_FAILURES, MAX_USER_FAILURES,
-    MAX_WINDOWS,
-};
+use crate::state::AppState;
 
 /// The console's script and style sheet, embedded at build time.
 const SCRIPT: &str = include_str!("assets/console.js");
@@ -41,23 +31,15 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-
                    connect-src 'self'; form-action 'self'; base-uri 'none'; \
                    frame-ancestors 'none'";
 
-/// What the console's handlers get: the service, and the API router they call in process.
-#[derive(Clone)]
+/// What the console's handlers get: the service.
+#[derive(Debug, Clone)]
 pub(crate) struct Console {
     svc: AppState,
-    api: Router,
 }
 
-impl std::fmt::Debug for Console {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Console").finish_non_exhaustive()
-    }
-}
-
-/// The console's routes, to merge into the API router. `api` is the API's routes without the
-/// admission layer: the console admits its own requests.
-pub fn routes(svc: AppState, api: Router) -> Router<AppState> {
-    let c = Console { svc, api };
+/// The console's routes, to merge into the API router.
+pub fn routes(svc: AppState) -> Router<AppState> {
+    let c = Console { svc };
     Router::new()
         .route("/", get(pages::root))
         .route("/login", post(session::login))
@@ -150,77 +132,6 @@ fn same_origin(h: &HeaderMap) -> Result<(), ApiError> {
             "the request has neither Sec-Fetch-Site nor an Origin of this service".into(),
         )),
     }
-}
-
-/// An API answer, called in process.
-struct Answer {
-    status: StatusCode,
-    body: axum::body::Bytes,
-}
-
-impl Answer {
-    fn json<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
-        serde_json::from_slice(&self.body)
-            .map_err(|e| ApiError::Internal(format!("console: decoding an API answer: {e}")))
-    }
-
-    /// The service's message of a refused request.
-    fn error(&self) -> String {
-        serde_json::from_slice::<secrets_core::api::ErrorBody>(&self.body)
-            .map(|b| b.error)
-            .unwrap_or_else(|_| format!("the service answered {}", self.status))
-    }
-
-    fn ok(&self) -> bool {
-        self.status.is_success()
-    }
-}
-
-impl Console {
-    /// Calls the API handler for `method path` as `p`, with `body` as its JSON body: the
-    /// handler checks permissions, validates and audits exactly as for a bearer token.
-    async fn call(
-        &self,
-        p: &Principal,
-        method: Method,
-        path: &str,
-        body: Option<serde_json::Value>,
-    ) -> Result<Answer, ApiError> {
-        let mut req = Request::builder().method(method).uri(path);
-        let body = match body {
-            Some(v) => {
-                req = req.header(header::CONTENT_TYPE, "application/json");
-                Body::from(serde_json::to_vec(&v).map_err(|e| ApiError::Internal(e.to_string()))?)
-            }
-            None => Body::empty(),
-        };
-        let mut req = req
-            .body(body)
-            .map_err(|e| ApiError::Internal(format!("console: building {path}: {e}")))?;
-        req.extensions_mut().insert(Authenticated(Ok(p.clone())));
-        let resp = match self.api.clone().oneshot(req).await {
-            Ok(r) => r,
-            Err(never) => match never {},
-        };
-        let status = resp.status();
-        let body = axum::body::to_bytes(resp.into_body(), crate::api::MAX_BODY * 16)
-            .await
-            .map_err(|e| ApiError::Internal(format!("console: reading {path}: {e}")))?;
-        Ok(Answer { status, body })
-    }
-}
-
-/// Percent-encodes one path segment or query value.
-fn enc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// The console's answer for a failure: JSON for the script, with the service's message.

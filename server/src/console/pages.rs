@@ -1,17 +1,17 @@
 //! The console's pages: log-in, Secrets (with the Add, Delete and Share dialogs), Shared
 //! (grants given, with Revoke) and Dashboard (widgets and the launch dialog). Lists come from
-//! the API's handlers; no value is ever fetched, so none can be rendered.
+//! the domain layer; no value is ever fetched, so none can be rendered.
 
 use std::fmt::Write as _;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
-use secrets_core::api::{SecretInfo, SharedGrant};
+use secrets_core::api::SecretInfo;
 
+use super::Console;
 use super::html::{esc, login_page, page};
-use super::session::Session;
-use super::{Console, enc};
+use crate::domain::sessions::Session;
 use crate::error::ApiError;
 
 /// The log-in page with `status`.
@@ -37,20 +37,9 @@ async fn need_session(c: &Console, h: &HeaderMap) -> Result<Session, Response> {
     }
 }
 
-/// The secrets `s` may read, from the API's list handler (own first, then shared).
+/// The secrets `s` may read (own first, then shared).
 async fn list(c: &Console, s: &Session) -> Result<Vec<SecretInfo>, ApiError> {
-    let a = c
-        .call(
-            &s.principal,
-            axum::http::Method::GET,
-            "/api/v1/secrets",
-            None,
-        )
-        .await?;
-    if !a.ok() {
-        return Err(ApiError::Unavailable(a.error()));
-    }
-    a.json()
+    Ok(c.svc.domain.list_secrets(&s.principal).await?)
 }
 
 /// A secret as `neuro secret ls` names it: `KEY` when own, `secret:/OWNER/KEY` when shared.
@@ -166,16 +155,9 @@ pub(super) async fn shared(State(c): State<Console>, h: HeaderMap) -> Response {
         Ok(s) => s,
         Err(r) => return r,
     };
-    let path = format!("/api/v1/users/{}/permissions/shared", enc(&s.user));
-    let grants: Vec<SharedGrant> = match c
-        .call(&s.principal, axum::http::Method::GET, &path, None)
-        .await
-        .and_then(|a| match a.ok() {
-            true => a.json(),
-            false => Err(ApiError::Unavailable(a.error())),
-        }) {
+    let grants = match c.svc.domain.list_shared(&s.principal, s.name()).await {
         Ok(g) => g,
-        Err(e) => return failure_page(&s, "Shared", &e),
+        Err(e) => return failure_page(&s, "Shared", &e.into()),
     };
     let mut m = String::from(
         "<h1>Shared</h1><table id=\"grants\"><caption>What you have shared, and with whom\

@@ -273,7 +273,9 @@ fn readyz_is_unready_while_the_store_cannot_write_root() {
             Some(&alice),
             Some(&big),
         );
-        r.unwrap().status == 500
+        // 500 from the store, or 503 once the audit log (on the same disk) cannot write:
+        // which comes first depends on the writer's timing.
+        matches!(r.unwrap().status, 500 | 503)
     });
     assert!(failed, "no write failed on the full disk");
     let body = readyz_until(&srv.addr, 503, || {});

@@ -1,21 +1,25 @@
-//! Health: `GET /api/v1/ping` ("Pong" while the store can write), `GET /healthz` (the process
+//! The operators' routes: health and metrics. `GET /api/v1/ping` ("Pong" while the store can write), `GET /healthz` (the process
 //! answers; touches nothing) and `GET /readyz` (ready to serve: the store writable, the audit
 //! log writable, the master key loaded; 503 with the reasons otherwise). None needs a token:
 //! the answers name failures (an I/O error, the audit log's path), never a value or a name
-//! from the store.
+//! from the store. `GET /metrics`: on the API port with the operator token, on
+//! `--metrics-listen` for anyone who reaches that address.
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use secrets_core::api::ErrorBody;
 
-use crate::AppState;
+use crate::domain::Principal;
+use crate::error::ApiError;
+use crate::state::AppState;
 
 /// Answers 200 "Pong" when the store is healthy, else 503 `{"error": "the store cannot write:
 /// ..."}`. The reason names the store's failure (an I/O error), never a value.
 pub async fn ping(State(s): State<AppState>) -> Response {
-    match s.store.health().await {
+    match s.domain.store.health().await {
         Ok(()) => "Pong".into_response(),
         Err(why) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -49,16 +53,16 @@ const PROBE: &[u8] = b"readyz";
 /// the master key seals and opens; 503 otherwise, with each check's reason.
 pub async fn readyz(State(s): State<AppState>) -> Response {
     let ok = || "ok".to_owned();
-    let store = match s.store.health().await {
+    let store = match s.domain.store.health().await {
         Ok(()) => ok(),
         Err(why) => format!("the store cannot write: {why}"),
     };
-    let audit = match s.audit.check() {
+    let audit = match s.domain.audit.check() {
         Ok(()) => ok(),
         Err(e) => e.to_string(),
     };
-    let sealed = s.keys.seal("readyz/probe", PROBE);
-    let master_key = match s.keys.open("readyz/probe", &sealed) {
+    let sealed = s.domain.keys.seal("readyz/probe", PROBE);
+    let master_key = match s.domain.keys.open("readyz/probe", &sealed) {
         Ok(p) if p.as_slice() == PROBE => ok(),
         _ => "the master key does not open what it sealed".to_owned(),
     };
@@ -75,4 +79,44 @@ pub async fn readyz(State(s): State<AppState>) -> Response {
         master_key,
     };
     (status, Json(body)).into_response()
+}
+
+/// `GET /metrics` on `--metrics-listen`: anyone who reaches that address reads them.
+pub async fn scrape(State(s): State<AppState>) -> Response {
+    let d = &s.domain;
+    let body = crate::metrics::global().render(
+        d.audit.queue_depth(),
+        d.audit.check().is_ok(),
+        d.values.held(),
+    );
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
+/// `GET /metrics` on the API port: the operator token only (401 without a token, 403 with
+/// another one).
+pub async fn scrape_operator(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    let token = match crate::admit::bearer(&headers) {
+        None => {
+            return ApiError::Unauthenticated(
+                "the metrics on the API port need the operator token (or use --metrics-listen)"
+                    .into(),
+            )
+            .into_response();
+        }
+        Some(Err(e)) => return e.into_response(),
+        Some(Ok(t)) => zeroize::Zeroizing::new(t.to_owned()),
+    };
+    match s.domain.authenticate(&token).await {
+        Ok(Principal::Operator) => scrape(State(s)).await,
+        Ok(_) => ApiError::forbidden("only the operator reads the metrics on the API port")
+            .into_response(),
+        Err(e) => ApiError::from(e).into_response(),
+    }
 }

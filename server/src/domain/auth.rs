@@ -5,35 +5,28 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use secrets_core::{SecretUri, Token, UserName};
 use subtle::ConstantTimeEq as _;
 
+use super::DomainError;
+use crate::clock::now_secs;
 use crate::crypto::{Keys, hex, random_bytes};
-use crate::error::ApiError;
 use crate::records::{JobRecord, Subject, TokenRecord, UserRecord};
 use crate::store::{Store, StoreError, Table};
 
-pub fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-pub fn rfc3339(secs: u64) -> String {
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
-}
-
 /// The current incarnation of user `name`; `None` when there is no such user.
-pub async fn user_incarnation(store: &dyn Store, name: &str) -> Result<Option<String>, ApiError> {
+pub async fn user_incarnation(
+    store: &dyn Store,
+    name: &str,
+) -> Result<Option<String>, DomainError> {
     let Some(raw) = store.get(Table::Users, name).await? else {
         return Ok(None);
     };
     serde_json::from_slice::<UserRecord>(&raw)
         .map(|r| Some(r.incarnation))
-        .map_err(|e| ApiError::Internal(format!("user record {name}: {e}")))
+        .map_err(|e| DomainError::Internal(format!("user record {name}: {e}")))
 }
 
 /// Refuses a token whose user is gone, or is another user of the same name.
@@ -41,10 +34,10 @@ async fn check_user(
     store: &dyn Store,
     name: &str,
     issued_for: Option<&str>,
-) -> Result<(), ApiError> {
+) -> Result<(), DomainError> {
     match user_incarnation(store, name).await? {
         Some(now) if issued_for.is_none_or(|i| i == now) => Ok(()),
-        _ => Err(ApiError::Unauthenticated(format!(
+        _ => Err(DomainError::Unauthenticated(format!(
             "user '{name}' has been removed"
         ))),
     }
@@ -131,13 +124,13 @@ pub async fn issue_operator(store: &dyn Store, keys: &Keys) -> Result<Option<Tok
         .then(|| Token::new(format!("nst.{OPERATOR_TOKEN_ID}.{secret}"))))
 }
 
-pub async fn load_token(store: &dyn Store, id: &str) -> Result<Option<TokenRecord>, ApiError> {
+pub async fn load_token(store: &dyn Store, id: &str) -> Result<Option<TokenRecord>, DomainError> {
     let Some(raw) = store.get(Table::Tokens, id).await? else {
         return Ok(None);
     };
     serde_json::from_slice(&raw)
         .map(Some)
-        .map_err(|e| ApiError::Internal(format!("token record {id}: {e}")))
+        .map_err(|e| DomainError::Internal(format!("token record {id}: {e}")))
 }
 
 /// How long a verified token is trusted without a store read. Revocations made through this
@@ -178,8 +171,8 @@ impl Authenticator {
         store: &dyn Store,
         keys: &Keys,
         presented: &str,
-    ) -> Result<Principal, ApiError> {
-        let invalid = || ApiError::Unauthenticated("invalid token".into());
+    ) -> Result<Principal, DomainError> {
+        let invalid = || DomainError::Unauthenticated("invalid token".into());
         let mut parts = presented.splitn(3, '.');
         let (Some("nst"), Some(id), Some(secret)) = (parts.next(), parts.next(), parts.next())
         else {
@@ -191,7 +184,7 @@ impl Authenticator {
         let got = hex(&keys.token_hash(secret));
         let check_expiry = |expires_at: Option<u64>| {
             if expires_at.is_some_and(|e| e <= now_secs()) {
-                Err(ApiError::Unauthenticated("token has expired".into()))
+                Err(DomainError::Unauthenticated("token has expired".into()))
             } else {
                 Ok(())
             }
@@ -215,7 +208,9 @@ impl Authenticator {
             return Err(invalid());
         }
         if rec.revoked {
-            return Err(ApiError::Unauthenticated("token has been revoked".into()));
+            return Err(DomainError::Unauthenticated(
+                "token has been revoked".into(),
+            ));
         }
         check_expiry(rec.expires_at)?;
         let principal = principal_of(store, rec.subject, rec.incarnation.as_deref()).await?;
@@ -241,7 +236,7 @@ async fn principal_of(
     store: &dyn Store,
     subject: Subject,
     incarnation: Option<&str>,
-) -> Result<Principal, ApiError> {
+) -> Result<Principal, DomainError> {
     match subject {
         Subject::Operator => Ok(Principal::Operator),
         Subject::User { name } => {
@@ -249,20 +244,21 @@ async fn principal_of(
             // issued while its user was being removed, and a later user of the same name.
             check_user(store, &name, incarnation).await?;
             Ok(Principal::User(
-                UserName::new(&name).map_err(|e| ApiError::Internal(e.to_string()))?,
+                UserName::new(&name).map_err(|e| DomainError::Internal(e.to_string()))?,
             ))
         }
         Subject::Job { id: job_id } => {
             let raw = store
                 .get(Table::Jobs, &job_id)
                 .await?
-                .ok_or_else(|| ApiError::Unauthenticated("the job has ended".into()))?;
+                .ok_or_else(|| DomainError::Unauthenticated("the job has ended".into()))?;
             let job: JobRecord = serde_json::from_slice(&raw)
-                .map_err(|e| ApiError::Internal(format!("job record {job_id}: {e}")))?;
+                .map_err(|e| DomainError::Internal(format!("job record {job_id}: {e}")))?;
             // A job created while its user was being removed outlives the removal's list of
             // jobs, not the user.
             check_user(store, &job.owner, incarnation).await?;
-            let owner = UserName::new(&job.owner).map_err(|e| ApiError::Internal(e.to_string()))?;
+            let owner =
+                UserName::new(&job.owner).map_err(|e| DomainError::Internal(e.to_string()))?;
             Ok(Principal::Job {
                 id: job_id,
                 owner,

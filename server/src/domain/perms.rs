@@ -3,9 +3,7 @@
 
 use secrets_core::{Action, ClusterName, ResourceUri, SecretUri, UserName};
 
-use super::Service;
-use crate::auth::Principal;
-use crate::error::ApiError;
+use super::{Domain, DomainError, Principal};
 use crate::records::{GrantRecord, decode};
 use crate::store::Table;
 
@@ -57,17 +55,17 @@ pub fn may_read(p: &Principal, perms: Option<&Perms<'_>>, uri: &SecretUri) -> bo
     }
 }
 
-impl Service {
-    pub(super) async fn grants_of(&self, user: &UserName) -> Result<Vec<GrantRecord>, ApiError> {
+impl Domain {
+    pub async fn grants_of(&self, user: &UserName) -> Result<Vec<GrantRecord>, DomainError> {
         self.store
             .scan(Table::Grants, &GrantRecord::prefix(user))
             .await?
             .iter()
-            .map(|(k, v)| decode(k, v))
+            .map(|(k, v)| decode(k, v).map_err(DomainError::from))
             .collect()
     }
 
-    pub(super) async fn perms<'a>(&'a self, user: &'a UserName) -> Result<Perms<'a>, ApiError> {
+    pub async fn perms<'a>(&'a self, user: &'a UserName) -> Result<Perms<'a>, DomainError> {
         let grants = self
             .grants_of(user)
             .await?
