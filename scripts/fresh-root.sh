@@ -22,8 +22,9 @@
 # What the root gets besides HEAD: this machine's rustup toolchain and ~/.cargo/bin, bind-mounted
 # read-only (no C compiler or linker: setup.sh has to install gcc and libc6-dev); a copy of
 # ~/.cargo/registry/{index,cache} (a copy, not a mount, because cargo writes there: locks,
-# index updates, extracted sources), so crates are not downloaded again; /etc/resolv.conf and
-# this machine's apt source file; /usr/sbin/policy-rc.d saying no, so that packages setup.sh
+# index updates, extracted sources), so crates are not downloaded again; /etc/resolv.conf,
+# this machine's apt source file and its local CA certificates (/usr/local/share/ca-certificates,
+# which setup.sh's ca-certificates adds to the root's bundle: this network's HTTPS needs them); /usr/sbin/policy-rc.d saying no, so that packages setup.sh
 # installs (etcd-server) start no daemon in the root. It runs in a private mount namespace:
 # every mount it makes goes when it ends, and on any exit (Ctrl-C too) it kills whatever still
 # runs in the root and unmounts what it mounted.
@@ -234,6 +235,12 @@ if [[ "$apt_source" == */debian.sources ]]; then
   cp "$apt_source" "$root/etc/apt/sources.list.d/debian.sources"
 else
   cp "$apt_source" "$root/etc/apt/sources.list"
+fi
+# This machine's local CA certificates (a TLS-inspecting proxy's, say): the root reaches the same
+# network, and setup.sh's ca-certificates puts them in the root's bundle (npm needs that).
+if compgen -G '/usr/local/share/ca-certificates/*' >/dev/null; then
+  cp -a /usr/local/share/ca-certificates/. "$root/usr/local/share/ca-certificates/"
+  echo "fresh-root: the root trusts this machine's local CAs too:" /usr/local/share/ca-certificates/*
 fi
 printf '#!/bin/sh\n# fresh-root.sh: no daemon starts in this root\nexit 101\n' >"$root/usr/sbin/policy-rc.d"
 chmod 755 "$root/usr/sbin/policy-rc.d"
