@@ -14,9 +14,10 @@
 #   and reused: never run in, only copied) and root/ (this run's copy, replaced each run; removed
 #   after a passing run unless --keep, kept after a failing one to look into).
 #   --repo: the repository whose HEAD is tested (default: the one this script is in).
-# Takes about 5 minutes on 2 cores (measured: debootstrap 0:28, first run only; setup --build
-# 0:14-0:26; the secretd build 1:36; the full setup 1:45-3:09; the workspace build 0:42 more),
-# longer when the cores are busy. Needs root; installs debootstrap on this machine with apt-get
+# Takes 5 to 16 minutes on 2 cores. Measured idle / busy with another build: debootstrap 0:28
+# (first run only); copying the root 0:06 / 1:23; setup --build 0:14 / 0:30; the secretd build
+# 1:36 / 2:30; the full setup 1:45 / 4:50; the workspace build 0:42 / 2:41 more; removing the
+# root after a pass up to 4 min on a busy disk. Needs root; installs debootstrap on this machine with apt-get
 # if it is missing. Disk: pristine/ 206 MB, root/ 3.7 GB at the end of a run.
 #
 # What the root gets besides HEAD: this machine's rustup toolchain and ~/.cargo/bin, bind-mounted
