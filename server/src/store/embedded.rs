@@ -622,6 +622,22 @@ impl Store for EmbeddedStore {
         .map_err(|e| e.to_string())
     }
 
+    async fn sync(&self) -> Result<(), StoreError> {
+        // One process owns the file: every acknowledged write is already in what reads see.
+        Ok(())
+    }
+
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        // Every write goes through this process, which wakes its watchers itself.
+        None
+    }
+
+    fn revocation_epoch(&self) -> u64 {
+        // Nobody else changes the records; revocations made through this process are
+        // forgotten at once (`Authenticator::forget`).
+        0
+    }
+
     async fn is_empty(&self) -> Result<bool, StoreError> {
         self.read(|tx| {
             for t in Table::ALL {

@@ -179,6 +179,9 @@ impl std::fmt::Display for Summary {
 }
 
 /// Storage for the service. Implementations must make an acknowledged write durable.
+///
+/// No method has a default body: a wrapper (`timed::Timed`) must forward each one, and a
+/// default would let it forget one silently and answer for the store it wraps.
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug {
     async fn get(&self, table: Table, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
@@ -194,9 +197,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn get_secret(&self, key: &str) -> Result<Option<StoredSecret>, StoreError>;
     /// `get_secret` for a read of the value: `updated_at` may be left out (the hot path of
     /// every secret read; the embedded store keeps write times in a table of their own).
-    async fn get_sealed(&self, key: &str) -> Result<Option<StoredSecret>, StoreError> {
-        self.get_secret(key).await
-    }
+    async fn get_sealed(&self, key: &str) -> Result<Option<StoredSecret>, StoreError>;
     /// Secrets whose `OWNER/KEY` starts with `prefix`, in key order.
     async fn list_secrets(&self, prefix: &str) -> Result<Vec<SecretMeta>, StoreError>;
     /// Stores the sealed value under the next revision, which it returns, with the time of
@@ -218,19 +219,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Returns once reads reflect every write acknowledged (by any replica) before the call;
     /// `Unavailable` when the store cannot show that. A request calls it once, first.
-    async fn sync(&self) -> Result<(), StoreError> {
-        Ok(())
-    }
+    async fn sync(&self) -> Result<(), StoreError>;
     /// Revisions of changes made elsewhere (other replicas), for waking watchers; `None` when
     /// every write goes through this process.
-    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
-        None
-    }
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>>;
     /// Moves on whenever a user, token or job record was changed or removed by someone else, so
     /// that cached verifications of tokens are dropped.
-    fn revocation_epoch(&self) -> u64 {
-        0
-    }
+    fn revocation_epoch(&self) -> u64;
 
     /// Whether the store holds no record at all.
     async fn is_empty(&self) -> Result<bool, StoreError>;
