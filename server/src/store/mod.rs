@@ -43,8 +43,8 @@ pub enum Table {
     Jobs,
     /// console session id hash → session record (the web console's server-side sessions)
     Sessions,
-    /// settings of the store itself: the master key's check value
-    Meta,
+    /// settings of the store itself: the master key's check value, the cluster name
+    Settings,
 }
 
 impl Table {
@@ -54,9 +54,15 @@ impl Table {
         Table::Grants,
         Table::Jobs,
         Table::Sessions,
-        Table::Meta,
+        Table::Settings,
     ];
 
+    /// The table's name in storage: the redb table of the embedded store, the key prefix
+    /// `NAME/` under the etcd store's `/PREFIX/`, and `secretd migrate`'s counts. These
+    /// names are the stored format, fixed whatever the Rust names become: renaming one
+    /// would orphan the data of every existing store. Beside them the embedded store keeps
+    /// its revision counter in a redb table named `meta` (`embedded::BOOKKEEPING`), which
+    /// is not `Table::Settings` (`settings`) and is never exported.
     pub fn name(self) -> &'static str {
         match self {
             Table::Users => "users",
@@ -64,7 +70,7 @@ impl Table {
             Table::Grants => "grants",
             Table::Jobs => "jobs",
             Table::Sessions => "sessions",
-            Table::Meta => "settings",
+            Table::Settings => "settings",
         }
     }
 }
