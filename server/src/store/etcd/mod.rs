@@ -29,6 +29,8 @@ use tokio::sync::watch;
 use super::{Change, Record, SecretMeta, Store, StoreError, StoredSecret, Table, unix_now};
 
 mod config;
+#[cfg(test)]
+mod fake;
 mod kv;
 mod mirror;
 mod rpc;
@@ -388,5 +390,215 @@ impl Store for EtcdStore {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+
+    use super::fake::{Call, Etcd, Fault, Trouble};
+    use super::*;
+
+    /// Runs a test on a runtime whose clock jumps to the next timer when all is idle, so
+    /// timeouts of seconds take none.
+    pub(super) fn run<T>(f: impl Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    /// An outcome in a word or two: the value, or the kind of failure.
+    pub(super) fn said<T: std::fmt::Debug>(r: Result<T, StoreError>) -> String {
+        match r {
+            Ok(v) => format!("{v:?}"),
+            Err(StoreError::Unavailable(_)) => "unavailable".into(),
+            Err(StoreError::Engine(_)) => "engine".into(),
+            Err(e) => format!("{e}"),
+        }
+    }
+
+    async fn open(etcd: &Arc<Etcd>) -> EtcdStore {
+        let target = EtcdTarget::parse("etcd://fake:1,fake:2,fake:3/test").unwrap();
+        EtcdStore::with_endpoints(target, etcd.members(), Duration::from_secs(5))
+            .await
+            .unwrap()
+    }
+
+    #[derive(Debug, Clone, Copy)]
+    enum Do {
+        Put,
+        Insert,
+        Delete,
+        PutSecret,
+        DeleteSecret,
+        Touch,
+    }
+
+    /// Runs `op` on a new store over three members, the first answering, after scripting
+    /// `faults`: its answer, the members its transaction was sent to, and how many
+    /// transactions etcd applied.
+    #[track_caller]
+    fn check_write(
+        op: Do,
+        faults: &[(usize, Call, Fault)],
+        answer: &str,
+        sent: &[usize],
+        applied: i64,
+    ) {
+        let got = run(async {
+            let etcd = Etcd::new(3);
+            let store = open(&etcd).await;
+            // What the operation changes is there first.
+            match op {
+                Do::Delete => store.put(Table::Users, "alice", b"x").await.unwrap(),
+                Do::DeleteSecret => drop(store.put_secret("alice/k", b"old").await.unwrap()),
+                _ => {}
+            }
+            etcd.calls(Call::Txn);
+            for &(member, call, fault) in faults {
+                etcd.script(member, call, fault);
+            }
+            let before = etcd.revision();
+            let answer = match op {
+                Do::Put => said(store.put(Table::Users, "bob", b"record").await),
+                Do::Insert => said(store.insert_new(Table::Users, "bob", b"record").await),
+                Do::Delete => said(store.delete(Table::Users, "alice").await),
+                Do::PutSecret => said(store.put_secret("alice/k", b"sealed").await),
+                Do::DeleteSecret => said(store.delete_secret("alice/k").await),
+                Do::Touch => said(store.touch("alice").await),
+            };
+            (answer, etcd.calls(Call::Txn), etcd.revision() - before)
+        });
+        assert_eq!(
+            got,
+            (answer.to_owned(), sent.to_vec(), applied),
+            "{op:?} after {faults:?}"
+        );
+    }
+
+    #[test]
+    fn a_write_whose_answer_was_lost_is_checked_before_it_is_sent_again() {
+        use Call::{Check, Txn};
+        use Fault::{Hang, LoseAnswer, Refused, Unavailable};
+        check_write(Do::Put, &[], "()", &[0], 1);
+        // Applied, answer lost: the check finds its value, and it is not sent again.
+        check_write(Do::Put, &[(0, Txn, LoseAnswer)], "()", &[0], 1);
+        // Not applied, no answer: the check finds nothing, it goes to the next member.
+        check_write(Do::Put, &[(0, Txn, Hang)], "()", &[0, 1], 1);
+        check_write(Do::Put, &[(0, Txn, Unavailable)], "()", &[0, 1], 1);
+        check_write(
+            Do::Put,
+            &[(0, Txn, Unavailable), (1, Txn, Unavailable)],
+            "()",
+            &[0, 1, 2],
+            1,
+        );
+        check_write(Do::Put, &[(0, Txn, Refused)], "engine", &[0], 0);
+        // The check itself moves on from a member that fails it.
+        check_write(
+            Do::Put,
+            &[(0, Txn, LoseAnswer), (1, Check, Unavailable)],
+            "()",
+            &[0],
+            1,
+        );
+        // Two attempts that time out use up the deadline: the write fails, nothing applied.
+        check_write(
+            Do::Put,
+            &[(0, Txn, Hang), (1, Txn, Hang)],
+            "unavailable",
+            &[0, 1],
+            0,
+        );
+        // Sent again, an insert would find its own row and say `false`.
+        check_write(Do::Insert, &[], "true", &[0], 1);
+        check_write(Do::Insert, &[(0, Txn, LoseAnswer)], "true", &[0], 1);
+        check_write(Do::Insert, &[(0, Txn, Hang)], "true", &[0, 1], 1);
+        // A delete landed when the key is gone; sent again it would remove nothing.
+        check_write(Do::Delete, &[(0, Txn, LoseAnswer)], "true", &[0], 1);
+        check_write(Do::PutSecret, &[(0, Txn, LoseAnswer)], "2", &[0], 1);
+        check_write(
+            Do::DeleteSecret,
+            &[(0, Txn, LoseAnswer)],
+            "Some(3)",
+            &[0],
+            1,
+        );
+        check_write(Do::DeleteSecret, &[(0, Txn, Hang)], "Some(3)", &[0, 1], 1);
+        // A marker leaves nothing to check: it is sent again, twice applied is harmless.
+        check_write(Do::Touch, &[(0, Txn, Hang)], "2", &[0, 1], 1);
+        check_write(Do::Touch, &[(0, Txn, LoseAnswer)], "3", &[0, 1], 2);
+    }
+
+    /// Another replica writes a user while the members have `troubles` (this replica reads
+    /// and watches through member 0): what a request's `sync` says, whether the request then
+    /// reads the user, and how long `sync` took at most.
+    #[track_caller]
+    fn check_sync(troubles: &[Trouble], answer: &str, within: Duration) {
+        let (got, took) = run(async {
+            let etcd = Etcd::new(3);
+            let store = open(&etcd).await;
+            // A barrier or two first, as a running replica has had.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            for (member, trouble) in troubles.iter().enumerate() {
+                etcd.trouble(member, *trouble);
+            }
+            etcd.write(&store.write(None, vec![Op::Put("/test/users/bob".into(), b"x".to_vec())]));
+            let t0 = Instant::now();
+            let synced = said(store.sync().await);
+            let took = t0.elapsed();
+            let seen = store.get(Table::Users, "bob").await.unwrap().is_some();
+            (
+                format!("{synced}, {}", if seen { "seen" } else { "unseen" }),
+                took,
+            )
+        });
+        assert_eq!(got, answer, "{troubles:?}");
+        assert!(took <= within, "{troubles:?}: sync took {took:?}");
+    }
+
+    #[test]
+    fn a_request_reads_what_etcd_confirmed_or_waits_or_is_served_within_max_staleness() {
+        use Trouble::{Hung, LaggingWatch, None, SlowWatch};
+        check_sync(&[], "(), seen", Duration::from_millis(10));
+        // The barrier waits for the watch to apply what etcd confirmed.
+        check_sync(
+            &[SlowWatch(Duration::from_millis(400))],
+            "(), seen",
+            Duration::from_millis(500),
+        );
+        // Member 0 answers reads but its watch delivers nothing: the barrier finds the copy
+        // behind, the watch moves to member 1 and loads the copy again.
+        check_sync(&[LaggingWatch], "(), seen", Duration::from_millis(1500));
+        // Member 0 answers nothing: the barrier times out on the watch's member, both move on.
+        check_sync(&[Hung], "(), seen", Duration::from_millis(1500));
+        check_sync(&[None, Hung], "(), seen", Duration::from_millis(10));
+        // No member answers (no quorum): the copy is served, as it was confirmed less than
+        // --max-staleness ago, and the write is not seen.
+        check_sync(&[Hung, Hung, Hung], "(), unseen", Duration::from_secs(3));
+    }
+
+    #[test]
+    fn without_etcd_requests_are_refused_after_max_staleness() {
+        let (before, after, health) = run(async {
+            let etcd = Etcd::new(2);
+            let store = open(&etcd).await;
+            etcd.trouble(0, Trouble::Hung);
+            etcd.trouble(1, Trouble::Hung);
+            let before = said(store.sync().await);
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            let after = said(store.sync().await);
+            (before, after, store.health().await.is_err())
+        });
+        assert_eq!(
+            (before.as_str(), after.as_str(), health),
+            ("()", "unavailable", true)
+        );
     }
 }

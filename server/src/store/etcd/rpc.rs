@@ -276,3 +276,54 @@ impl Rpc {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::fake::{Call, Etcd, Fault};
+    use super::super::tests::{run, said};
+    use super::*;
+
+    /// A read through three members, after scripting `faults` for reads: its answer, the
+    /// members it went to, and how long it took (on a clock that jumps to the next timer).
+    #[track_caller]
+    fn check(faults: &[(usize, Fault)], answer: &str, tried: &[usize], took_ms: u128) {
+        let got = run(async {
+            let etcd = Etcd::new(3);
+            let rpc = Rpc::new(etcd.members());
+            for &(member, fault) in faults {
+                etcd.script(member, Call::Get, fault);
+            }
+            let t0 = Instant::now();
+            let r = rpc
+                .call("read", |kv| async move { kv.get("/k").await.map(drop) })
+                .await;
+            (said(r), etcd.calls(Call::Get), t0.elapsed().as_millis())
+        });
+        assert_eq!(
+            got,
+            (answer.to_owned(), tried.to_vec(), took_ms),
+            "after {faults:?}"
+        );
+    }
+
+    #[test]
+    fn calls_move_to_the_next_endpoint_until_their_deadline() {
+        use Fault::{Hang, Refused, Unavailable};
+        check(&[], "()", &[0], 0);
+        // Transient failures: the next endpoint, after a pause that doubles.
+        check(&[(0, Unavailable)], "()", &[0, 1], 20);
+        check(
+            &[(0, Unavailable), (1, Unavailable), (2, Unavailable)],
+            "()",
+            &[0, 1, 2, 0],
+            20 + 40 + 80,
+        );
+        // A read that timed out is sent again, elsewhere.
+        check(&[(0, Hang)], "()", &[0, 1], 2000 + 20);
+        // A failure another endpoint would not cure ends the call.
+        check(&[(0, Refused)], "engine", &[0], 0);
+        // Two attempts use up the 4 s deadline (and the pause after the second, measured
+        // against what was left before it: 40 ms over).
+        check(&[(0, Hang), (1, Hang)], "unavailable", &[0, 1], 4040);
+    }
+}
