@@ -363,11 +363,15 @@ const CLUSTER_NAME: &str = "cluster-name";
 async fn check_cluster(store: &dyn store::Store, cluster: &ClusterName) -> anyhow::Result<()> {
     use store::Table;
     let ours = cluster.as_str().as_bytes();
-    let mut stored = store.get(Table::Meta, CLUSTER_NAME).await?;
-    if stored.is_none() && !store.insert_new(Table::Meta, CLUSTER_NAME, ours).await? {
+    let mut stored = store.get(Table::Settings, CLUSTER_NAME).await?;
+    if stored.is_none()
+        && !store
+            .insert_new(Table::Settings, CLUSTER_NAME, ours)
+            .await?
+    {
         // Another replica stored its name first: read it once this replica has caught up.
         store.sync().await?;
-        stored = store.get(Table::Meta, CLUSTER_NAME).await?;
+        stored = store.get(Table::Settings, CLUSTER_NAME).await?;
     }
     match stored {
         Some(v) if v != ours => bail!(
@@ -386,7 +390,7 @@ async fn check_cluster(store: &dyn store::Store, cluster: &ClusterName) -> anyho
 /// anything is written.
 async fn master_key(store: &dyn store::Store, path: &Path) -> anyhow::Result<(crypto::Keys, bool)> {
     use store::Table;
-    let stored = store.get(Table::Meta, KEY_CHECK).await?;
+    let stored = store.get(Table::Settings, KEY_CHECK).await?;
     if stored.is_some() && !path.exists() {
         bail!(
             "the master key '{}' does not exist, but the store holds data sealed with one: copy \
@@ -416,11 +420,11 @@ async fn master_key(store: &dyn store::Store, path: &Path) -> anyhow::Result<(cr
         }
         Some(_) => {}
         None => {
-            if !store.insert_new(Table::Meta, KEY_CHECK, ours).await? {
+            if !store.insert_new(Table::Settings, KEY_CHECK, ours).await? {
                 // Another replica stored its check value first: read it once this replica's
                 // copy of the store has caught up.
                 store.sync().await?;
-                let now = store.get(Table::Meta, KEY_CHECK).await?;
+                let now = store.get(Table::Settings, KEY_CHECK).await?;
                 if now.as_deref() != Some(ours) {
                     undo(created);
                     return Err(mismatch(path));

@@ -37,7 +37,9 @@ const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
 const SECRET_TIMES: TableDefinition<&str, u64> = TableDefinition::new("secret_times");
 /// revision → deleted flag (1 byte) ++ `OWNER/KEY`
 const CHANGES: TableDefinition<u64, &[u8]> = TableDefinition::new("changes");
-const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// The embedded store's own bookkeeping, never exported: the newest revision (`REVISION`) and
+/// the health probe's stamp. Not `Table::Settings`; on disk it is `meta` (see `Table::name`).
+const BOOKKEEPING: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const REVISION: &str = "revision";
 /// Written by `health` to find out whether the store can write again.
 const PROBE: &str = "health-probe";
@@ -53,7 +55,7 @@ fn def(t: Table) -> TableDefinition<'static, &'static str, &'static [u8]> {
         Table::Grants => GRANTS,
         Table::Jobs => JOBS,
         Table::Sessions => SESSIONS,
-        Table::Meta => SETTINGS,
+        Table::Settings => SETTINGS,
     }
 }
 
@@ -204,7 +206,7 @@ impl EmbeddedStore {
             tx.open_table(t).map_err(io)?;
         }
         tx.open_table(CHANGES).map_err(io)?;
-        tx.open_table(META).map_err(io)?;
+        tx.open_table(BOOKKEEPING).map_err(io)?;
         tx.open_table(SECRET_TIMES).map_err(io)?;
         tx.commit().map_err(io)?;
         Ok(Self {
@@ -353,14 +355,14 @@ impl Inner {
 
 /// Takes the next revision and logs the change, inside the caller's transaction.
 fn bump(tx: &redb::WriteTransaction, key: &str, deleted: bool) -> Result<u64, StoreError> {
-    let mut meta = tx.open_table(META).map_err(io)?;
-    let rev = meta
+    let mut books = tx.open_table(BOOKKEEPING).map_err(io)?;
+    let rev = books
         .get(REVISION)
         .map_err(io)?
         .map(|v| v.value())
         .unwrap_or(0)
         + 1;
-    meta.insert(REVISION, rev).map_err(io)?;
+    books.insert(REVISION, rev).map_err(io)?;
     let mut changes = tx.open_table(CHANGES).map_err(io)?;
     let mut entry = Vec::with_capacity(1 + key.len());
     entry.push(u8::from(deleted));
@@ -593,7 +595,7 @@ impl Store for EmbeddedStore {
 
     async fn revision(&self) -> Result<u64, StoreError> {
         self.read(|tx| {
-            let t = tx.open_table(META).map_err(io)?;
+            let t = tx.open_table(BOOKKEEPING).map_err(io)?;
             Ok(t.get(REVISION).map_err(io)?.map(|v| v.value()).unwrap_or(0))
         })
     }
@@ -614,12 +616,28 @@ impl Store for EmbeddedStore {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         self.write(move |tx| {
-            let mut meta = tx.open_table(META).map_err(io)?;
-            meta.insert(PROBE, stamp).map_err(io)?;
+            let mut books = tx.open_table(BOOKKEEPING).map_err(io)?;
+            books.insert(PROBE, stamp).map_err(io)?;
             Ok(())
         })
         .await
         .map_err(|e| e.to_string())
+    }
+
+    async fn sync(&self) -> Result<(), StoreError> {
+        // One process owns the file: every acknowledged write is already in what reads see.
+        Ok(())
+    }
+
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        // Every write goes through this process, which wakes its watchers itself.
+        None
+    }
+
+    fn revocation_epoch(&self) -> u64 {
+        // Nobody else changes the records; revocations made through this process are
+        // forgotten at once (`Authenticator::forget`).
+        0
     }
 
     async fn is_empty(&self) -> Result<bool, StoreError> {

@@ -43,8 +43,8 @@ pub enum Table {
     Jobs,
     /// console session id hash → session record (the web console's server-side sessions)
     Sessions,
-    /// settings of the store itself: the master key's check value
-    Meta,
+    /// settings of the store itself: the master key's check value, the cluster name
+    Settings,
 }
 
 impl Table {
@@ -54,9 +54,15 @@ impl Table {
         Table::Grants,
         Table::Jobs,
         Table::Sessions,
-        Table::Meta,
+        Table::Settings,
     ];
 
+    /// The table's name in storage: the redb table of the embedded store, the key prefix
+    /// `NAME/` under the etcd store's `/PREFIX/`, and `secretd migrate`'s counts. These
+    /// names are the stored format, fixed whatever the Rust names become: renaming one
+    /// would orphan the data of every existing store. Beside them the embedded store keeps
+    /// its revision counter in a redb table named `meta` (`embedded::BOOKKEEPING`), which
+    /// is not `Table::Settings` (`settings`) and is never exported.
     pub fn name(self) -> &'static str {
         match self {
             Table::Users => "users",
@@ -64,7 +70,7 @@ impl Table {
             Table::Grants => "grants",
             Table::Jobs => "jobs",
             Table::Sessions => "sessions",
-            Table::Meta => "settings",
+            Table::Settings => "settings",
         }
     }
 }
@@ -179,6 +185,9 @@ impl std::fmt::Display for Summary {
 }
 
 /// Storage for the service. Implementations must make an acknowledged write durable.
+///
+/// No method has a default body: a wrapper (`timed::Timed`) must forward each one, and a
+/// default would let it forget one silently and answer for the store it wraps.
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug {
     async fn get(&self, table: Table, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
@@ -194,9 +203,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn get_secret(&self, key: &str) -> Result<Option<StoredSecret>, StoreError>;
     /// `get_secret` for a read of the value: `updated_at` may be left out (the hot path of
     /// every secret read; the embedded store keeps write times in a table of their own).
-    async fn get_sealed(&self, key: &str) -> Result<Option<StoredSecret>, StoreError> {
-        self.get_secret(key).await
-    }
+    async fn get_sealed(&self, key: &str) -> Result<Option<StoredSecret>, StoreError>;
     /// Secrets whose `OWNER/KEY` starts with `prefix`, in key order.
     async fn list_secrets(&self, prefix: &str) -> Result<Vec<SecretMeta>, StoreError>;
     /// Stores the sealed value under the next revision, which it returns, with the time of
@@ -218,19 +225,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Returns once reads reflect every write acknowledged (by any replica) before the call;
     /// `Unavailable` when the store cannot show that. A request calls it once, first.
-    async fn sync(&self) -> Result<(), StoreError> {
-        Ok(())
-    }
+    async fn sync(&self) -> Result<(), StoreError>;
     /// Revisions of changes made elsewhere (other replicas), for waking watchers; `None` when
     /// every write goes through this process.
-    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
-        None
-    }
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>>;
     /// Moves on whenever a user, token or job record was changed or removed by someone else, so
     /// that cached verifications of tokens are dropped.
-    fn revocation_epoch(&self) -> u64 {
-        0
-    }
+    fn revocation_epoch(&self) -> u64;
 
     /// Whether the store holds no record at all.
     async fn is_empty(&self) -> Result<bool, StoreError>;

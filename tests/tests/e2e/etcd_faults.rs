@@ -70,7 +70,7 @@ fn a_revision_learned_on_one_replica_is_a_valid_since_on_the_other() {
 /// Writes `value` to alice/k through `w`, then reads it through `r` (the read must not be
 /// stale and must not fail): returns how long the slower of the two requests took. Each is
 /// one user's request, which the issue wants answered within 5 s with one member down: the
-/// write may wait out an attempt on the hung member and a new leader (etcd::DEADLINE, 4 s),
+/// write may wait out an attempt on the hung member and a new leader (etcd rpc::DEADLINE, 4 s),
 /// the read a barrier (1 s), so the two together may pass 5 s.
 fn write_then_read(w: &Server, r: &Server, token: &str, value: &str) -> Duration {
     let body = format!(r#"{{"key":"k","value":"{}"}}"#, b64(value));
