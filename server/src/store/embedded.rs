@@ -17,13 +17,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
+use crate::sync::lock;
 use async_trait::async_trait;
 use redb::{
     Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata as _,
     TableDefinition,
 };
 
-use super::{Change, Record, SecretMeta, Store, StoreError, StoredSecret, Table, unix_now};
+use super::{Change, Record, SecretMeta, Store, StoreError, StoredSecret, Table};
 
 const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
 const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
@@ -141,9 +142,7 @@ const GRANT_SCANS: usize = 4096;
 
 impl GrantScans {
     fn lock(&self) -> std::sync::MutexGuard<'_, (u64, HashMap<String, Arc<Rows>>)> {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::sync::lock(&self.0)
     }
 
     /// The kept scan of `prefix`, or the generation a new one must be kept under.
@@ -186,10 +185,6 @@ struct Inner {
 struct Slot {
     db: Option<Database>,
     generation: u64,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn not_open(path: &Path) -> StoreError {
@@ -543,7 +538,7 @@ impl Store for EmbeddedStore {
 
     async fn put_secret(&self, key: &str, sealed: &[u8]) -> Result<u64, StoreError> {
         let (key, sealed) = (key.to_owned(), sealed.to_vec());
-        self.write(move |tx| store_secret(tx, &key, &sealed, Some(unix_now())))
+        self.write(move |tx| store_secret(tx, &key, &sealed, Some(crate::clock::now_secs())))
             .await
     }
 
@@ -741,7 +736,7 @@ mod tests {
         let got = s.get_secret("alice/a").await.unwrap().unwrap();
         assert_eq!((got.version, got.sealed.as_slice()), (v2, &b"y"[..]));
         let at = got.updated_at.expect("a write time");
-        assert!(unix_now().abs_diff(at) < 5, "written at {at}");
+        assert!(crate::clock::now_secs().abs_diff(at) < 5, "written at {at}");
         assert_eq!(
             s.list_secrets("alice/").await.unwrap(),
             vec![SecretMeta {

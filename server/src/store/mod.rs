@@ -93,13 +93,6 @@ pub struct SecretMeta {
     pub updated_at: Option<u64>,
 }
 
-/// Now, in Unix seconds: a secret's write time.
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 /// One entry of the change log: a secret written (or deleted) at a revision.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {

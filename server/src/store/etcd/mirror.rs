@@ -19,8 +19,9 @@ use tokio::time::Instant;
 
 use super::kv::{Event, range_end};
 use super::rpc::{ATTEMPT, Rpc};
-use super::{TIMES, clock_key, in_feed, lock, revokes};
+use super::{TIMES, clock_key, in_feed, revokes};
 use crate::store::StoreError;
+use crate::sync::lock;
 
 /// Records per page of the start-up load (a secret is at most ~1.4 MiB in etcd).
 const PAGE: i64 = 32;

@@ -21,12 +21,12 @@
 //! `rpc.rs` (retries, endpoint rotation, deadlines, the lost-answer check), `mirror.rs` (the
 //! copy, its watch and the barrier); this file holds the key layout and the `Store`.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use tokio::sync::watch;
 
-use super::{Change, Record, SecretMeta, Store, StoreError, StoredSecret, Table, unix_now};
+use super::{Change, Record, SecretMeta, Store, StoreError, StoredSecret, Table};
 
 mod config;
 #[cfg(test)]
@@ -67,10 +67,6 @@ fn row_key(table: Table, key: &str) -> String {
 /// event in the prefix and the newest one's revision can be read.
 fn clock_key(root: &str) -> String {
     format!("{root}{CLOCK}")
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The etcd-backed store.
@@ -257,7 +253,8 @@ impl Store for EtcdStore {
     }
 
     async fn put_secret(&self, key: &str, sealed: &[u8]) -> Result<u64, StoreError> {
-        self.put_secret_at(key, sealed, Some(unix_now())).await
+        self.put_secret_at(key, sealed, Some(crate::clock::now_secs()))
+            .await
     }
 
     async fn delete_secret(&self, key: &str) -> Result<Option<u64>, StoreError> {

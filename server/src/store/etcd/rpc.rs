@@ -13,8 +13,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::kv::{Kv, Write, Written};
-use super::lock;
 use crate::store::StoreError;
+use crate::sync::lock;
 
 /// One attempt of one etcd call, at most.
 pub(super) const ATTEMPT: Duration = Duration::from_secs(2);
