@@ -259,6 +259,9 @@ fn conflicting_content_lengths_are_refused() {
         format!("Content-Length: 10\r\nContent-Length: {n}"),
         format!("Content-Length: {n}\r\nContent-Length: 10"),
         format!("Content-Length: 10, {n}"),
+        // Not a length, but a framing beside one: whichever a client believes, it guesses.
+        format!("Transfer-Encoding: chunked\r\nContent-Length: {n}"),
+        format!("Content-Length: {n}\r\nTransfer-Encoding: chunked"),
     ] {
         let url = canned(format!("HTTP/1.1 200 OK\r\n{head}\r\n\r\n{body}").into_bytes());
         let o = inject(&url, &["A=secret:a"]).output().unwrap();
