@@ -10,6 +10,7 @@ mod audit_fail_closed;
 mod authz;
 mod bad_input;
 mod console;
+mod crate_deps;
 mod crash;
 mod etcd_cluster;
 mod etcd_faults;
