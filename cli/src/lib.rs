@@ -15,8 +15,8 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
+use secrets_client::{Client, ClientConfig, ClientError};
 use secrets_core::api::Grant;
-use secrets_core::client::{Client, ClientConfig, ClientError};
 use secrets_core::{
     Action, ClusterName, JobId, MappingError, NameError, SecretBytes, SecretRef, SecretUri, Token,
     UriContext, UriError, UserName,
@@ -44,7 +44,7 @@ pub struct Cli {
     /// --url (else NEURO_URL, else the URL `neuro login` saved) and --ca-file (else
     /// NEURO_CA_FILE, else the one saved)
     #[command(flatten)]
-    pub service: secrets_core::conn::ServiceArgs,
+    pub service: secrets_client::ServiceArgs,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -687,7 +687,7 @@ async fn admin(client: &Client, cmd: &AdminCmd) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use secrets_core::client::ClientError;
+    use secrets_client::ClientError;
 
     /// The service's text reaches the terminal as one line with its control characters
     /// escaped: a hostile server cannot recolour the terminal or forge a line.

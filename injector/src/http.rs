@@ -4,8 +4,8 @@
 //! the wrapper's start-up and of its binary (see BENCHMARKS.md, "secret-inject start-up").
 //! Host names are resolved with the standard library (`getaddrinfo`).
 //!
-//! Answers are read the way `secrets_core::client::Client` reads them
-//! ([`secrets_core::client::answer`]), and failures map to the same `ClientError`s: refused,
+//! Answers are read the way `secrets_client::Client` reads them
+//! ([`secrets_client::answer`]), and failures map to the same `ClientError`s: refused,
 //! reset or timed out is `Unavailable` (retried); an answer that is not HTTP, or a TLS
 //! handshake that fails on the certificate or the protocol, is `Incompatible` (not retried).
 //! Unlike `Client`, it reads at most `MAX_ANSWER` bytes of an answer, framing included,
@@ -18,9 +18,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rustls::pki_types::ServerName;
+use secrets_client::{ClientError, answer, not_http};
 use secrets_core::Token;
 use secrets_core::api::{ResolveRequest, ResolveResponse};
-use secrets_core::client::{ClientError, answer, not_http};
 use zeroize::{Zeroize as _, Zeroizing};
 
 /// The most bytes of an answer's head, its final empty line included.

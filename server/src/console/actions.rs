@@ -8,8 +8,8 @@ use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use secrets_core::api::{JobCreated, JobSpec, JobVolume};
-use secrets_core::manifest::{self as pod, PodInputs, PodJob};
 use secrets_core::{EnvSpec, VolumeMapping};
+use secrets_manifest::{self as pod, PodInputs, PodJob};
 use serde::Deserialize;
 use serde_json::{Value, json};
 

@@ -1,6 +1,7 @@
 //! What each binary's crate compiles: `cargo tree` over the lock file. Building `neuro`,
 //! `secretfs` or `secret-inject` alone needs no `protoc` and compiles none of the server's
-//! store, HTTP server or crypto; nothing that only needs the types compiles an HTTP client.
+//! store, HTTP server or crypto; `secrets-core` (the types) and `secret-inject` compile no HTTP
+//! client or async runtime.
 
 use std::process::Command;
 
@@ -71,4 +72,20 @@ fn client_binaries_compile_nothing_of_the_server() {
     for package in ["secrets-cli", "secrets-injector"] {
         check(package, &["fuser"]);
     }
+}
+
+/// The types need no I/O library; secret-inject speaks HTTP itself, on no async runtime.
+#[test]
+fn the_types_and_the_wrapper_compile_no_http_client() {
+    let client = [
+        "reqwest",
+        "hyper",
+        "hyper-util",
+        "tokio",
+        "h2",
+        "hickory-resolver",
+    ];
+    check("secrets-injector", &client);
+    check("secrets-core", &client);
+    check("secrets-core", &["clap", "serde_yaml_ng", "rustls", "libc"]);
 }
