@@ -15,11 +15,10 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
-use secrets_client::{Client, ClientConfig, ClientError};
+use secrets_client::{Client, ClientConfig, ClientError, Failure};
 use secrets_core::api::Grant;
 use secrets_core::{
-    Action, ClusterName, JobId, MappingError, NameError, SecretBytes, SecretRef, SecretUri, Token,
-    UriContext, UriError, UserName,
+    Action, ClusterName, JobId, SecretBytes, SecretRef, SecretUri, Token, UriContext, UserName,
 };
 
 use crate::args::{ResourceArg, TokenParser, key_or_uri, resource_uri};
@@ -244,39 +243,19 @@ pub enum AdminTokenCmd {
     Revoke { id: String },
 }
 
-/// A failure with the exit code it maps to.
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct Failure {
-    pub code: ExitClass,
-    pub message: String,
+/// A failure of class `class` (a [`Failure`] of one item).
+pub(crate) fn failure(class: ExitClass, message: impl Into<String>) -> anyhow::Error {
+    Failure::new(class, message).into()
 }
 
-pub(crate) fn failure(code: ExitClass, message: impl Into<String>) -> anyhow::Error {
-    Failure {
-        code,
-        message: message.into(),
-    }
-    .into()
-}
-
-/// The exit code table of `--help`, applied to an error chain.
+/// The exit code table of `--help`, applied to an error chain: the shared walk
+/// ([`secrets_client::exit_class`]), and a final name that is not a regular file is bad input.
 pub fn exit_code(e: &anyhow::Error) -> u8 {
-    for cause in e.chain() {
-        if let Some(f) = cause.downcast_ref::<Failure>() {
-            return f.code.code();
-        }
-        if let Some(c) = cause.downcast_ref::<ClientError>() {
-            return ExitClass::from(c).code();
-        }
-        if cause.is::<NameError>() || cause.is::<UriError>() || cause.is::<MappingError>() {
-            return ExitClass::Invalid.code();
-        }
-        if let Some(private::WriteError::NotRegular { .. }) = cause.downcast_ref() {
-            return ExitClass::Invalid.code();
-        }
-    }
-    ExitClass::Other.code()
+    secrets_client::exit_class(e.as_ref(), |c| match c.downcast_ref() {
+        Some(private::WriteError::NotRegular { .. }) => Some(ExitClass::Invalid),
+        _ => None,
+    })
+    .code()
 }
 
 /// Prints a clap error (or help or version text) as clap would, except that any argument
