@@ -1,6 +1,7 @@
 //! Value parsers for `neuro`'s arguments: user names, keys and URIs, job ids and tokens become
-//! typed values while clap parses, so a bad one is a usage error (exit 2, naming the
-//! argument) before any request is made.
+//! typed values while clap parses, so a bad one is refused before any request is made: bad
+//! input (exit 65, one `ERROR:` line naming the argument and the reason; see
+//! `crate::parse_outcome`).
 
 use std::ffi::OsStr;
 
@@ -94,26 +95,77 @@ mod tests {
 
     use crate::Cli;
 
-    /// Parses `neuro ARGS`; `Ok(debug of the command)` or `Err((exit code, message))`.
-    fn parse(args: &[&str]) -> Result<String, (i32, String)> {
+    /// Parses `neuro ARGS`; `Ok(debug of the command)` or `Err((exit code, what is printed))`.
+    fn parse(args: &[&str]) -> Result<String, (u8, String)> {
         let argv = std::iter::once("neuro").chain(args.iter().copied());
         Cli::try_parse_from(argv)
             .map(|c| format!("{:?}", c.command))
-            .map_err(|e| (e.exit_code(), e.to_string()))
+            .map_err(|e| {
+                let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+                let o = crate::parse_outcome(&e, &args);
+                (o.code, o.text)
+            })
     }
 
     /// `expected`: `Ok(a piece of the parsed command's Debug)` or `Err(a piece of the error)`;
-    /// every refusal is a usage error (exit 2).
+    /// every refused value is bad input (exit 65) on one `ERROR:` line.
     #[track_caller]
     fn check(args: &[&str], expected: Result<&str, &str>) {
         match (parse(args), expected) {
             (Ok(got), Ok(want)) => assert!(got.contains(want), "{args:?}: {got} lacks {want}"),
             (Err((code, msg)), Err(want)) => {
-                assert_eq!(code, 2, "{args:?}: {msg}");
+                assert_eq!(code, 65, "{args:?}: {msg}");
+                assert!(
+                    msg.starts_with("ERROR: invalid value "),
+                    "{args:?}: {msg:?}"
+                );
+                assert_eq!(msg.lines().count(), 1, "{args:?}: {msg:?}");
                 assert!(msg.contains(want), "{args:?}: {msg:?} lacks {want:?}");
             }
             (got, want) => panic!("{args:?}: got {got:?}, expected {want:?}"),
         }
+    }
+
+    /// Usage errors stay clap's, exit 2: the shape of the command line, not a value in it.
+    #[test]
+    fn usage_errors_are_2() {
+        for args in [
+            &["secret", "add", "k"][..],
+            &["secret", "frobnicate"],
+            &["secret", "get", "k", "--nope"],
+            &["secret", "get", "k", "--file"],
+            &["secret", "get", "k", "extra"],
+            &["secret", "ls", "-o", "yaml"],
+            &["admin", "user", "rm", "bob", "--secrets", "maybe"],
+        ] {
+            let (code, msg) = parse(args).unwrap_err();
+            assert_eq!(code, 2, "{args:?}: {msg}");
+            assert!(msg.starts_with("error: "), "{args:?}: {msg}");
+        }
+        let help = parse(&["--help"]).unwrap_err();
+        assert_eq!(help.0, 0);
+        // The exit codes in --help are ExitClass's, 65 for a malformed value.
+        assert!(
+            help.1.contains("\nExit codes:\n  0   success\n"),
+            "{}",
+            help.1
+        );
+        assert!(
+            help.1
+                .contains("  65  invalid input: a malformed user name, key, URI, job id, token"),
+            "{}",
+            help.1
+        );
+    }
+
+    /// The reason is on one line, its control characters escaped.
+    #[test]
+    fn a_refused_value_is_one_escaped_line() {
+        let (code, msg) = parse(&["secret", "add", "a\nb\x1b[31m", "v"]).unwrap_err();
+        assert_eq!(code, 65);
+        assert_eq!(msg.lines().count(), 1, "{msg:?}");
+        assert!(!msg.contains('\x1b'), "{msg:?}");
+        assert!(msg.contains("for '<KEY>': invalid secret key"), "{msg:?}");
     }
 
     const TOKEN: &str = "nst.0123456789abcdef.feedface";
@@ -242,7 +294,7 @@ mod tests {
             "nst.\u{7f}x",
         ] {
             let (code, msg) = parse(&["login", "--token", bad]).unwrap_err();
-            assert_eq!(code, 2, "{msg}");
+            assert_eq!(code, 65, "{msg}");
             assert!(msg.contains("invalid value for '--token <TOKEN>'"), "{msg}");
             assert!(msg.contains("whitespace or a control character"), "{msg}");
             assert!(!msg.contains("0123"), "the token is echoed: {msg}");

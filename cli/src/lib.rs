@@ -15,36 +15,49 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
+use secrets_client::{Client, ClientConfig, ClientError, Failure};
 use secrets_core::api::Grant;
-use secrets_core::client::{Client, ClientConfig, ClientError};
 use secrets_core::{
-    Action, ClusterName, JobId, MappingError, NameError, SecretBytes, SecretRef, SecretUri, Token,
-    UriContext, UriError, UserName,
+    Action, ClusterName, JobId, SecretBytes, SecretRef, SecretUri, Token, UriContext, UserName,
 };
 
 use crate::args::{ResourceArg, TokenParser, key_or_uri, resource_uri};
 use crate::config::Config;
 
-const EXIT_CODES: &str = "Connection: --url and --ca-file fall back to NEURO_URL and NEURO_CA_FILE,
-then to what `neuro login` saved; NEURO_TOKEN overrides the saved token.
-
-Exit codes:
-  0   success
-  2   usage error (also a malformed user name, key, URI, job id or token argument)
-  65  bad input (a rejected key, URI, value or request)
-  69  service unavailable (connection refused, 5xx, timeout)
-  72  not found
-  77  not authenticated or not permitted
-  1   any other failure (e.g. the config file cannot be written)";
+/// The text after `--help`'s options: the connection settings, then the exit codes as
+/// `ExitClass::help` words every binary's.
+fn after_help() -> String {
+    let codes = ExitClass::help(&[
+        (ExitClass::Ok, ""),
+        (ExitClass::Other, "e.g. the config file cannot be written"),
+        (
+            ExitClass::Usage,
+            "an unknown command or flag, a missing or extra argument",
+        ),
+        (
+            ExitClass::Invalid,
+            "a malformed user name, key, URI, job id, token or action (caught\n\
+             before any request), a value file that cannot be read, or a key, URI, value or\n\
+             request the service rejects",
+        ),
+        (ExitClass::Unavailable, "connection refused, 5xx, timeout"),
+        (ExitClass::NotFound, ""),
+        (ExitClass::Forbidden, ""),
+    ]);
+    format!(
+        "Connection: --url and --ca-file fall back to NEURO_URL and NEURO_CA_FILE,\n\
+         then to what `neuro login` saved; NEURO_TOKEN overrides the saved token.\n\n{codes}"
+    )
+}
 
 /// The platform secrets command line.
 #[derive(Debug, Parser)]
-#[command(name = "neuro", version, about = "Store secrets, share them, and hand them to jobs", after_help = EXIT_CODES)]
+#[command(name = "neuro", version, about = "Store secrets, share them, and hand them to jobs", after_help = after_help())]
 pub struct Cli {
     /// --url (else NEURO_URL, else the URL `neuro login` saved) and --ca-file (else
     /// NEURO_CA_FILE, else the one saved)
     #[command(flatten)]
-    pub service: secrets_core::conn::ServiceArgs,
+    pub service: secrets_client::ServiceArgs,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -244,59 +257,87 @@ pub enum AdminTokenCmd {
     Revoke { id: String },
 }
 
-/// A failure with the exit code it maps to.
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct Failure {
-    pub code: ExitClass,
-    pub message: String,
+/// A failure of class `class` (a [`Failure`] of one item).
+pub(crate) fn failure(class: ExitClass, message: impl Into<String>) -> anyhow::Error {
+    Failure::new(class, message).into()
 }
 
-pub(crate) fn failure(code: ExitClass, message: impl Into<String>) -> anyhow::Error {
-    Failure {
-        code,
-        message: message.into(),
-    }
-    .into()
-}
-
-/// The exit code table of `--help`, applied to an error chain.
+/// The exit code table of `--help`, applied to an error chain: the shared walk
+/// ([`secrets_client::exit_class`]), and a final name that is not a regular file is bad input.
 pub fn exit_code(e: &anyhow::Error) -> u8 {
-    for cause in e.chain() {
-        if let Some(f) = cause.downcast_ref::<Failure>() {
-            return f.code.code();
-        }
-        if let Some(c) = cause.downcast_ref::<ClientError>() {
-            return ExitClass::from(c).code();
-        }
-        if cause.is::<NameError>() || cause.is::<UriError>() || cause.is::<MappingError>() {
-            return ExitClass::Invalid.code();
-        }
-        if let Some(private::WriteError::NotRegular { .. }) = cause.downcast_ref() {
-            return ExitClass::Invalid.code();
-        }
-    }
-    ExitClass::Other.code()
+    secrets_client::exit_class(e.as_ref(), |c| match c.downcast_ref() {
+        Some(private::WriteError::NotRegular { .. }) => Some(ExitClass::Invalid),
+        _ => None,
+    })
+    .code()
 }
 
-/// Prints a clap error (or help or version text) as clap would, except that any argument
-/// that looks like a token is shown as `****`: clap quotes a stray or misplaced argument, and
-/// `neuro login --url URL TOKEN` (the `--token` forgotten) must not print the token.
-pub fn usage_error(e: &clap::Error) -> std::process::ExitCode {
+/// What clap's refusal of the command line (or its help or version text) prints, and the exit
+/// code.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ParseOutcome {
+    pub code: u8,
+    pub text: String,
+    pub stderr: bool,
+}
+
+/// The outcome of clap's error `e` for the arguments `args` (without the program name).
+///
+/// A value its parser refused (a malformed user name, key, URI, job id, token or action) is
+/// bad input, 65, reported like every other failure: one `ERROR:` line with the reason,
+/// before any request. Anything else (an unknown command or flag, a missing or extra
+/// argument, a choice outside the listed ones) is a usage error, 2, in clap's words, and help
+/// and version text go to stdout with 0. Either way any argument that looks like a token is
+/// shown as `****`: clap quotes a stray or misplaced argument, and `neuro login --url URL
+/// TOKEN` (the `--token` forgotten) must not print the token.
+pub fn parse_outcome(e: &clap::Error, args: &[String]) -> ParseOutcome {
     let mut text = e.render().to_string();
-    for arg in std::env::args().skip(1) {
+    for arg in args {
         for word in arg.split(['=', ' ']) {
             if word.starts_with("nst.") {
                 text = text.replace(word, "****");
             }
         }
     }
-    if e.use_stderr() {
-        eprint!("{text}");
-    } else {
-        print!("{text}");
+    if e.kind() == clap::error::ErrorKind::ValueValidation {
+        // clap's "error: REASON\n\nFor more information, try '--help'.\n", as one line.
+        let reason = text.strip_prefix("error: ").unwrap_or(&text);
+        let reason = reason
+            .split("\n\nFor more information")
+            .next()
+            .unwrap_or(reason);
+        let line = reason
+            .split('\n')
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ");
+        return ParseOutcome {
+            code: ExitClass::Invalid.code(),
+            text: format!("ERROR: {}\n", secrets_core::exit::escape_control(&line)),
+            stderr: true,
+        };
     }
-    std::process::ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2))
+    ParseOutcome {
+        code: u8::try_from(e.exit_code()).unwrap_or(ExitClass::Usage.code()),
+        text,
+        stderr: e.use_stderr(),
+    }
+}
+
+/// Prints [`parse_outcome`] of this process's arguments and returns its exit code.
+pub fn usage_error(e: &clap::Error) -> std::process::ExitCode {
+    let args: Vec<String> = std::env::args_os()
+        .skip(1)
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let o = parse_outcome(e, &args);
+    if o.stderr {
+        eprint!("{}", o.text);
+    } else {
+        print!("{}", o.text);
+    }
+    std::process::ExitCode::from(o.code)
 }
 
 /// One line for stderr, with a hint where one helps.
@@ -328,7 +369,7 @@ impl Session {
         let env_token = match std::env::var_os("NEURO_TOKEN").filter(|v| !v.is_empty()) {
             Some(v) => Some(args::token(&v).map_err(|why| {
                 failure(
-                    ExitClass::Usage,
+                    ExitClass::Invalid,
                     format!("invalid NEURO_TOKEN: {why} (the value is not shown)"),
                 )
             })?),
@@ -687,7 +728,7 @@ async fn admin(client: &Client, cmd: &AdminCmd) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use secrets_core::client::ClientError;
+    use secrets_client::ClientError;
 
     /// The service's text reaches the terminal as one line with its control characters
     /// escaped: a hostile server cannot recolour the terminal or forge a line.

@@ -1,5 +1,5 @@
 //! `neuro job manifest`: a Kubernetes Pod that runs a job with its secrets. The renderer is
-//! `secrets_core::manifest` (the console's "Download manifest" uses it too); this module
+//! `secrets_manifest` (the console's "Download manifest" uses it too); this module
 //! parses the flags, creates the job and writes the output.
 
 use secrets_core::exit::ExitClass;
@@ -8,11 +8,11 @@ use std::io::Write as _;
 use std::path::PathBuf;
 
 use clap::Args;
-use secrets_core::client::Client;
+use secrets_client::Client;
 
 use crate::failure;
 use crate::run::{Connection, JobArgs, ParsedJob};
-use secrets_core::manifest::{self as pod, ManifestError, PodInputs, PodJob};
+use secrets_manifest::{self as pod, ManifestError, PodInputs, PodJob};
 
 #[derive(Debug, Args)]
 pub struct ManifestArgs {

@@ -13,8 +13,8 @@ use anyhow::Context as _;
 use clap::Args;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use secrets_client::Client;
 use secrets_core::api::{JobSpec, JobVolume};
-use secrets_core::client::Client;
 use secrets_core::handoff::{MAX_STATUS_FILE, StartFailure};
 use secrets_core::{EnvSpec, JobId, VolumeMapping};
 

@@ -6,8 +6,6 @@
 
 use std::borrow::Cow;
 
-use crate::client::ClientError;
-
 /// `s` with its control characters (C0, DEL, C1) written as escapes: `\n`, `\r`, `\t`, and
 /// `\xHH` for the others (ESC is `\x1b`). Every error line the binaries print passes through
 /// it, so text from the service (or from a server that only claims to be it) cannot move the
@@ -200,26 +198,6 @@ impl From<ExitClass> for std::process::ExitCode {
     }
 }
 
-/// The class of a failed request: 401/403 forbidden, 404 not found, connection failures, 408, 429,
-/// 5xx, a refused certificate or scheme and answers that are not the API's unavailable; a bad
-/// URL or CA file and any other status invalid.
-impl From<&ClientError> for ExitClass {
-    fn from(e: &ClientError) -> Self {
-        match e {
-            ClientError::BadUrl(_) | ClientError::CaFile { .. } => ExitClass::Invalid,
-            ClientError::Unavailable { .. }
-            | ClientError::Incompatible { .. }
-            | ClientError::Protocol { .. } => ExitClass::Unavailable,
-            ClientError::Status { status, .. } => match status {
-                401 | 403 => ExitClass::Forbidden,
-                404 => ExitClass::NotFound,
-                408 | 429 | 500.. => ExitClass::Unavailable,
-                _ => ExitClass::Invalid,
-            },
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::ExitClass::{self, *};
@@ -286,27 +264,5 @@ mod tests {
              When several fail at once, the code is the first of:\n  invalid (65), not found \
              (72), unavailable (69)."
         );
-    }
-
-    #[test]
-    fn client_errors() {
-        use crate::client::ClientError;
-        let status = |status| ClientError::Status {
-            status,
-            message: String::new(),
-            missing: Vec::new(),
-        };
-        for (e, want) in [
-            (status(401), Forbidden),
-            (status(403), Forbidden),
-            (status(404), NotFound),
-            (status(400), Invalid),
-            (status(408), Unavailable),
-            (status(429), Unavailable),
-            (status(503), Unavailable),
-            (ClientError::BadUrl("x".into()), Invalid),
-        ] {
-            assert_eq!(ExitClass::from(&e), want, "{e:?}");
-        }
     }
 }

@@ -1,21 +1,17 @@
 //! Shared vocabulary of the secrets system: validated names, secret URIs, job mapping specs,
-//! the JSON shapes of the HTTP API and the client that speaks it.
+//! exit classes and the JSON shapes of the HTTP API.
 //!
-//! This crate holds no process-wide state and does no I/O beyond its HTTP client and the
-//! token reader of `conn`.
+//! This crate does no I/O and holds no process-wide state: the client that speaks the API, and
+//! the token reader, are `secrets-client`'s; the Pod manifest is `secrets-manifest`'s.
 
 pub mod api;
-pub mod client;
-pub mod conn;
 pub mod exit;
 pub mod handoff;
-pub mod manifest;
 pub mod mapping;
 pub mod names;
 pub mod secret;
 pub mod uri;
 
-pub use conn::{ConnArgs, GroupMayRead, TokenError};
 pub use exit::ExitClass;
 pub use mapping::{EnvMapping, EnvSpec, MappingError, VolumeMapping, secretfs_file_name};
 pub use names::{ClusterName, EnvName, JobId, NameError, SecretKey, UserName};

@@ -4,8 +4,9 @@
 use std::path::PathBuf;
 
 use clap::Parser;
+use secrets_client::{ConnArgs, GroupMayRead};
 use secrets_core::api::JobSpec;
-use secrets_core::{ConnArgs, ExitClass, GroupMayRead, Token, VolumeMapping};
+use secrets_core::{ExitClass, Token, VolumeMapping};
 
 use crate::failure::fail;
 use crate::files::{self, Mapping};

@@ -1,6 +1,6 @@
-//! Why secretfs did not start: `Failure` (an exit class and one item per failed mapping),
-//! `exit_class`, the one mapping from an error to the exit code, and `ErrorFile`, the status
-//! file of `--error-file` that hands the failures to `neuro run` (the format is
+//! Why secretfs did not start: `exit_class`, the one mapping from an error to the exit code
+//! (`secrets_client::exit_class` with secretfs's own path errors), `report`, and `ErrorFile`,
+//! the status file of `--error-file` that hands the failures to `neuro run` (the format is
 //! `secrets_core::handoff`'s).
 
 use std::ffi::OsString;
@@ -10,48 +10,26 @@ use std::path::Path;
 use anyhow::Context as _;
 use nix::errno::Errno;
 use nix::unistd::{UnlinkatFlags, unlinkat};
+pub use secrets_client::Failure;
 use secrets_core::ExitClass;
 use secrets_core::handoff::{FailedItem, StartFailure};
 
 use crate::paths;
 
-/// A failure with its exit class and what failed.
-#[derive(Debug, thiserror::Error)]
-#[error("{}", lines(items))]
-pub struct Failure {
-    pub class: ExitClass,
-    pub items: Vec<FailedItem>,
-}
-
-fn lines(items: &[FailedItem]) -> String {
-    items
-        .iter()
-        .map(FailedItem::line)
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
 /// A failure of one class that concerns no single mapping.
 pub fn fail(class: ExitClass, message: impl Into<String>) -> anyhow::Error {
-    Failure {
-        class,
-        items: vec![FailedItem::new(class, message)],
-    }
-    .into()
+    Failure::new(class, message).into()
 }
 
-/// The class of a failure: the first [`Failure`] or bad-input path error in its chain, else
+/// The class of a failure: that of the first error in its chain that has one
+/// ([`secrets_client::exit_class`]), a path error that is bad input included; else
 /// [`ExitClass::Other`].
 pub fn exit_class(e: &anyhow::Error) -> ExitClass {
-    e.chain()
-        .find_map(|c| {
-            c.downcast_ref::<Failure>().map(|f| f.class).or_else(|| {
-                c.downcast_ref::<paths::PathError>()
-                    .filter(|p| p.is_bad_input())
-                    .map(|_| ExitClass::Invalid)
-            })
-        })
-        .unwrap_or(ExitClass::Other)
+    secrets_client::exit_class(e.as_ref(), |c| {
+        c.downcast_ref::<paths::PathError>()
+            .filter(|p| p.is_bad_input())
+            .map(|_| ExitClass::Invalid)
+    })
 }
 
 pub fn exit_code(e: &anyhow::Error) -> u8 {

@@ -23,8 +23,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use secrets_client::Client;
 use secrets_core::ExitClass;
-use secrets_core::client::Client;
 
 pub use crate::args::Args;
 use crate::failure::fail;

@@ -6,8 +6,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use secrets_client::{Client, ClientError};
 use secrets_core::api::ResolveStatus;
-use secrets_core::client::{Client, ClientError};
 
 use crate::files::{self, Files};
 

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use secrets_client::Client;
 use secrets_core::api::ResolveStatus;
-use secrets_core::client::Client;
 use secrets_core::handoff::FailedItem;
 use secrets_core::{ExitClass, SecretBytes};
 

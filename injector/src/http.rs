@@ -3,8 +3,8 @@
 //! rustls ([`crate::tls`], through [`TlsConnector`]) for `https://`. The service's URL is
 //! ours to check ([`parse_url`]); the HTTP framing is ureq's.
 //!
-//! Answers are read the way `secrets_core::client::Client` reads them
-//! ([`secrets_core::client::answer`]), and failures map to the same `ClientError`s: refused,
+//! Answers are read the way `secrets_client::Client` reads them
+//! ([`secrets_client::answer`]), and failures map to the same `ClientError`s: refused,
 //! reset or timed out is `Unavailable` (retried); an answer that is not HTTP, or a TLS
 //! handshake that fails on the certificate or the protocol, is `Incompatible` (not retried).
 //! Unlike `Client`, it reads at most `MAX_HEAD` bytes of head and `MAX_ANSWER` bytes of body
@@ -19,9 +19,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::pki_types::ServerName;
+use secrets_client::{ClientError, answer, not_http};
 use secrets_core::Token;
 use secrets_core::api::{ResolveRequest, ResolveResponse};
-use secrets_core::client::{ClientError, answer, not_http};
 use ureq::config::AutoHeaderValue;
 use ureq::http::{HeaderValue, header};
 use ureq::unversioned::resolver::{ResolvedSocketAddrs, Resolver};

@@ -24,9 +24,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use secrets_client::{ClientConfig, ClientError, ConnArgs, GroupMayRead};
 use secrets_core::api::{JobSpec, ResolveStatus};
-use secrets_core::client::{ClientConfig, ClientError};
-use secrets_core::{ConnArgs, EnvMapping, EnvName, ExitClass, GroupMayRead, SecretRef, Token};
+use secrets_core::{EnvMapping, EnvName, ExitClass, SecretRef, Token};
 use zeroize::Zeroizing;
 
 /// The kernel's limit on one argv or environment string, terminating NUL included.

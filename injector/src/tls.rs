@@ -1,5 +1,5 @@
 //! TLS for the `https://` path of [`crate::http`]: the rustls client configuration, trusting
-//! what `secrets_core::client::Client` trusts (the `--ca-file` / `NEURO_CA_FILE` certificates
+//! what `secrets_client::Client` trusts (the `--ca-file` / `NEURO_CA_FILE` certificates
 //! and the built-in webpki roots, with the ring provider, TLS 1.2 and 1.3, ALPN `http/1.1`),
 //! and the same reasons and hints when a handshake fails.
 
@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject as _;
-use secrets_core::client::ClientError;
+use secrets_client::ClientError;
 
 /// The certificates of a PEM CA file; an unreadable file, a malformed one or one without a
 /// certificate is refused (`ClientError::CaFile`, as `Client::new` does).
@@ -53,7 +53,7 @@ pub fn config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, Clien
 }
 
 /// Why a TLS failure cannot be mended by trying again, as `Client` words it.
-pub use secrets_core::client::tls_failure as incompatible;
+pub use secrets_client::tls_failure as incompatible;
 
 #[cfg(test)]
 mod tests {

@@ -7,8 +7,8 @@ use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use secrets_core::api::{Grant, JobSpec, JobVolume};
-use secrets_core::manifest::{self as pod, PodInputs, PodJob};
 use secrets_core::{Action, EnvSpec, JobId, SecretBytes, SecretKey, UserName, VolumeMapping};
+use secrets_manifest::{self as pod, PodInputs, PodJob};
 use serde::Deserialize;
 use serde_json::{Value, json};
 

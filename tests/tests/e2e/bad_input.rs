@@ -6,15 +6,15 @@ use std::process::{Command, Stdio};
 
 use crate::harness::{Neuro, Out, Server, bin};
 
-/// Runs `neuro ARGS` and asserts a usage error: exit 2 and clap's message, which names the
-/// argument and contains `msg`.
+/// Runs `neuro ARGS` and asserts a refused argument value: bad input (exit 65), one
+/// `ERROR:` line that names the argument and contains `msg`.
 #[track_caller]
-pub(crate) fn usage_error(neuro: &Neuro, args: &[&str], msg: &str) -> Out {
+pub(crate) fn bad_value(neuro: &Neuro, args: &[&str], msg: &str) -> Out {
     let o = neuro.run(args);
-    assert_eq!(o.code, 2, "neuro {args:?}: stderr {:?}", o.stderr);
+    assert_eq!(o.code, 65, "neuro {args:?}: stderr {:?}", o.stderr);
     assert!(
-        o.stderr.starts_with("error: invalid value "),
-        "neuro {args:?}: not clap's message: {:?}",
+        o.stderr.starts_with("ERROR: invalid value ") && o.stderr.lines().count() == 1,
+        "neuro {args:?}: not one ERROR line naming the argument: {:?}",
         o.stderr
     );
     assert!(
@@ -33,18 +33,33 @@ fn cli_rejects_bad_input_and_changes_nothing() {
     let before = alice.ok(&["secret", "ls", "-o", "json"]).stdout_str();
 
     let long = "k".repeat(254);
+    // A value refused while the arguments are parsed, before any request: exit 65 as well,
+    // and the line names the argument (`bad_value`).
+    const BAD_VALUE: i32 = -65;
     for (args, code, msg) in [
         (
             vec!["secret", "add", "..k", "v"],
-            2,
+            BAD_VALUE,
             "invalid secret key '..k': must not start with '..'",
         ),
-        (vec!["secret", "add", ".", "v"], 2, "'.' is not a key"),
-        (vec!["secret", "add", "a/b", "v"], 2, "'/' is not allowed"),
-        (vec!["secret", "add", "a b", "v"], 2, "only letters, digits"),
+        (
+            vec!["secret", "add", ".", "v"],
+            BAD_VALUE,
+            "'.' is not a key",
+        ),
+        (
+            vec!["secret", "add", "a/b", "v"],
+            BAD_VALUE,
+            "'/' is not allowed",
+        ),
+        (
+            vec!["secret", "add", "a b", "v"],
+            BAD_VALUE,
+            "only letters, digits",
+        ),
         (
             vec!["secret", "add", &long, "v"],
-            2,
+            BAD_VALUE,
             "at most 253 characters",
         ),
         (
@@ -59,42 +74,42 @@ fn cli_rejects_bad_input_and_changes_nothing() {
         ),
         (
             vec!["secret", "get", "http://c/alice/k"],
-            2,
+            BAD_VALUE,
             "scheme 'http' is not 'secret'",
         ),
         (
             vec!["secret", "get", "secret:k?x"],
-            2,
+            BAD_VALUE,
             "a query ('?') is not allowed",
         ),
         (
             vec!["secret", "get", "secret:k#x"],
-            2,
+            BAD_VALUE,
             "a fragment ('#') is not allowed",
         ),
         (
             vec!["secret", "get", "secret://u:p@c/alice/k"],
-            2,
+            BAD_VALUE,
             "a user or password in the authority is not allowed",
         ),
         (
             vec!["secret", "get", "secret://c:1/alice/k"],
-            2,
+            BAD_VALUE,
             "a port in the authority is not allowed",
         ),
         (
             vec!["secret", "get", "secret:/~alice/k"],
-            2,
+            BAD_VALUE,
             "a '~' path is not allowed",
         ),
         (
             vec!["secret", "get", "secret:/alice"],
-            2,
+            BAD_VALUE,
             "expected secret:KEY",
         ),
         (
             vec!["secret", "add", "secret:/Alice/k", "v"],
-            2,
+            BAD_VALUE,
             "invalid user name 'Alice'",
         ),
         (
@@ -104,7 +119,7 @@ fn cli_rejects_bad_input_and_changes_nothing() {
         ),
         (
             vec!["share", "secret:k", "Bob"],
-            2,
+            BAD_VALUE,
             "invalid user name 'Bob'",
         ),
         (
@@ -114,7 +129,7 @@ fn cli_rejects_bad_input_and_changes_nothing() {
         ),
         (
             vec!["share", "secret:k?x", "bob"],
-            2,
+            BAD_VALUE,
             "a query ('?') is not allowed",
         ),
         (
@@ -124,13 +139,13 @@ fn cli_rejects_bad_input_and_changes_nothing() {
         ),
         (
             vec!["acl", "revoke", "secret:k#f", "bob"],
-            2,
+            BAD_VALUE,
             "a fragment ('#') is not allowed",
         ),
         (vec!["secret", "get", "nope"], 72, "Secret 'nope' not found"),
     ] {
-        let o = if code == 2 {
-            usage_error(&alice, &args, msg)
+        let o = if code == BAD_VALUE {
+            bad_value(&alice, &args, msg)
         } else {
             alice.fails(&args, code, msg)
         };
@@ -138,9 +153,10 @@ fn cli_rejects_bad_input_and_changes_nothing() {
     }
     // usage errors: exit 2
     for args in [
-        vec!["share", "secret:k", "bob", "admin"],
         vec!["secret", "add", "k"],
         vec!["secret", "frobnicate"],
+        vec!["secret", "get", "k", "--nope"],
+        vec!["secret", "ls", "-o", "yaml"],
     ] {
         assert_eq!(alice.run(&args).code, 2, "{args:?}");
     }
@@ -364,10 +380,11 @@ fn neuro_at(url: &str, args: &[&str]) -> (i32, String) {
 }
 
 /// A malformed user name, key, URI, job id or token is refused while the arguments are
-/// parsed: exit 2, not the 69 of a service that cannot be reached, and no connection is even
-/// attempted (a listening socket that nobody accepts on sees none).
+/// parsed: bad input, exit 65 (before issue 19, the usage error 2), not the 69 of a service
+/// that cannot be reached, and no connection is even attempted (a listening socket that
+/// nobody accepts on sees none).
 #[test]
-fn bad_values_are_usage_errors_before_any_request() {
+fn bad_values_are_bad_input_before_any_request() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let listening = format!("http://{}", listener.local_addr().unwrap());
@@ -418,7 +435,11 @@ fn bad_values_are_usage_errors_before_any_request() {
     for (args, msg) in cases {
         for url in [&listening, &closed] {
             let (code, stderr) = neuro_at(url, args);
-            assert_eq!(code, 2, "neuro {args:?} at {url}: {stderr}");
+            assert_eq!(code, 65, "neuro {args:?} at {url}: {stderr}");
+            assert!(
+                stderr.starts_with("ERROR: ") && stderr.lines().count() == 1,
+                "neuro {args:?}: {stderr:?}"
+            );
             assert!(
                 stderr.contains(msg),
                 "neuro {args:?}: {stderr:?} lacks {msg:?}"
@@ -443,9 +464,10 @@ fn bad_values_are_usage_errors_before_any_request() {
     }
 }
 
-/// A `NEURO_TOKEN` with whitespace inside is refused before any request, without echoing it.
+/// A `NEURO_TOKEN` with whitespace inside is refused before any request (bad input, 65),
+/// without echoing it.
 #[test]
-fn a_malformed_neuro_token_is_a_usage_error_and_is_not_printed() {
+fn a_malformed_neuro_token_is_bad_input_and_is_not_printed() {
     let home = tempfile::tempdir().unwrap();
     let o = Command::new(bin("neuro"))
         .args(["--url", "http://127.0.0.1:9", "secret", "ls"])
@@ -455,7 +477,7 @@ fn a_malformed_neuro_token_is_a_usage_error_and_is_not_printed() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    assert_eq!(o.status.code(), Some(65), "{stderr}");
     assert!(
         stderr.contains("invalid NEURO_TOKEN: it contains whitespace"),
         "{stderr}"

@@ -11,6 +11,7 @@ mod authz;
 mod bad_input;
 mod console;
 mod crash;
+mod crate_deps;
 mod etcd_cluster;
 mod etcd_faults;
 mod etcd_tls;

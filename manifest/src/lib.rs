@@ -15,8 +15,7 @@
 
 use serde_json::json;
 
-use crate::mapping::{VolumeMapping, secretfs_file_name};
-use crate::secret::Token;
+use secrets_core::{Token, VolumeMapping, secretfs_file_name};
 
 /// Where the pod's own volumes are mounted; job paths may not lie under it.
 pub const POD_DIR: &str = "/neuro";

@@ -1,19 +1,13 @@
 //! The connection options of the job-side binaries (`--url`, `--token-file`/`NEURO_TOKEN`,
-//! `--ca-file`, `--timeout`) and the one token reader they share.
-//!
-//! Besides `client.rs`, this is the only module of the crate that does I/O: it reads the
-//! token file (and `NEURO_TOKEN`), nothing else.
+//! `--ca-file`, `--timeout`), `ClientConfig`, and the one token reader they share.
 
 use std::io::Read as _;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use secrets_core::{ExitClass, Token};
 use zeroize::Zeroizing;
-
-use crate::client::ClientConfig;
-use crate::exit::ExitClass;
-use crate::secret::Token;
 
 /// The longest `--timeout` accepted, in seconds.
 pub const MAX_TIMEOUT_SECS: f64 = 3600.0;
@@ -21,6 +15,27 @@ pub const MAX_TIMEOUT_SECS: f64 = 3600.0;
 /// The largest token file read; a token is about 90 bytes, and a file that never ends (a link
 /// to `/dev/zero`) must not be read whole.
 pub const MAX_TOKEN_FILE: usize = 64 * 1024;
+
+/// How to reach the service.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    pub url: String,
+    pub token: Option<Token>,
+    /// Extra CA certificates (PEM) to trust, e.g. a self-signed service certificate.
+    pub ca_file: Option<PathBuf>,
+    pub timeout: Duration,
+}
+
+impl ClientConfig {
+    pub fn new(url: impl Into<String>, token: Option<Token>) -> Self {
+        Self {
+            url: url.into(),
+            token,
+            ca_file: None,
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
 
 /// How to reach the service, flattened into `secretfs` and `secret-inject`.
 ///

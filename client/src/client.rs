@@ -1,83 +1,20 @@
-//! The HTTP client of the secrets API, used by the CLI, secretfs and secret-inject.
+//! `Client`, the async HTTP client of the secrets API (reqwest), used by the CLI and secretfs.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use reqwest::{Method, StatusCode};
+use reqwest::Method;
+use secrets_core::api::{
+    CreateUser, Grant, JobCreated, JobSpec, PutSecret, ResolveRequest, ResolveResponse, SecretInfo,
+    SecretValue, SecretVersion, SharedGrant, TokenInfo, TokenIssued, UserRemoved, WatchResponse,
+    WhoAmI,
+};
+use secrets_core::{JobId, SecretBytes, SecretKey, Token, UserName};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::api::{
-    CreateUser, ErrorBody, Grant, JobCreated, JobSpec, MissingPermission, PutSecret,
-    ResolveRequest, ResolveResponse, SecretInfo, SecretValue, SecretVersion, SharedGrant,
-    TokenInfo, TokenIssued, UserRemoved, WatchResponse, WhoAmI,
-};
-use crate::names::{JobId, SecretKey, UserName};
-use crate::secret::{SecretBytes, Token};
-
-/// What went wrong talking to the service. Never carries a value or a token.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    #[error("invalid service URL '{0}': expected http://HOST:PORT or https://HOST:PORT")]
-    BadUrl(String),
-    #[error("cannot read CA file '{path}': {detail}")]
-    CaFile { path: PathBuf, detail: String },
-    #[error("service unavailable at {url}: {detail}")]
-    Unavailable { url: String, detail: String },
-    /// The service cannot be talked to as configured, and trying again cannot mend it: the
-    /// TLS handshake failed (the certificate is not trusted, names another host, has expired,
-    /// is a CA certificate...), or the URL's scheme is not what the service speaks.
-    #[error("service unavailable at {url}: {detail}")]
-    Incompatible { url: String, detail: String },
-    #[error("{message}")]
-    Status {
-        status: u16,
-        message: String,
-        missing: Vec<MissingPermission>,
-    },
-    #[error("unexpected answer from {url}: {detail}")]
-    Protocol { url: String, detail: String },
-}
-
-impl ClientError {
-    /// Whether trying again later may succeed: connection errors, 408 (the request was not
-    /// sent in time), 429 (too many requests in flight) and 5xx.
-    pub fn is_transient(&self) -> bool {
-        match self {
-            ClientError::Unavailable { .. } => true,
-            ClientError::Status { status, .. } => matches!(*status, 408 | 429 | 500..),
-            _ => false,
-        }
-    }
-
-    pub fn status(&self) -> Option<u16> {
-        match self {
-            ClientError::Status { status, .. } => Some(*status),
-            _ => None,
-        }
-    }
-}
-
-/// How to reach the service.
-#[derive(Debug, Clone)]
-pub struct ClientConfig {
-    pub url: String,
-    pub token: Option<Token>,
-    /// Extra CA certificates (PEM) to trust, e.g. a self-signed service certificate.
-    pub ca_file: Option<PathBuf>,
-    pub timeout: Duration,
-}
-
-impl ClientConfig {
-    pub fn new(url: impl Into<String>, token: Option<Token>) -> Self {
-        Self {
-            url: url.into(),
-            token,
-            ca_file: None,
-            timeout: Duration::from_secs(30),
-        }
-    }
-}
+use crate::conn::ClientConfig;
+use crate::error::{ClientError, answer, not_http, tls_failure};
 
 /// A connection pool to one service, authenticated with one token.
 #[derive(Debug, Clone)]
@@ -346,51 +283,6 @@ impl Client {
     }
 }
 
-/// The outcome of an answer with HTTP status `status` and body `bytes` to a request to `url`:
-/// the JSON body of a success (`null` when empty), else the service's error. Shared by
-/// [`Client`] and by callers that speak HTTP themselves (secret-inject's plain-HTTP path), so
-/// both read an answer the same way.
-pub fn answer<T: DeserializeOwned>(url: &str, status: u16, bytes: &[u8]) -> Result<T, ClientError> {
-    if (200..300).contains(&status) {
-        let body: &[u8] = if status == StatusCode::NO_CONTENT.as_u16() || bytes.is_empty() {
-            b"null"
-        } else {
-            bytes
-        };
-        return serde_json::from_slice(body).map_err(|e| ClientError::Protocol {
-            url: url.to_owned(),
-            detail: e.to_string(),
-        });
-    }
-    let text = StatusCode::from_u16(status)
-        .map(|s| s.to_string())
-        .unwrap_or_else(|_| status.to_string());
-    let err: ErrorBody = serde_json::from_slice(bytes).unwrap_or_else(|_| ErrorBody {
-        error: format!("HTTP {text}"),
-        missing: vec![],
-    });
-    if (500..600).contains(&status) {
-        return Err(ClientError::Status {
-            status,
-            message: format!("service error (HTTP {status}): {}", err.error),
-            missing: vec![],
-        });
-    }
-    Err(ClientError::Status {
-        status,
-        message: err.error,
-        missing: err.missing,
-    })
-}
-
-/// The detail of an answer that is not HTTP at all (`what` says what was seen instead): most
-/// often a TLS service behind an `http://` URL.
-pub fn not_http(what: impl std::fmt::Display) -> String {
-    format!("the answer is not HTTP ({what})\nhint: is the URL https://?")
-}
-
-/// A short cause for a transport error, without the URL's query (which never holds a secret,
-/// but keep messages short) and without the request body.
 /// Why a failed request cannot succeed by trying again, when that is so: a TLS failure (with
 /// a hint for the common mistakes) or a service that speaks another protocol than the URL
 /// says. A handshake cut short by the network (an I/O error) is not one of them.
@@ -420,50 +312,8 @@ fn incompatible(e: &reqwest::Error) -> Option<String> {
     None
 }
 
-/// Why a TLS failure cannot be mended by trying again, when that is so (the certificate, with
-/// a hint for the common mistakes, or a service that does not speak TLS); `None` for anything
-/// else. Shared with secret-inject's own TLS client.
-pub fn tls_failure(t: &rustls::Error) -> Option<String> {
-    let why = match t {
-        rustls::Error::InvalidCertificate(ce) => certificate_hint(ce),
-        // Not TLS at all: a plain HTTP service behind an https:// URL.
-        rustls::Error::InvalidMessage(_) => {
-            format!("{t}\nhint: the service does not speak TLS on this port; is the URL http://?")
-        }
-        rustls::Error::NoCertificatesPresented
-        | rustls::Error::PeerIncompatible(_)
-        | rustls::Error::PeerMisbehaved(_)
-        | rustls::Error::AlertReceived(_)
-        | rustls::Error::InappropriateHandshakeMessage { .. }
-        | rustls::Error::InappropriateMessage { .. } => t.to_string(),
-        _ => return None,
-    };
-    Some(format!("TLS handshake failed: {why}"))
-}
-
-fn certificate_hint(e: &rustls::CertificateError) -> String {
-    use rustls::CertificateError as C;
-    let hint = match e {
-        C::UnknownIssuer => {
-            "\nhint: the certificate is not signed by a CA this client trusts; pass --ca-file with \
-             the CA certificate (or the self-signed certificate itself)"
-        }
-        C::NotValidForName | C::NotValidForNameContext { .. } => {
-            "\nhint: the certificate does not name the host of the URL; use a host name or IP \
-             address listed in its subjectAltName"
-        }
-        C::Expired | C::ExpiredContext { .. } | C::NotValidYet | C::NotValidYetContext { .. } => {
-            "\nhint: check the certificate's validity dates and this machine's clock"
-        }
-        C::Other(o) if o.to_string().contains("CaUsedAsEndEntity") => {
-            "\nhint: the service's certificate is a CA certificate (basicConstraints CA:TRUE); a \
-             server certificate needs CA:FALSE (README: HTTPS tells how to make one)"
-        }
-        _ => "",
-    };
-    format!("invalid peer certificate: {e:?}{hint}")
-}
-
+/// A short cause for a transport error, without the URL's query (which never holds a secret,
+/// but keep messages short) and without the request body.
 fn describe(e: &reqwest::Error) -> String {
     use std::error::Error as _;
     let mut cause = e.source();
