@@ -1,6 +1,7 @@
 //! The thin `fuser` adapter: translates FUSE requests to `Files` calls and `Files` answers
-//! (errno values, `Attr`) to FUSE replies. No decisions are made here. Every error reply
-//! goes through `fuse_error!`, which counts and logs the failure first.
+//! (errno values, `Attr`) to FUSE replies. What a request may do is decided in `Files`; the
+//! adapter decides only how to reply (the FUSE flags of an open, the TTLs of an entry). Every
+//! error reply goes through `fuse_error!`, which counts and logs the failure first.
 
 use std::ffi::OsStr;
 use std::sync::Arc;

@@ -49,9 +49,9 @@ pub fn bearer(headers: &HeaderMap) -> Option<Result<&str, ApiError>> {
     )
 }
 
-/// The id part of a well-formed token (`nst.ID.SECRET`).
+/// The id part of a well-formed token (`nst.ID.SECRET`); only authenticated tokens get here.
 fn token_id(token: &str) -> &str {
-    token.split('.').nth(1).unwrap_or("")
+    crate::domain::auth::token_parts(token).map_or("", |(id, _)| id)
 }
 
 /// Whether a request has a body to read (a length above 0, or chunked).

@@ -569,7 +569,7 @@ impl hyper::service::Service<Request<Incoming>> for Tracked {
     type Future = ResponseFuture;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
-        let Some(guard) = InFlight::begin(&self.conn, self.epoch) else {
+        let Some(guard) = Busy::begin(&self.conn, self.epoch) else {
             // Evicted or shutting down between the request head and here.
             return Box::pin(async {
                 let mut r = Response::new(Body::from(
@@ -601,12 +601,12 @@ impl hyper::service::Service<Request<Incoming>> for Tracked {
 
 /// A request in flight on a connection; dropped when the handler's future completes or is
 /// dropped.
-struct InFlight {
+struct Busy {
     conn: Arc<Conn>,
     epoch: Instant,
 }
 
-impl InFlight {
+impl Busy {
     fn begin(conn: &Arc<Conn>, epoch: Instant) -> Option<Self> {
         let mut st = lock(&conn.state);
         if st.closing {
@@ -628,7 +628,7 @@ impl InFlight {
     }
 }
 
-impl Drop for InFlight {
+impl Drop for Busy {
     fn drop(&mut self) {
         let mut st = lock(&self.conn.state);
         st.busy = false;

@@ -75,6 +75,16 @@ impl Principal {
     }
 }
 
+/// The id and the secret of a token of the right shape (`nst.ID.SECRET`, `ID` 16 hex digits):
+/// the one parser of the token format.
+pub fn token_parts(presented: &str) -> Option<(&str, &str)> {
+    let mut parts = presented.splitn(3, '.');
+    let (Some("nst"), Some(id), Some(secret)) = (parts.next(), parts.next(), parts.next()) else {
+        return None;
+    };
+    (id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some((id, secret))
+}
+
 /// Creates and stores a new token for `subject`; returns `(id, token)`.
 pub async fn issue(
     store: &dyn Store,
@@ -173,14 +183,7 @@ impl Authenticator {
         presented: &str,
     ) -> Result<Principal, DomainError> {
         let invalid = || DomainError::Unauthenticated("invalid token".into());
-        let mut parts = presented.splitn(3, '.');
-        let (Some("nst"), Some(id), Some(secret)) = (parts.next(), parts.next(), parts.next())
-        else {
-            return Err(invalid());
-        };
-        if id.len() != 16 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(invalid());
-        }
+        let (id, secret) = token_parts(presented).ok_or_else(invalid)?;
         let got = hex(&keys.token_hash(secret));
         let check_expiry = |expires_at: Option<u64>| {
             if expires_at.is_some_and(|e| e <= now_secs()) {

@@ -121,10 +121,9 @@ impl Domain {
     /// token id it names, `""` for an id that names no token or a token of the wrong shape.
     /// Failed log-ins are counted by it.
     pub async fn login_target(&self, token: &str) -> Result<String, DomainError> {
-        let id = token.split('.').nth(1).unwrap_or_default();
-        if id.len() != 16 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        let Some((id, _)) = auth::token_parts(token) else {
             return Ok(String::new());
-        }
+        };
         Ok(
             match auth::load_token(self.store.as_ref(), id)
                 .await?
@@ -150,7 +149,9 @@ impl Domain {
                 ));
             }
         };
-        let token_id = token.split('.').nth(1).unwrap_or_default().to_owned();
+        let token_id = auth::token_parts(token)
+            .map(|(id, _)| id.to_owned())
+            .unwrap_or_default();
         // The audit log fails closed here too: no session it cannot record.
         let slot = self.audit.reserve()?;
         let event = AuditEvent::new(

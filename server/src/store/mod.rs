@@ -1,4 +1,5 @@
-//! The storage trait the service is written against, and its embedded implementation.
+//! The storage trait the service is written against (`embedded` and `etcd` implement it,
+//! `timed` decorates it).
 //!
 //! Records other than secrets are opaque bytes under string keys in a few tables; secrets get
 //! their own operations because every secret write must take the next revision and record a
