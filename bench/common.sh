@@ -1,7 +1,7 @@
 # Sourced by the bench scripts: a work directory cleaned up on exit, background processes
 # stopped on exit, and `start_secretd PORT`, which starts a release secretd on its own data
 # directory and sets $token to a new user's token. Callers build the binaries first.
-R="$PWD/target/x86_64-unknown-linux-gnu/release"  # see .cargo/config.toml
+R="${R:-$PWD/target/x86_64-unknown-linux-gnu/release}"  # see .cargo/config.toml; R=DIR runs another build
 work=$(mktemp -d)
 pids=()
 cleanup() {
@@ -13,7 +13,8 @@ trap cleanup EXIT
 
 start_secretd() {
   local port=$1
-  "$R/secretd" --data-dir "$work/data" --listen "127.0.0.1:$port" > "$work/secretd.out" 2> "$work/secretd.err" &
+  # shellcheck disable=SC2086 # SECRETD_ARGS: extra flags, split at spaces
+  "$R/secretd" --data-dir "$work/data" --listen "127.0.0.1:$port" ${SECRETD_ARGS:-} > "$work/secretd.out" 2> "$work/secretd.err" &
   pids+=($!)
   for _ in $(seq 50); do [[ -s "$work/secretd.out" ]] && break; sleep 0.1; done
   export XDG_CONFIG_HOME="$work/config"

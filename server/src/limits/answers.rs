@@ -108,23 +108,9 @@ fn take_n(map: &mut HashMap<Box<str>, usize>, key: &str, n: usize) {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashSet;
-
-    use secrets_core::UserName;
-
     use super::*;
 
-    fn user(name: &str) -> Principal {
-        Principal::User(UserName::new(name).unwrap())
-    }
-
-    fn job(owner: &str, id: &str) -> Principal {
-        Principal::Job {
-            id: id.into(),
-            owner: UserName::new(owner).unwrap(),
-            uris: Arc::new(HashSet::new()),
-        }
-    }
+    use crate::limits::tests::{job, user};
 
     #[test]
     fn the_answer_budget_is_shared_and_given_back() {

@@ -179,23 +179,9 @@ impl Drop for Admitted {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashSet;
-
-    use secrets_core::UserName;
-
     use super::*;
 
-    fn user(name: &str) -> Principal {
-        Principal::User(UserName::new(name).unwrap())
-    }
-
-    fn job(owner: &str, id: &str) -> Principal {
-        Principal::Job {
-            id: id.into(),
-            owner: UserName::new(owner).unwrap(),
-            uris: Arc::new(HashSet::new()),
-        }
-    }
+    use crate::limits::tests::{job, user};
 
     #[test]
     fn a_token_and_a_user_with_its_jobs_have_their_limits() {

@@ -76,3 +76,26 @@ impl<G: Send + 'static> http_body::Body for Held<G> {
 }
 
 impl<G> Unpin for Held<G> {}
+
+/// Callers for the limits' tests.
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::sync::Arc;
+
+    use secrets_core::UserName;
+
+    use crate::domain::Principal;
+
+    pub fn user(name: &str) -> Principal {
+        Principal::User(UserName::new(name).unwrap())
+    }
+
+    pub fn job(owner: &str, id: &str) -> Principal {
+        Principal::Job {
+            id: id.into(),
+            owner: UserName::new(owner).unwrap(),
+            uris: Arc::new(HashSet::new()),
+        }
+    }
+}
