@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::etcd::EtcdCluster;
+use crate::harness::etcd::EtcdCluster;
 use crate::harness::{Server, b64, bin, contains, secretd_start_fails};
 
 /// Two replicas on `cluster`, prefix `prefix`; the second uses the first's master key.

@@ -5,7 +5,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::etcd::EtcdCluster;
+use crate::harness::etcd::EtcdCluster;
 use crate::harness::{Server, b64, bin};
 
 fn start(url: &str, key: Option<&std::path::Path>) -> Server {
@@ -632,7 +632,7 @@ fn a_replica_with_another_cluster_name_is_refused() {
 #[test]
 fn migrate_refuses_a_target_another_user_can_touch_root() {
     use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
-    crate::harness::require_root("chown to nobody");
+    crate::harness::tier::require_root("chown to nobody");
     let dir = tempfile::tempdir().unwrap();
     let mut src = Server::start_with(&["--store", "embedded"]);
     let data = src.data_dir();

@@ -16,6 +16,7 @@ struct Member {
 
 impl Member {
     fn start(scheme: &str, args: &[&str]) -> Self {
+        crate::harness::tier::require_etcd();
         let dir = tempfile::tempdir().unwrap();
         let ports: Vec<u16> = (0..2)
             .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())

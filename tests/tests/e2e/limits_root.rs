@@ -9,7 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::harness::http_json as http;
-use crate::harness::{b64, bin, require_root, self_signed_localhost_cert};
+use crate::harness::tier::require_root;
+use crate::harness::{b64, bin, self_signed_localhost_cert};
 
 /// A `secretd` started through a wrapper command (`prlimit`, `unshare`, `sh -c 'umask ...'`).
 /// Killed and waited for on drop; whatever the wrapper mounted dies with its namespace.

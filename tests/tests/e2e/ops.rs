@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::harness::{Server, b64, bin, http_json, require_root};
+use crate::harness::tier::require_root;
+use crate::harness::{Server, b64, bin, http_json};
 
 /// The `--metrics-listen` address secretd logged (text log: `... addr=IP:PORT`).
 fn metrics_addr(srv: &Server) -> String {

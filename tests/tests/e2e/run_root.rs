@@ -4,20 +4,14 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::harness::tier::require_fuse;
 use crate::harness::{SEED_JOB_MAPPINGS, Server, bin};
-
-fn require_root_fuse() {
-    assert!(
-        nix::unistd::geteuid().is_root() && Path::new("/dev/fuse").exists(),
-        "neuro run tests need root and /dev/fuse"
-    );
-}
 
 const SEED: &str = "p@$$w0rd123";
 
 #[test]
 fn the_seed_job_sees_its_file_and_variable_and_the_host_does_not() {
-    require_root_fuse();
+    require_fuse();
     let (srv, alice) = Server::start_with_alice_owning("secret-password", SEED);
     let host_had = Path::new("/var/secrets").exists();
     let mut args = vec!["run"];
@@ -73,7 +67,7 @@ fn the_seed_job_sees_its_file_and_variable_and_the_host_does_not() {
 
 #[test]
 fn sigterm_stops_the_job_and_cleans_up() {
-    require_root_fuse();
+    require_fuse();
     let (srv, alice) = Server::start_with_alice_owning("k", "v");
     // log and ready live apart from the target's directory: the job's writes under an
     // overlaid directory stay in its own namespace.
@@ -147,7 +141,7 @@ fn sigterm_stops_the_job_and_cleans_up() {
 
 #[test]
 fn missing_paths_beside_other_mounts_and_beside_the_run_directory() {
-    require_root_fuse();
+    require_fuse();
     let (srv, alice) = Server::start_with_alice_owning("k", "v");
 
     // A directory with a mount below it (as /var has while a container engine runs): the
@@ -203,7 +197,7 @@ fn missing_paths_beside_other_mounts_and_beside_the_run_directory() {
 /// mounting anything.
 #[test]
 fn a_failed_secretfs_reports_through_its_error_file_even_under_an_overlay() {
-    require_root_fuse();
+    require_fuse();
     let (srv, alice) = Server::start_with_alice_owning("k", "v");
     let fresh = std::env::temp_dir().join(format!("neuro-e2e-fail-{}", std::process::id()));
     let marker = srv.dir.path().join("started");

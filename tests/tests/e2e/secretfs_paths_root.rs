@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::harness::secretfs::{Ns, SecretFs, fuse_alice_owning_k, host_secretfs_mounts};
 use crate::harness::{Server, bin};
-use crate::secretfs_root_fuse::{Ns, SecretFs, fuse_alice_owning_k, host_secretfs_mounts};
 
 /// A process killed and reaped on drop, also when the test fails.
 struct Reaped(Child);

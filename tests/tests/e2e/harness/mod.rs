@@ -9,12 +9,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// Fails (never skips) unless this runs as root; `why` says what needs it.
-#[track_caller]
-pub fn require_root(why: &str) {
-    let euid = nix::unistd::geteuid();
-    assert!(euid.is_root(), "this test needs root ({why}); euid {euid}");
-}
+pub mod etcd;
+pub mod podman;
+pub mod secretfs;
+pub mod tier;
 
 /// Writes `bytes` to `path` with mode 0600 (what secretd wants of a key or token file).
 pub fn write_private(path: &Path, bytes: &[u8]) {
@@ -168,10 +166,7 @@ impl Server {
                 .to_string_lossy();
             let prefix: String = name.chars().filter(char::is_ascii_alphanumeric).collect();
             extra.push("--store".into());
-            extra.push(format!(
-                "etcd://{}/test-{prefix}",
-                crate::etcd::shared_endpoint()
-            ));
+            extra.push(format!("etcd://{}/test-{prefix}", etcd::shared_endpoint()));
         }
         let mut s = Server {
             dir,
@@ -606,4 +601,23 @@ impl Neuro {
         );
         o
     }
+}
+
+/// Runs `neuro ARGS` and asserts a refused argument value: bad input (exit 65), one
+/// `ERROR:` line that names the argument and contains `msg`.
+#[track_caller]
+pub fn bad_value(neuro: &Neuro, args: &[&str], msg: &str) -> Out {
+    let o = neuro.run(args);
+    assert_eq!(o.code, 65, "neuro {args:?}: stderr {:?}", o.stderr);
+    assert!(
+        o.stderr.starts_with("ERROR: invalid value ") && o.stderr.lines().count() == 1,
+        "neuro {args:?}: not one ERROR line naming the argument: {:?}",
+        o.stderr
+    );
+    assert!(
+        o.stderr.contains(msg),
+        "neuro {args:?}: {:?} lacks {msg:?}",
+        o.stderr
+    );
+    o
 }
