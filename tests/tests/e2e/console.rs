@@ -151,6 +151,7 @@ fn value_of(srv: &Server, token: &str, owner: &str, key: &str) -> Option<Vec<u8>
 /// what was refused or deleted is absent, the CSRF attempt changed nothing, the grant and the
 /// job were revoked; no page, no output holds a value or a token.
 #[test]
+#[cfg_attr(not(feature = "browser"), ignore = "needs Chromium: feature browser")]
 fn console_flows_in_chromium() {
     require_browser();
     let srv = Server::start();

@@ -131,6 +131,7 @@ fn sig_masks(status: &str) -> (u64, u64) {
 }
 
 #[test]
+#[cfg_attr(not(feature = "root"), ignore = "needs root: feature root")]
 fn inject_root_the_job_starts_with_an_empty_signal_mask_in_every_mode() {
     require_root("uid switches with setpriv, unshare --pid");
     let (srv, t) = setup();
@@ -242,6 +243,7 @@ fn secret_part(token: &str) -> &str {
 }
 
 #[test]
+#[cfg_attr(not(feature = "root"), ignore = "needs root: feature root")]
 fn inject_root_init_wrapper_keeps_its_token_from_the_job() {
     require_root("uid switches with setpriv, unshare --pid");
     let (srv, t) = setup();
@@ -368,6 +370,7 @@ fn with_token_file(srv: &Server, file: &Path, pre: &[&str]) -> Output {
 }
 
 #[test]
+#[cfg_attr(not(feature = "root"), ignore = "needs root: feature root")]
 fn inject_root_token_file_readable_by_others_is_refused() {
     require_root("uid switches with setpriv, unshare --pid");
     let (srv, t) = setup();

@@ -571,6 +571,7 @@ fn files_are_private_under_umask_000() {
 /// full a write fails, and once space is freed the next write succeeds without a restart, and
 /// every write acknowledged before the fault reads back.
 #[test]
+#[cfg_attr(not(feature = "root"), ignore = "needs root: feature root")]
 fn writes_recover_after_the_disk_was_full_root() {
     require_root("a tmpfs in a private mount namespace");
     let dir = tempfile::tempdir().unwrap();

@@ -148,6 +148,7 @@ echo "hits=$(find / -xdev -type f -exec grep -lF "$NEEDLE" {} + 2>/dev/null | wc
 "#;
 
 #[test]
+#[cfg_attr(not(feature = "podman"), ignore = "needs podman: feature podman")]
 fn the_job_manifest_runs_under_podman_and_only_the_job_reads_its_secrets() {
     let st = Setup::new("secret-password");
     let (srv, alice, job_image) = (&st.srv, &st.alice, &st.job_image);
@@ -262,6 +263,7 @@ fn the_job_manifest_runs_under_podman_and_only_the_job_reads_its_secrets() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "podman"), ignore = "needs podman: feature podman")]
 fn a_pod_whose_secret_is_gone_never_starts_the_job() {
     let st = Setup::new("gone");
     let (_, docs) = st.manifest(

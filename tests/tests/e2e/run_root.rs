@@ -10,6 +10,7 @@ use crate::harness::{SEED_JOB_MAPPINGS, Server, bin};
 const SEED: &str = "p@$$w0rd123";
 
 #[test]
+#[cfg_attr(not(feature = "fuse"), ignore = "needs root and FUSE: feature fuse")]
 fn the_seed_job_sees_its_file_and_variable_and_the_host_does_not() {
     require_fuse();
     let (srv, alice) = Server::start_with_alice_owning("secret-password", SEED);
@@ -66,6 +67,7 @@ fn the_seed_job_sees_its_file_and_variable_and_the_host_does_not() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "fuse"), ignore = "needs root and FUSE: feature fuse")]
 fn sigterm_stops_the_job_and_cleans_up() {
     require_fuse();
     let (srv, alice) = Server::start_with_alice_owning("k", "v");
@@ -140,6 +142,7 @@ fn sigterm_stops_the_job_and_cleans_up() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "fuse"), ignore = "needs root and FUSE: feature fuse")]
 fn missing_paths_beside_other_mounts_and_beside_the_run_directory() {
     require_fuse();
     let (srv, alice) = Server::start_with_alice_owning("k", "v");
@@ -196,6 +199,7 @@ fn missing_paths_beside_other_mounts_and_beside_the_run_directory() {
 /// report, with the class and the path, through the `--error-file` secretfs opened before
 /// mounting anything.
 #[test]
+#[cfg_attr(not(feature = "fuse"), ignore = "needs root and FUSE: feature fuse")]
 fn a_failed_secretfs_reports_through_its_error_file_even_under_an_overlay() {
     require_fuse();
     let (srv, alice) = Server::start_with_alice_owning("k", "v");

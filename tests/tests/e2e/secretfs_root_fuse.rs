@@ -25,6 +25,7 @@ fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duratio
 const REFUSED: [&str; 4] = ["EROFS", "EPERM", "EACCES", "EBUSY"];
 
 #[test]
+#[cfg_attr(not(feature = "fuse"), ignore = "needs root and FUSE: feature fuse")]
 fn exact_placement_ownership_and_read_only() {
     require_fuse();
     let (srv, t) = Server::start_with_users(&["alice", "bob"]);
@@ -169,6 +170,7 @@ fn exact_placement_ownership_and_read_only() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "fuse"), ignore = "needs root and FUSE: feature fuse")]
 fn missing_or_forbidden_secrets_stop_it_before_ready() {
     require_fuse();
     let (srv, t) = Server::start_with_users(&["alice", "bob"]);
@@ -253,6 +255,7 @@ fn missing_or_forbidden_secrets_stop_it_before_ready() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "fuse"), ignore = "needs root and FUSE: feature fuse")]
 fn rotation_snapshots_outage_and_revocation() {
     require_fuse();
     let (mut srv, t) = Server::start_with_users(&["alice", "bob"]);
@@ -375,6 +378,7 @@ fn rotation_snapshots_outage_and_revocation() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "fuse"), ignore = "needs root and FUSE: feature fuse")]
 fn kill_9_leaves_a_stale_mount_the_next_start_clears() {
     let (srv, t, work) = fuse_alice_owning_k();
     // A namespace that outlives both secretfs runs, as a pod's would.
@@ -437,6 +441,7 @@ fn kill_9_leaves_a_stale_mount_the_next_start_clears() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "fuse"), ignore = "needs root and FUSE: feature fuse")]
 fn a_store_restored_from_a_backup_keeps_rotation_going_without_polling() {
     require_fuse();
     // A backup of the embedded store's file (etcd has its own snapshots).
@@ -491,6 +496,7 @@ fn a_store_restored_from_a_backup_keeps_rotation_going_without_polling() {
 /// `MOUNT_ROOT/.metrics`: the status area's counters in the Prometheus text format, read
 /// fresh on every open, with no path, URI or value in it.
 #[test]
+#[cfg_attr(not(feature = "fuse"), ignore = "needs root and FUSE: feature fuse")]
 fn metrics_file_counts_operations_in_prometheus_text() {
     let (srv, t, work) = fuse_alice_owning_k();
     let w = work.path();

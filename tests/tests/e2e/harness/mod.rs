@@ -59,6 +59,9 @@ pub fn secretd_start_fails(data_dir: &Path, args: &[&str]) -> (i32, String) {
 /// the default, or `etcd`, a key prefix per server on one etcd member shared by the tests).
 pub fn store_under_test() -> String {
     match std::env::var("NEURO_TEST_STORE") {
+        Ok(s) if s == "etcd" && !cfg!(feature = "etcd") => {
+            panic!("NEURO_TEST_STORE=etcd needs the etcd tier: --features secrets-tests/etcd")
+        }
         Ok(s) if s == "etcd" || s == "embedded" => s,
         Ok(s) if !s.is_empty() => panic!("NEURO_TEST_STORE={s}: expected embedded or etcd"),
         _ => "embedded".into(),
