@@ -18,6 +18,7 @@ const INNER: &str = "store_on_a_full_tmpfs_inner";
 /// Runs the inner test in `unshare -m` with a 4 MiB tmpfs on a fresh directory: the mount
 /// lives only in that namespace, so it is gone when the inner test ends, however it ends.
 #[test]
+#[cfg_attr(not(feature = "root"), ignore = "needs root: feature root")]
 fn store_recovers_after_the_disk_was_full_root() {
     assert!(
         nix::unistd::geteuid().is_root(),

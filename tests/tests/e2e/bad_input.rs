@@ -4,26 +4,7 @@
 use std::net::TcpListener;
 use std::process::{Command, Stdio};
 
-use crate::harness::{Neuro, Out, Server, bin};
-
-/// Runs `neuro ARGS` and asserts a refused argument value: bad input (exit 65), one
-/// `ERROR:` line that names the argument and contains `msg`.
-#[track_caller]
-pub(crate) fn bad_value(neuro: &Neuro, args: &[&str], msg: &str) -> Out {
-    let o = neuro.run(args);
-    assert_eq!(o.code, 65, "neuro {args:?}: stderr {:?}", o.stderr);
-    assert!(
-        o.stderr.starts_with("ERROR: invalid value ") && o.stderr.lines().count() == 1,
-        "neuro {args:?}: not one ERROR line naming the argument: {:?}",
-        o.stderr
-    );
-    assert!(
-        o.stderr.contains(msg),
-        "neuro {args:?}: {:?} lacks {msg:?}",
-        o.stderr
-    );
-    o
-}
+use crate::harness::{Server, bad_value, bin};
 
 #[test]
 fn cli_rejects_bad_input_and_changes_nothing() {

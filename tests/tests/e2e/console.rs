@@ -1,45 +1,24 @@
 //! The web console: every flow of issue 12 in real Chromium (tests/console/flows.js, driven
 //! by playwright-core), then the outcome checked through the API; and the console's security
 //! properties over raw HTTP (headers, log-in limit, sessions that end, the bearer API as it
-//! was). Chromium, node and playwright-core are required: missing, the test fails (run
-//! scripts/setup.sh), it never skips.
+//! was). The flows in Chromium are the browser tier (Chromium, node and playwright-core:
+//! missing, the test fails, it never skips); the rest needs only the binaries and loopback.
 
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
 use std::os::unix::process::CommandExt as _;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::harness::tier::{repo, require_browser};
 use crate::harness::{Server, b64, contains, yaml_docs};
 
-const CHROMIUM: &str = "/usr/bin/chromium";
 const TYPED: &str = "console-typed-value-7Qx\nsecond line";
 const FILE_BYTES: &[u8] = b"file\x00bytes\r\n\xff\xfe console-file-marker-9Zk\r\n";
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// Fails unless Chromium, node and playwright-core are installed.
-fn require_browser() {
-    let setup = "run scripts/setup.sh, which installs chromium, nodejs, npm and playwright-core";
-    assert!(
-        Path::new(CHROMIUM).exists(),
-        "{CHROMIUM} is missing: {setup}"
-    );
-    let node = Command::new("node").arg("--version").output();
-    assert!(
-        node.is_ok_and(|o| o.status.success()),
-        "node is missing: {setup}"
-    );
-    let pw = repo().join("tests/console/node_modules/playwright-core/package.json");
-    assert!(pw.exists(), "{} is missing: {setup}", pw.display());
-}
-
 /// Runs `node tests/console/SCRIPT` with `envs` (never argv) in its own process group,
 /// killed whole after `limit` or when this test fails. Returns its output.
-pub fn node_script(script: &str, envs: &[(&str, &str)], limit: Duration) -> (bool, String) {
+fn node_script(script: &str, envs: &[(&str, &str)], limit: Duration) -> (bool, String) {
     require_browser();
     let dir = repo().join("tests/console");
     let mut child = Command::new("node")
@@ -172,6 +151,7 @@ fn value_of(srv: &Server, token: &str, owner: &str, key: &str) -> Option<Vec<u8>
 /// what was refused or deleted is absent, the CSRF attempt changed nothing, the grant and the
 /// job were revoked; no page, no output holds a value or a token.
 #[test]
+#[cfg_attr(not(feature = "browser"), ignore = "needs Chromium: feature browser")]
 fn console_flows_in_chromium() {
     require_browser();
     let srv = Server::start();

@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::etcd::EtcdCluster;
+use crate::harness::etcd::EtcdCluster;
 use crate::harness::{Server, b64, bin, contains, secretd_start_fails};
 
 /// Two replicas on `cluster`, prefix `prefix`; the second uses the first's master key.
@@ -37,6 +37,7 @@ fn value_of(srv: &Server, token: &str, owner_key: &str) -> (u16, serde_json::Val
 }
 
 #[test]
+#[cfg_attr(not(feature = "etcd"), ignore = "needs etcd: feature etcd")]
 fn a_write_through_one_replica_is_read_watched_and_revoked_through_the_other_at_once() {
     let etcd = EtcdCluster::start(3);
     let (a, b) = replicas(&etcd, "consistency", &[]);
@@ -148,6 +149,7 @@ fn a_write_through_one_replica_is_read_watched_and_revoked_through_the_other_at_
 }
 
 #[test]
+#[cfg_attr(not(feature = "etcd"), ignore = "needs etcd: feature etcd")]
 fn values_and_tokens_are_never_in_etcd_in_plaintext() {
     let etcd = EtcdCluster::start(1);
     let (a, _b) = replicas(&etcd, "sealed", &[]);
@@ -190,6 +192,7 @@ fn values_and_tokens_are_never_in_etcd_in_plaintext() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "etcd"), ignore = "needs etcd: feature etcd")]
 fn a_replica_with_another_master_key_refuses_to_start_and_writes_nothing() {
     let etcd = EtcdCluster::start(1);
     let url = etcd.url("keys");
@@ -229,6 +232,7 @@ fn a_replica_with_another_master_key_refuses_to_start_and_writes_nothing() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "etcd"), ignore = "needs etcd: feature etcd")]
 fn replicas_starting_together_on_a_new_store_make_exactly_one_operator_token() {
     let etcd = EtcdCluster::start(1);
     let url = etcd.url("first");
@@ -312,6 +316,7 @@ fn burst(
 }
 
 #[test]
+#[cfg_attr(not(feature = "etcd"), ignore = "needs etcd: feature etcd")]
 fn losing_the_leader_in_a_burst_of_writes_loses_no_acknowledged_write() {
     let mut etcd = EtcdCluster::start(3);
     let (a, b) = replicas(&etcd, "leader", &[]);
@@ -347,6 +352,7 @@ fn losing_the_leader_in_a_burst_of_writes_loses_no_acknowledged_write() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "etcd"), ignore = "needs etcd: feature etcd")]
 fn losing_the_majority_fails_fast_and_etcd_coming_back_needs_no_restart() {
     let mut etcd = EtcdCluster::start(3);
     let (a, b) = replicas(&etcd, "majority", &["--max-staleness", "2s"]);
@@ -412,6 +418,7 @@ fn losing_the_majority_fails_fast_and_etcd_coming_back_needs_no_restart() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "etcd"), ignore = "needs etcd: feature etcd")]
 fn migrate_moves_an_embedded_store_to_etcd_and_back() {
     let etcd = EtcdCluster::start(1);
     let mut src = Server::start_with(&["--cluster", "neuro-compute", "--store", "embedded"]);

@@ -5,7 +5,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::etcd::EtcdCluster;
+use crate::harness::etcd::EtcdCluster;
 use crate::harness::{Server, b64, bin};
 
 fn start(url: &str, key: Option<&std::path::Path>) -> Server {
@@ -25,6 +25,7 @@ fn revision(srv: &Server, token: &str) -> u64 {
 }
 
 #[test]
+#[cfg_attr(not(feature = "etcd"), ignore = "needs etcd: feature etcd")]
 fn a_revision_learned_on_one_replica_is_a_valid_since_on_the_other() {
     let etcd = EtcdCluster::start(1);
     let url = etcd.url("since");
@@ -90,6 +91,7 @@ fn write_then_read(w: &Server, r: &Server, token: &str, value: &str) -> Duration
 }
 
 #[test]
+#[cfg_attr(not(feature = "etcd"), ignore = "needs etcd: feature etcd")]
 fn a_hung_member_under_a_replicas_watch_costs_a_delay_not_stale_reads() {
     let etcd = EtcdCluster::start(3);
     // A watches and reads member 0 first; B writes through the two others.
@@ -135,6 +137,7 @@ fn alternate_writes_and_reads(a: &Server, b: &Server, token: &str, during: Durat
 }
 
 #[test]
+#[cfg_attr(not(feature = "etcd"), ignore = "needs etcd: feature etcd")]
 fn compaction_while_a_replicas_watch_is_away_reloads_it_correctly() {
     let mut etcd = EtcdCluster::start(3);
     let a = start(&etcd.url_in_order(&[0, 1, 2], "compact"), None);
@@ -197,6 +200,7 @@ fn compaction_while_a_replicas_watch_is_away_reloads_it_correctly() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "etcd"), ignore = "needs etcd: feature etcd")]
 fn migrate_from_a_directory_that_holds_no_store_fails_and_creates_nothing() {
     let etcd = EtcdCluster::start(1);
     let url = etcd.url("nosource");
@@ -225,6 +229,7 @@ fn migrate_from_a_directory_that_holds_no_store_fails_and_creates_nothing() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "etcd"), ignore = "needs etcd: feature etcd")]
 fn both_replicas_writing_deleting_and_revoking_agree() {
     let mut etcd = EtcdCluster::start(3);
     let a = start(&etcd.url_in_order(&[0, 1, 2], "agree"), None);
@@ -346,6 +351,7 @@ fn both_replicas_writing_deleting_and_revoking_agree() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "etcd"), ignore = "needs etcd: feature etcd")]
 fn migrate_and_store_mistakes_say_what_to_do() {
     let etcd = EtcdCluster::start(1);
     let url = etcd.url("partial");
@@ -381,6 +387,7 @@ fn migrate_and_store_mistakes_say_what_to_do() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "etcd"), ignore = "needs etcd: feature etcd")]
 fn a_replica_authenticating_to_etcd_recovers_after_etcd_restarts() {
     let mut etcd = EtcdCluster::start(1);
     let ctl = |args: &[&str]| {
@@ -452,6 +459,7 @@ fn a_replica_authenticating_to_etcd_recovers_after_etcd_restarts() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "etcd"), ignore = "needs etcd: feature etcd")]
 fn a_replica_catches_up_on_more_than_a_watch_message_of_values() {
     let etcd = EtcdCluster::start(3);
     // A knows member 0 only; B the two others.
@@ -516,6 +524,7 @@ fn a_replica_catches_up_on_more_than_a_watch_message_of_values() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "etcd"), ignore = "needs etcd: feature etcd")]
 fn a_replica_cut_off_from_etcd_stops_honouring_a_grant_revoked_elsewhere_after_max_staleness() {
     let etcd = EtcdCluster::start(3);
     let a = start(&etcd.url_in_order(&[0, 1], "stale"), None);
@@ -580,6 +589,7 @@ fn a_replica_cut_off_from_etcd_stops_honouring_a_grant_revoked_elsewhere_after_m
 /// The first start keeps the name beside the key check value; a replica with another name
 /// stops before writing anything and names both. (Embedded stores keep theirs too.)
 #[test]
+#[cfg_attr(not(feature = "etcd"), ignore = "needs etcd: feature etcd")]
 fn a_replica_with_another_cluster_name_is_refused() {
     let etcd = EtcdCluster::start(1);
     let url = etcd.url("names");
@@ -630,9 +640,10 @@ fn a_replica_with_another_cluster_name_is_refused() {
 /// another user, one writable by others, a store file of another user's, a symbolic link.
 /// What is missing it creates 0700 and 0600.
 #[test]
+#[cfg_attr(not(feature = "root"), ignore = "needs root: feature root")]
 fn migrate_refuses_a_target_another_user_can_touch_root() {
     use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
-    crate::harness::require_root("chown to nobody");
+    crate::harness::tier::require_root("chown to nobody");
     let dir = tempfile::tempdir().unwrap();
     let mut src = Server::start_with(&["--store", "embedded"]);
     let data = src.data_dir();

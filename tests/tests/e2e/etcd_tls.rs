@@ -16,6 +16,7 @@ struct Member {
 
 impl Member {
     fn start(scheme: &str, args: &[&str]) -> Self {
+        crate::harness::tier::require_etcd();
         let dir = tempfile::tempdir().unwrap();
         let ports: Vec<u16> = (0..2)
             .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
@@ -144,6 +145,7 @@ fn start_fails(args: &[&str]) -> (i32, String) {
 }
 
 #[test]
+#[cfg_attr(not(feature = "etcd"), ignore = "needs etcd: feature etcd")]
 fn secretd_talks_to_etcd_over_tls_with_a_client_certificate() {
     let dir = tempfile::tempdir().unwrap();
     let [ca, cert, key, ccert, ckey] = pki(dir.path());
@@ -198,6 +200,7 @@ fn secretd_talks_to_etcd_over_tls_with_a_client_certificate() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "etcd"), ignore = "needs etcd: feature etcd")]
 fn secretd_logs_in_to_etcd_with_a_user_and_password_file() {
     // JWT tokens that expire 1 s after the log-in, whatever happens meanwhile.
     let keys = tempfile::tempdir().unwrap();

@@ -474,11 +474,9 @@ fn kids_with_state(ppid: u32) -> Vec<(u32, char)> {
 }
 
 #[test]
+#[cfg_attr(not(feature = "root"), ignore = "needs root: feature root")]
 fn init_root_forwards_signals_once_reaps_zombies_and_keeps_the_code() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "init-mode tests need root (unshare --pid)"
-    );
+    crate::harness::tier::require_root("unshare --pid");
     let (srv, t) = Server::start_with_users(&["alice"]);
     srv.put(&t[0], "k", b"init-secret-value");
     let dir = tempfile::tempdir().unwrap();

@@ -14,16 +14,10 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 
+use crate::harness::tier::require_root;
 use crate::harness::{Server, bin, contains};
 
 const VALUE: &str = "hardening-secret-value";
-
-fn require_root() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "secret-inject hardening tests named _root need root (setpriv, unshare --pid)"
-    );
-}
 
 /// A server with alice's secret `k` = [`VALUE`]; alice's token.
 fn setup() -> (Server, String) {
@@ -137,8 +131,9 @@ fn sig_masks(status: &str) -> (u64, u64) {
 }
 
 #[test]
+#[cfg_attr(not(feature = "root"), ignore = "needs root: feature root")]
 fn inject_root_the_job_starts_with_an_empty_signal_mask_in_every_mode() {
-    require_root();
+    require_root("uid switches with setpriv, unshare --pid");
     let (srv, t) = setup();
     // The job inherits what this test ignores (whoever ran it may ignore some signals), except
     // SIGPIPE, which the Rust runtime ignores and `Command` restores.
@@ -248,8 +243,9 @@ fn secret_part(token: &str) -> &str {
 }
 
 #[test]
+#[cfg_attr(not(feature = "root"), ignore = "needs root: feature root")]
 fn inject_root_init_wrapper_keeps_its_token_from_the_job() {
-    require_root();
+    require_root("uid switches with setpriv, unshare --pid");
     let (srv, t) = setup();
     // As root: the bytes are gone from the wrapper's environment block.
     let g = Group::spawn(&mut wrapper(
@@ -374,8 +370,9 @@ fn with_token_file(srv: &Server, file: &Path, pre: &[&str]) -> Output {
 }
 
 #[test]
+#[cfg_attr(not(feature = "root"), ignore = "needs root: feature root")]
 fn inject_root_token_file_readable_by_others_is_refused() {
-    require_root();
+    require_root("uid switches with setpriv, unshare --pid");
     let (srv, t) = setup();
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();

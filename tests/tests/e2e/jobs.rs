@@ -314,7 +314,7 @@ fn job_manifest_layout_and_bad_input() {
         "writing '/nonexistent/job.yaml'",
     );
     srv.assert_audited(r#""action":"job.delete","outcome":"ok""#);
-    crate::bad_input::bad_value(&alice, &["job", "rm", "../x"], "invalid job id '../x'");
+    crate::harness::bad_value(&alice, &["job", "rm", "../x"], "invalid job id '../x'");
     alice.fails(
         &["job", "rm", "job-0000000000000000"],
         72,

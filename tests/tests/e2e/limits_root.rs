@@ -9,7 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::harness::http_json as http;
-use crate::harness::{b64, bin, require_root, self_signed_localhost_cert};
+use crate::harness::tier::require_root;
+use crate::harness::{b64, bin, self_signed_localhost_cert};
 
 /// A `secretd` started through a wrapper command (`prlimit`, `unshare`, `sh -c 'umask ...'`).
 /// Killed and waited for on drop; whatever the wrapper mounted dies with its namespace.
@@ -570,6 +571,7 @@ fn files_are_private_under_umask_000() {
 /// full a write fails, and once space is freed the next write succeeds without a restart, and
 /// every write acknowledged before the fault reads back.
 #[test]
+#[cfg_attr(not(feature = "root"), ignore = "needs root: feature root")]
 fn writes_recover_after_the_disk_was_full_root() {
     require_root("a tmpfs in a private mount namespace");
     let dir = tempfile::tempdir().unwrap();

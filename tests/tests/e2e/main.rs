@@ -3,7 +3,6 @@
 // A test fails by panicking; unwrap is its assertion. Case tables are wide tuples on purpose.
 #![allow(clippy::unwrap_used, clippy::type_complexity)]
 
-mod etcd;
 mod harness;
 
 mod audit_fail_closed;
@@ -23,7 +22,6 @@ mod jobs;
 mod limits_root;
 mod ops;
 mod pod_podman;
-mod podman;
 mod run_root;
 mod secretfs_paths_root;
 mod secretfs_root_fuse;

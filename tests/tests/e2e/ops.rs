@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::harness::{Server, b64, bin, http_json, require_root};
+use crate::harness::tier::require_root;
+use crate::harness::{Server, b64, bin, http_json};
 
 /// The `--metrics-listen` address secretd logged (text log: `... addr=IP:PORT`).
 fn metrics_addr(srv: &Server) -> String {
@@ -219,6 +220,7 @@ fn readyz_until(addr: &str, want: u16, mut between: impl FnMut()) -> serde_json:
 /// The data directory on a 4 MiB tmpfs: once a write fails on the full disk, /readyz answers
 /// 503 naming the store (and /healthz still 200); ready again once space is freed.
 #[test]
+#[cfg_attr(not(feature = "root"), ignore = "needs root: feature root")]
 fn readyz_is_unready_while_the_store_cannot_write_root() {
     require_root("a tmpfs in a private mount namespace");
     let dir = tempfile::tempdir().unwrap();

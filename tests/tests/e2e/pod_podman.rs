@@ -10,23 +10,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::harness::podman::{Images, Pod, podman, podman_ok};
+use crate::harness::tier::{require_fuse, require_podman};
 use crate::harness::{Neuro, Out, SEED_JOB_MAPPINGS, Server, bin, yaml_docs};
-use crate::podman::{Images, Pod, podman, podman_ok};
 
 const VALUE: &str = "p@$$w0rd 123!";
 const ROTATED: &str = "n3w-p@ss";
-
-fn require_root_fuse_podman() {
-    assert!(
-        nix::unistd::geteuid().is_root() && Path::new("/dev/fuse").exists(),
-        "the pod test needs root and /dev/fuse"
-    );
-    let ok = podman()
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(ok, "the pod test needs podman: run scripts/setup.sh");
-}
 
 fn unique(what: &str) -> String {
     static N: AtomicUsize = AtomicUsize::new(0);
@@ -40,7 +29,7 @@ fn unique(what: &str) -> String {
 /// The secretfs and secret-inject images from this build's binaries, and a job image that
 /// holds busybox and a file of its own in the directory the secret goes to.
 fn build_images(ctx: &Path) -> (Images, String, String, String) {
-    let _held = crate::podman::image_lock();
+    let _held = crate::harness::podman::image_lock();
     let tag = unique("e2e");
     let bin_dir = bin("secretfs").parent().unwrap().to_owned();
     let o = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("../container/build.sh"))
@@ -91,7 +80,8 @@ struct Setup {
 
 impl Setup {
     fn new(key: &str) -> Self {
-        require_root_fuse_podman();
+        require_fuse();
+        require_podman();
         let (srv, alice) = Server::start_with_alice_owning(key, VALUE);
         let (images, fs, inject, job_image) = build_images(&srv.dir.path().join("ctx"));
         let flags = vec![
@@ -158,6 +148,7 @@ echo "hits=$(find / -xdev -type f -exec grep -lF "$NEEDLE" {} + 2>/dev/null | wc
 "#;
 
 #[test]
+#[cfg_attr(not(feature = "podman"), ignore = "needs podman: feature podman")]
 fn the_job_manifest_runs_under_podman_and_only_the_job_reads_its_secrets() {
     let st = Setup::new("secret-password");
     let (srv, alice, job_image) = (&st.srv, &st.alice, &st.job_image);
@@ -272,6 +263,7 @@ fn the_job_manifest_runs_under_podman_and_only_the_job_reads_its_secrets() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "podman"), ignore = "needs podman: feature podman")]
 fn a_pod_whose_secret_is_gone_never_starts_the_job() {
     let st = Setup::new("gone");
     let (_, docs) = st.manifest(

@@ -4,20 +4,15 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::harness::tier::require_fuse;
 use crate::harness::{SEED_JOB_MAPPINGS, Server, bin};
-
-fn require_root_fuse() {
-    assert!(
-        nix::unistd::geteuid().is_root() && Path::new("/dev/fuse").exists(),
-        "neuro run tests need root and /dev/fuse"
-    );
-}
 
 const SEED: &str = "p@$$w0rd123";
 
 #[test]
+#[cfg_attr(not(feature = "fuse"), ignore = "needs root and FUSE: feature fuse")]
 fn the_seed_job_sees_its_file_and_variable_and_the_host_does_not() {
-    require_root_fuse();
+    require_fuse();
     let (srv, alice) = Server::start_with_alice_owning("secret-password", SEED);
     let host_had = Path::new("/var/secrets").exists();
     let mut args = vec!["run"];
@@ -72,8 +67,9 @@ fn the_seed_job_sees_its_file_and_variable_and_the_host_does_not() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "fuse"), ignore = "needs root and FUSE: feature fuse")]
 fn sigterm_stops_the_job_and_cleans_up() {
-    require_root_fuse();
+    require_fuse();
     let (srv, alice) = Server::start_with_alice_owning("k", "v");
     // log and ready live apart from the target's directory: the job's writes under an
     // overlaid directory stay in its own namespace.
@@ -146,8 +142,9 @@ fn sigterm_stops_the_job_and_cleans_up() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "fuse"), ignore = "needs root and FUSE: feature fuse")]
 fn missing_paths_beside_other_mounts_and_beside_the_run_directory() {
-    require_root_fuse();
+    require_fuse();
     let (srv, alice) = Server::start_with_alice_owning("k", "v");
 
     // A directory with a mount below it (as /var has while a container engine runs): the
@@ -202,8 +199,9 @@ fn missing_paths_beside_other_mounts_and_beside_the_run_directory() {
 /// report, with the class and the path, through the `--error-file` secretfs opened before
 /// mounting anything.
 #[test]
+#[cfg_attr(not(feature = "fuse"), ignore = "needs root and FUSE: feature fuse")]
 fn a_failed_secretfs_reports_through_its_error_file_even_under_an_overlay() {
-    require_root_fuse();
+    require_fuse();
     let (srv, alice) = Server::start_with_alice_owning("k", "v");
     let fresh = std::env::temp_dir().join(format!("neuro-e2e-fail-{}", std::process::id()));
     let marker = srv.dir.path().join("started");

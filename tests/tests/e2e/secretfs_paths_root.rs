@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::harness::secretfs::{Ns, SecretFs, fuse_alice_owning_k, host_secretfs_mounts};
 use crate::harness::{Server, bin};
-use crate::secretfs_root_fuse::{Ns, SecretFs, fuse_alice_owning_k, host_secretfs_mounts};
 
 /// A process killed and reaped on drop, also when the test fails.
 struct Reaped(Child);
@@ -70,6 +70,7 @@ fn check_refused(
 }
 
 #[test]
+#[cfg_attr(not(feature = "fuse"), ignore = "needs root and FUSE: feature fuse")]
 fn symlinks_in_any_component_and_kernel_paths_are_refused() {
     let (srv, t, work) = fuse_alice_owning_k();
     let w = work.path();
@@ -159,6 +160,7 @@ fn symlinks_in_any_component_and_kernel_paths_are_refused() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "fuse"), ignore = "needs root and FUSE: feature fuse")]
 fn planted_temporary_names_write_nothing_through_their_symlinks() {
     let (srv, t, work) = fuse_alice_owning_k();
     let w = work.path();
@@ -210,6 +212,7 @@ fn check_ready(ready: &Path) -> (bool, String) {
 }
 
 #[test]
+#[cfg_attr(not(feature = "fuse"), ignore = "needs root and FUSE: feature fuse")]
 fn a_stale_ready_file_is_not_ready_until_the_new_mount_is_up() {
     let (srv, t, work) = fuse_alice_owning_k();
     let w = work.path();
@@ -238,6 +241,7 @@ fn a_stale_ready_file_is_not_ready_until_the_new_mount_is_up() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "fuse"), ignore = "needs root and FUSE: feature fuse")]
 fn a_token_file_open_to_group_or_others_is_refused() {
     let (srv, t, work) = fuse_alice_owning_k();
     let w = work.path();
@@ -388,6 +392,7 @@ fn sigterm(c: &Child) {
 }
 
 #[test]
+#[cfg_attr(not(feature = "fuse"), ignore = "needs root and FUSE: feature fuse")]
 fn sigterm_while_starting_or_right_after_ready_is_a_clean_stop() {
     let (srv, t, work) = fuse_alice_owning_k();
     let w = work.path();
@@ -421,6 +426,7 @@ fn sigterm_while_starting_or_right_after_ready_is_a_clean_stop() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "fuse"), ignore = "needs root and FUSE: feature fuse")]
 fn private_nested_paths_beside_an_existing_file_still_work() {
     let (srv, t, work) = fuse_alice_owning_k();
     srv.put(&t[0], "j", b"other");
@@ -454,6 +460,7 @@ fn private_nested_paths_beside_an_existing_file_still_work() {
 /// placeholder record is `WORK/m.d.created` (`with_extension` made it `WORK/m.created`, a
 /// name another secretfs at `WORK/m.e` would share, each removing the other's placeholders).
 #[test]
+#[cfg_attr(not(feature = "fuse"), ignore = "needs root and FUSE: feature fuse")]
 fn names_beside_a_mount_root_with_a_dot_keep_its_whole_name() {
     let (srv, t, work) = fuse_alice_owning_k();
     let w = work.path();

@@ -3,215 +3,14 @@
 //! so a failing test leaves no mount on the host; the tests look inside with `nsenter`.
 
 use std::io::{BufRead as _, BufReader, Write as _};
-use std::os::unix::fs::PermissionsExt as _;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::harness::secretfs::{
+    Ns, SecretFs, fuse_alice_owning_k, host_secretfs_mounts, secretfs_mounts,
+};
+use crate::harness::tier::require_fuse;
 use crate::harness::{Server, bin};
-
-pub(crate) fn require_root_fuse() {
-    assert!(
-        nix::unistd::geteuid().is_root() && Path::new("/dev/fuse").exists(),
-        "secretfs tests need root and /dev/fuse (euid {}, /dev/fuse exists: {})",
-        nix::unistd::geteuid(),
-        Path::new("/dev/fuse").exists()
-    );
-}
-
-/// Root and /dev/fuse checked; a secretd where alice (token `t[0]`) owns `k` = `value`; an
-/// empty work directory.
-pub(crate) fn fuse_alice_owning_k() -> (Server, Vec<String>, tempfile::TempDir) {
-    require_root_fuse();
-    let (srv, t) = Server::start_with_users(&["alice"]);
-    srv.put(&t[0], "k", b"value");
-    (srv, t, tempfile::tempdir().unwrap())
-}
-
-/// secretfs mounts in a mountinfo file (fstype `fuse` or `fuse.*`, source `secretfs`).
-pub(crate) fn secretfs_mounts(mountinfo: &str) -> usize {
-    std::fs::read_to_string(mountinfo)
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.split_once(" - "))
-        .filter(|(_, r)| {
-            let mut it = r.split(' ');
-            it.next().is_some_and(|t| t.starts_with("fuse")) && it.next() == Some("secretfs")
-        })
-        .count()
-}
-
-pub(crate) fn host_secretfs_mounts() -> usize {
-    secretfs_mounts("/proc/self/mountinfo")
-}
-
-/// A running secretfs.
-pub(crate) struct SecretFs {
-    child: Option<Child>,
-    pub(crate) pid: u32,
-    pub(crate) root: PathBuf,
-    pub(crate) ready: PathBuf,
-    audit: PathBuf,
-    stderr: PathBuf,
-}
-
-/// How to enter the mount namespace secretfs runs in.
-pub(crate) enum Ns {
-    /// A new private namespace of its own (`unshare -m`).
-    Own,
-    /// The namespace of a process that outlives secretfs.
-    Of(u32),
-}
-
-impl SecretFs {
-    pub(crate) fn start(
-        srv: &Server,
-        work: &Path,
-        token: &str,
-        ns: Ns,
-        args: &[&str],
-    ) -> Result<Self, (i32, String)> {
-        Self::start_token_mode(srv, work, token, 0o600, ns, args)
-    }
-
-    /// `start`, with the token file at `WORK/token` given `mode`.
-    pub(crate) fn start_token_mode(
-        srv: &Server,
-        work: &Path,
-        token: &str,
-        mode: u32,
-        ns: Ns,
-        args: &[&str],
-    ) -> Result<Self, (i32, String)> {
-        let tok = work.join("token");
-        std::fs::write(&tok, token).unwrap();
-        std::fs::set_permissions(&tok, std::fs::Permissions::from_mode(mode)).unwrap();
-        let (root, ready) = (work.join("root"), work.join("ready"));
-        let (audit, stderr) = (work.join("audit.log"), work.join("secretfs.stderr"));
-        let mut cmd = match ns {
-            Ns::Own => {
-                let mut c = Command::new("unshare");
-                c.args(["-m", "--propagation", "private", "--"]);
-                c
-            }
-            Ns::Of(pid) => {
-                let mut c = Command::new("nsenter");
-                c.args(["-t", &pid.to_string(), "-m", "--"]);
-                c
-            }
-        };
-        cmd.arg(bin("secretfs"))
-            .args(["--url", &srv.url, "--token-file", tok.to_str().unwrap()])
-            .args([
-                "--mount-root",
-                root.to_str().unwrap(),
-                "--ready-file",
-                ready.to_str().unwrap(),
-            ])
-            .args(["--audit-log", audit.to_str().unwrap(), "--timeout", "3"])
-            .args(args)
-            .env_remove("NEURO_TOKEN")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr).unwrap());
-        let mut child = cmd.spawn().expect("start secretfs");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if ready.exists() {
-                break;
-            }
-            if let Some(st) = child.try_wait().unwrap() {
-                return Err((
-                    st.code().unwrap_or(-1),
-                    std::fs::read_to_string(&stderr).unwrap(),
-                ));
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "secretfs not ready after 20 s: {}",
-                    std::fs::read_to_string(&stderr).unwrap()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(Self {
-            pid: child.id(),
-            child: Some(child),
-            root,
-            ready,
-            audit,
-            stderr,
-        })
-    }
-
-    /// Runs a command in secretfs's mount namespace, as `uid:gid` when given.
-    fn exec(&self, user: Option<(u32, u32)>, args: &[&str]) -> Output {
-        let mut c = Command::new("nsenter");
-        c.args(["-t", &self.pid.to_string(), "-m"]);
-        if let Some((u, g)) = user {
-            c.args(["-S", &u.to_string(), "-G", &g.to_string()]);
-        }
-        c.arg("--").args(args).output().expect("nsenter")
-    }
-
-    pub(crate) fn cat(&self, path: &Path) -> Result<Vec<u8>, String> {
-        let o = self.exec(None, &["cat", path.to_str().unwrap()]);
-        if o.status.success() {
-            Ok(o.stdout)
-        } else {
-            Err(String::from_utf8_lossy(&o.stderr).into_owned())
-        }
-    }
-
-    fn probe(&self, user: Option<(u32, u32)>, args: &[&str]) -> String {
-        let p = bin("fsprobe");
-        let mut all = vec![p.to_str().unwrap()];
-        all.extend_from_slice(args);
-        let o = self.exec(user, &all);
-        assert!(
-            o.status.success(),
-            "fsprobe {args:?}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8(o.stdout).unwrap().trim().to_owned()
-    }
-
-    fn status(&self) -> serde_json::Value {
-        let raw = self.cat(&self.root.join(".status")).expect("read .status");
-        serde_json::from_slice(&raw).unwrap()
-    }
-
-    pub(crate) fn term(&mut self) -> ExitStatus {
-        let mut c = self.child.take().unwrap();
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(c.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .unwrap();
-        c.wait().unwrap()
-    }
-
-    fn kill9(&mut self) {
-        let mut c = self.child.take().unwrap();
-        c.kill().unwrap();
-        c.wait().unwrap();
-    }
-
-    pub(crate) fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-}
-
-impl Drop for SecretFs {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 /// Polls `f` until it returns true; returns how long that took.
 fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
@@ -226,8 +25,9 @@ fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duratio
 const REFUSED: [&str; 4] = ["EROFS", "EPERM", "EACCES", "EBUSY"];
 
 #[test]
+#[cfg_attr(not(feature = "fuse"), ignore = "needs root and FUSE: feature fuse")]
 fn exact_placement_ownership_and_read_only() {
-    require_root_fuse();
+    require_fuse();
     let (srv, t) = Server::start_with_users(&["alice", "bob"]);
     let (alice, bob) = (&t[0], &t[1]);
     let big: Vec<u8> = (0..1024 * 1024u32)
@@ -370,8 +170,9 @@ fn exact_placement_ownership_and_read_only() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "fuse"), ignore = "needs root and FUSE: feature fuse")]
 fn missing_or_forbidden_secrets_stop_it_before_ready() {
-    require_root_fuse();
+    require_fuse();
     let (srv, t) = Server::start_with_users(&["alice", "bob"]);
     srv.put(&t[0], "ok", b"v");
     srv.put(&t[1], "private", b"v");
@@ -454,8 +255,9 @@ fn missing_or_forbidden_secrets_stop_it_before_ready() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "fuse"), ignore = "needs root and FUSE: feature fuse")]
 fn rotation_snapshots_outage_and_revocation() {
-    require_root_fuse();
+    require_fuse();
     let (mut srv, t) = Server::start_with_users(&["alice", "bob"]);
     let (alice, bob) = (t[0].clone(), t[1].clone());
     srv.put(&alice, "k", b"v1");
@@ -576,6 +378,7 @@ fn rotation_snapshots_outage_and_revocation() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "fuse"), ignore = "needs root and FUSE: feature fuse")]
 fn kill_9_leaves_a_stale_mount_the_next_start_clears() {
     let (srv, t, work) = fuse_alice_owning_k();
     // A namespace that outlives both secretfs runs, as a pod's would.
@@ -638,8 +441,9 @@ fn kill_9_leaves_a_stale_mount_the_next_start_clears() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "fuse"), ignore = "needs root and FUSE: feature fuse")]
 fn a_store_restored_from_a_backup_keeps_rotation_going_without_polling() {
-    require_root_fuse();
+    require_fuse();
     // A backup of the embedded store's file (etcd has its own snapshots).
     let mut srv = Server::start_with(&["--cluster", "neuro-compute", "--store", "embedded"]);
     let t = srv.add_users(&["alice"]);
@@ -692,6 +496,7 @@ fn a_store_restored_from_a_backup_keeps_rotation_going_without_polling() {
 /// `MOUNT_ROOT/.metrics`: the status area's counters in the Prometheus text format, read
 /// fresh on every open, with no path, URI or value in it.
 #[test]
+#[cfg_attr(not(feature = "fuse"), ignore = "needs root and FUSE: feature fuse")]
 fn metrics_file_counts_operations_in_prometheus_text() {
     let (srv, t, work) = fuse_alice_owning_k();
     let w = work.path();

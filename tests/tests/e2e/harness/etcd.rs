@@ -21,17 +21,9 @@ fn free_ports(n: usize) -> Vec<u16> {
         .collect()
 }
 
-/// Fails (never skips) when etcd is not installed: scripts/setup.sh installs it.
+/// etcd, checked once it is needed: the test fails (never skips) when it is not installed.
 fn etcd_bin() -> &'static str {
-    let ok = Command::new("etcd")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        ok,
-        "etcd is not installed (Debian etcd-server); run scripts/setup.sh"
-    );
+    super::tier::require_etcd();
     "etcd"
 }
 

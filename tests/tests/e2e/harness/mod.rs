@@ -9,12 +9,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// Fails (never skips) unless this runs as root; `why` says what needs it.
-#[track_caller]
-pub fn require_root(why: &str) {
-    let euid = nix::unistd::geteuid();
-    assert!(euid.is_root(), "this test needs root ({why}); euid {euid}");
-}
+pub mod etcd;
+pub mod podman;
+pub mod secretfs;
+pub mod tier;
 
 /// Writes `bytes` to `path` with mode 0600 (what secretd wants of a key or token file).
 pub fn write_private(path: &Path, bytes: &[u8]) {
@@ -61,6 +59,9 @@ pub fn secretd_start_fails(data_dir: &Path, args: &[&str]) -> (i32, String) {
 /// the default, or `etcd`, a key prefix per server on one etcd member shared by the tests).
 pub fn store_under_test() -> String {
     match std::env::var("NEURO_TEST_STORE") {
+        Ok(s) if s == "etcd" && !cfg!(feature = "etcd") => {
+            panic!("NEURO_TEST_STORE=etcd needs the etcd tier: --features secrets-tests/etcd")
+        }
         Ok(s) if s == "etcd" || s == "embedded" => s,
         Ok(s) if !s.is_empty() => panic!("NEURO_TEST_STORE={s}: expected embedded or etcd"),
         _ => "embedded".into(),
@@ -168,10 +169,7 @@ impl Server {
                 .to_string_lossy();
             let prefix: String = name.chars().filter(char::is_ascii_alphanumeric).collect();
             extra.push("--store".into());
-            extra.push(format!(
-                "etcd://{}/test-{prefix}",
-                crate::etcd::shared_endpoint()
-            ));
+            extra.push(format!("etcd://{}/test-{prefix}", etcd::shared_endpoint()));
         }
         let mut s = Server {
             dir,
@@ -606,4 +604,23 @@ impl Neuro {
         );
         o
     }
+}
+
+/// Runs `neuro ARGS` and asserts a refused argument value: bad input (exit 65), one
+/// `ERROR:` line that names the argument and contains `msg`.
+#[track_caller]
+pub fn bad_value(neuro: &Neuro, args: &[&str], msg: &str) -> Out {
+    let o = neuro.run(args);
+    assert_eq!(o.code, 65, "neuro {args:?}: stderr {:?}", o.stderr);
+    assert!(
+        o.stderr.starts_with("ERROR: invalid value ") && o.stderr.lines().count() == 1,
+        "neuro {args:?}: not one ERROR line naming the argument: {:?}",
+        o.stderr
+    );
+    assert!(
+        o.stderr.contains(msg),
+        "neuro {args:?}: {:?} lacks {msg:?}",
+        o.stderr
+    );
+    o
 }

@@ -1,0 +1,19 @@
+//! `neuro` as built. Being an integration test of this crate, it also makes a plain
+//! `cargo test` build the `neuro` binary, which the end-to-end tests in `tests/` run.
+
+use std::process::Command;
+
+/// Runs `neuro ARG`, which must succeed; its stdout.
+fn run(arg: &str) -> String {
+    let bin = env!("CARGO_BIN_EXE_neuro");
+    let o = Command::new(bin).arg(arg).output().expect("run neuro");
+    assert!(o.status.success(), "neuro {arg}: {o:?}");
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn the_built_binary_prints_its_version_and_help() {
+    let version = concat!("neuro ", env!("CARGO_PKG_VERSION"), "\n");
+    assert_eq!(run("--version"), version);
+    assert!(run("--help").contains("Usage: neuro"));
+}
