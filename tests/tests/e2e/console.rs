@@ -163,7 +163,12 @@ fn console_flows_in_chromium() {
     let out = tempfile::tempdir().unwrap();
     let file = out.path().join("value.bin");
     std::fs::write(&file, FILE_BYTES).unwrap();
-    let shots = repo().join("docs");
+    // Screenshots go under the test's own directory, unless NEURO_DOCS_SHOTS=1 asks to refresh
+    // the README's pictures in docs/ on purpose: a run of the suite changes no tracked file.
+    let shots = match std::env::var_os("NEURO_DOCS_SHOTS").is_some_and(|v| v == "1") {
+        true => repo().join("docs"),
+        false => out.path().join("shots"),
+    };
     std::fs::create_dir_all(&shots).unwrap();
     let (ok, text) = node_script(
         "flows.js",
@@ -183,6 +188,10 @@ fn console_flows_in_chromium() {
         "the Chromium flows failed:\n{text}\nsecretd: {}",
         srv.stderr()
     );
+    for shot in ["console-secrets.png", "console-launch.png"] {
+        let len = std::fs::metadata(shots.join(shot)).map_or(0, |m| m.len());
+        assert!(len > 1000, "{shot}: {len} bytes");
+    }
 
     // What the browser did, seen through the API.
     assert_eq!(
