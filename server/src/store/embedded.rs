@@ -118,11 +118,23 @@ fn private_file(path: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Write transactions handed to the blocking pool at once. redb runs one write transaction at
+/// a time, and each commits with fsync, so more would only park threads on its lock: with 200
+/// clients writing, 200 threads each kept an allocator heap of their own, and the process grew
+/// past 2 GiB of RSS (BENCHMARKS.md, issues 18 and 19). The rest wait here, asynchronously.
+const WRITERS: usize = 2;
+
 /// The redb-backed store.
 #[derive(Debug, Clone)]
 pub struct EmbeddedStore {
     inner: Arc<Inner>,
     grants: Arc<GrantScans>,
+    writers: Arc<tokio::sync::Semaphore>,
+    /// Blocking threads in a write now, and the most there have been (for tests).
+    writing: Arc<(
+        std::sync::atomic::AtomicUsize,
+        std::sync::atomic::AtomicUsize,
+    )>,
 }
 
 /// Scans of the grants table, kept until the table is written: every request loads its user's
@@ -215,6 +227,8 @@ impl EmbeddedStore {
                 last_probe: Mutex::new(None),
             }),
             grants: Arc::default(),
+            writers: Arc::new(tokio::sync::Semaphore::new(WRITERS)),
+            writing: Arc::default(),
         })
     }
 
@@ -223,9 +237,26 @@ impl EmbeddedStore {
         f: impl FnOnce(&redb::WriteTransaction) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || inner.write(f))
+        let turn = self
+            .writers
+            .clone()
+            .acquire_owned()
             .await
-            .map_err(|e| StoreError::Engine(e.to_string()))?
+            .map_err(|e| StoreError::Engine(e.to_string()))?;
+        // The turn goes with the write: a caller that gives up waiting does not free it while
+        // the write still runs.
+        let writing = self.writing.clone();
+        tokio::task::spawn_blocking(move || {
+            use std::sync::atomic::Ordering::SeqCst;
+            let _turn = turn;
+            let now = writing.0.fetch_add(1, SeqCst) + 1;
+            writing.1.fetch_max(now, SeqCst);
+            let r = inner.write(f);
+            writing.0.fetch_sub(1, SeqCst);
+            r
+        })
+        .await
+        .map_err(|e| StoreError::Engine(e.to_string()))?
     }
 
     /// Runs `f` in a read transaction; when the database turns out to need re-opening, re-opens
@@ -718,6 +749,33 @@ impl EmbeddedStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// However many requests write at once, at most `WRITERS` blocking threads run write
+    /// transactions: the others wait without a thread (each thread costs the allocator a heap).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writes_take_at_most_writers_threads() {
+        let (_d, s) = store();
+        let tasks: Vec<_> = (0..32)
+            .map(|i| {
+                let s = s.clone();
+                tokio::spawn(async move {
+                    s.write(move |tx| {
+                        std::thread::sleep(std::time::Duration::from_millis(5));
+                        let mut t = tx.open_table(def(Table::Users)).map_err(io)?;
+                        t.insert(format!("u{i}").as_str(), &b"{}"[..]).map_err(io)?;
+                        Ok(())
+                    })
+                    .await
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        let most = s.writing.1.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(most <= WRITERS, "{most} threads in a write at once");
+        assert_eq!(s.scan(Table::Users, "u").await.unwrap().len(), 32);
+    }
 
     fn store() -> (tempfile::TempDir, EmbeddedStore) {
         let dir = tempfile::tempdir().unwrap();
