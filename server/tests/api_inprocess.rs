@@ -487,3 +487,27 @@ async fn reads_follow_rewrites_and_deletes_at_once() {
     let (st, got, _) = read(&w, uri).await;
     assert_eq!((st, got), (StatusCode::OK, Value::from("YQ==")));
 }
+
+/// A job token stops working when its `ttl_s` runs out, cached or not: it reads before, and
+/// is refused as expired after.
+#[tokio::test]
+async fn a_job_token_expires_after_its_ttl() {
+    let mut w = World::new(&["alice"]).await;
+    w.put("alice", "alice", "s1").await;
+    let body = format!(r#"{{"secret_env":{{"S":"{URI}"}},"ttl_s":1}}"#);
+    let v = w.ok("POST", "/api/v1/jobs", "alice", &body).await;
+    w.tokens
+        .insert("job".into(), v["token"].as_str().unwrap().to_owned());
+    let read = || async {
+        let t = w.token("job");
+        w.call("GET", "/api/v1/secrets/alice/s1", t.as_deref(), None)
+            .await
+    };
+    let (st, _) = read().await;
+    assert_eq!(st, StatusCode::OK);
+    // Expiry is checked in whole seconds: past the second after the next one, it is over.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let (st, v) = read().await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("expired"), "{v}");
+}
