@@ -117,18 +117,19 @@ fn raw(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u
 
 /// Logs in over raw HTTP; returns the session cookie (`neuro_session=ID`).
 fn login(srv: &Server, token: &str) -> Raw {
+    login_with(srv, token, &[])
+}
+
+/// `login` with more request headers.
+fn login_with(srv: &Server, token: &str, more: &[(&str, &str)]) -> Raw {
     let origin = srv.url.clone();
     let form = format!("token={}", token.replace('.', "%2E"));
-    raw(
-        &srv.addr,
-        "POST",
-        "/login",
-        &[
-            ("Origin", &origin),
-            ("Content-Type", "application/x-www-form-urlencoded"),
-        ],
-        form.as_bytes(),
-    )
+    let mut headers = vec![
+        ("Origin", origin.as_str()),
+        ("Content-Type", "application/x-www-form-urlencoded"),
+    ];
+    headers.extend_from_slice(more);
+    raw(&srv.addr, "POST", "/login", &headers, form.as_bytes())
 }
 
 fn cookie_of(r: &Raw) -> String {
@@ -607,21 +608,8 @@ fn login_failures_count_by_forwarded_address_only_behind_a_trusted_proxy() {
         let srv = Server::start_with(extra);
         let t = srv.add_users(&["alice"]);
         let id = t[0].split('.').nth(1).unwrap();
-        let origin = srv.url.clone();
         let login_from = |client: &str, token: &str| {
-            let form = format!("token={}", token.replace('.', "%2E"));
-            raw(
-                &srv.addr,
-                "POST",
-                "/login",
-                &[
-                    ("Origin", &origin),
-                    ("Content-Type", "application/x-www-form-urlencoded"),
-                    ("X-Forwarded-For", client),
-                ],
-                form.as_bytes(),
-            )
-            .status
+            login_with(&srv, token, &[("X-Forwarded-For", client)]).status
         };
         for i in 0..10 {
             assert_eq!(

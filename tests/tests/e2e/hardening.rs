@@ -522,6 +522,27 @@ fn a_request_whose_body_outlives_its_user_is_refused() {
     assert!(!r.body.contains("planted"), "{}", r.body);
 }
 
+/// `count` secrets of 1 MiB (`big0`…) owned by `token`'s user, and the raw resolve request
+/// that asks for all of them.
+fn big_secrets_and_their_resolve(srv: &Server, token: &str, count: usize) -> String {
+    let uris: Vec<String> = (0..count)
+        .map(|i| {
+            srv.put(
+                token,
+                &format!("big{i}"),
+                &vec![b'a' + i as u8; 1024 * 1024],
+            );
+            format!("\"secret:big{i}\"")
+        })
+        .collect();
+    let body = format!(r#"{{"uris":[{}]}}"#, uris.join(","));
+    format!(
+        "POST /api/v1/secrets/resolve HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
 /// A connection with a small receive buffer: the answer to a big request waits in the
 /// service until the client reads it.
 fn slow_reader(addr: &str) -> std::net::TcpStream {
@@ -549,25 +570,10 @@ fn answers_read_slowly_stay_in_flight() {
     let srv = Server::start_with(&["--cluster", "neuro-compute", "--max-connections", "16"]);
     let t = srv.add_users(&["alice"]);
     let alice = t[0].clone();
-    let uris: Vec<String> = (0..6)
-        .map(|i| {
-            srv.put(
-                &alice,
-                &format!("big{i}"),
-                // 6 MiB a resolve: four answers (8 MB each, too big for the socket buffers)
-                // stay within the user's share of the answer budget (a quarter), so the
-                // token's own limit is what refuses.
-                &vec![b'a' + i as u8; 1024 * 1024],
-            );
-            format!("\"secret:big{i}\"")
-        })
-        .collect();
-    let body = format!(r#"{{"uris":[{}]}}"#, uris.join(","));
-    let request = format!(
-        "POST /api/v1/secrets/resolve HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {alice}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
+    // 6 MiB a resolve: four answers (8 MB each, too big for the socket buffers) stay within
+    // the user's share of the answer budget (a quarter), so the token's own limit is what
+    // refuses.
+    let request = big_secrets_and_their_resolve(&srv, &alice, 6);
     let mut conns: Vec<std::net::TcpStream> = (0..10)
         .map(|_| {
             let mut s = slow_reader(&srv.addr);
@@ -623,22 +629,7 @@ fn one_user_reading_slowly_holds_only_a_share_of_the_answer_budget() {
     let t = srv.add_users(&["mallory", "bob"]);
     let (mallory, bob) = (&t[0], &t[1]);
     srv.put(bob, "small", b"8 bytes!");
-    let uris: Vec<String> = (0..16)
-        .map(|i| {
-            srv.put(
-                mallory,
-                &format!("big{i}"),
-                &vec![b'a' + i as u8; 1024 * 1024],
-            );
-            format!("\"secret:big{i}\"")
-        })
-        .collect();
-    let body = format!(r#"{{"uris":[{}]}}"#, uris.join(","));
-    let request = format!(
-        "POST /api/v1/secrets/resolve HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {mallory}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
+    let request = big_secrets_and_their_resolve(&srv, mallory, 16);
     let mut conns: Vec<std::net::TcpStream> = Vec::new();
     let mut statuses = Vec::new();
     for _ in 0..7 {
