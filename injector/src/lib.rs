@@ -146,7 +146,7 @@ pub struct Args {
 /// One failing mapping (or the whole request): what, which URI, which class, why, and what
 /// to do about it.
 #[derive(Debug)]
-pub struct Failure {
+pub struct MappingFailure {
     pub var: Option<String>,
     pub uri: Option<String>,
     pub class: ExitClass,
@@ -155,7 +155,7 @@ pub struct Failure {
     pub hint: Option<String>,
 }
 
-impl Failure {
+impl MappingFailure {
     /// A failure of the request as a whole. Of the client's errors only `Incompatible` is
     /// all in our words (a TLS failure, an answer that is not HTTP), so only its hint keeps
     /// a line of its own; a `Status` message is the service's text, hint or not.
@@ -164,7 +164,7 @@ impl Failure {
             (ClientError::Incompatible { .. }, Some((d, h))) => (d.to_owned(), Some(h.to_owned())),
             _ => (detail, None),
         };
-        Failure {
+        MappingFailure {
             var: None,
             uri: None,
             class: ExitClass::from(e),
@@ -196,8 +196,8 @@ impl Failure {
     }
 }
 
-fn invalid(var: Option<&str>, uri: Option<&str>, detail: impl Into<String>) -> Failure {
-    Failure {
+fn invalid(var: Option<&str>, uri: Option<&str>, detail: impl Into<String>) -> MappingFailure {
+    MappingFailure {
         var: var.map(str::to_owned),
         uri: uri.map(str::to_owned),
         class: ExitClass::Invalid,
@@ -207,7 +207,7 @@ fn invalid(var: Option<&str>, uri: Option<&str>, detail: impl Into<String>) -> F
 }
 
 /// The mappings of `--spec` then `--env`, validated; a name may appear once.
-pub fn mappings(args: &Args) -> Result<Vec<EnvMapping>, Vec<Failure>> {
+pub fn mappings(args: &Args) -> Result<Vec<EnvMapping>, Vec<MappingFailure>> {
     let mut out: Vec<EnvMapping> = Vec::new();
     let mut errs = Vec::new();
     if let Some(p) = &args.spec {
@@ -281,7 +281,7 @@ pub fn resolve(
     maps: &[EnvMapping],
     deadline: Instant,
     verbose: bool,
-) -> Result<Vec<Resolved>, Vec<Failure>> {
+) -> Result<Vec<Resolved>, Vec<MappingFailure>> {
     // Each URI once, however many mappings name it: the service answers once per URI asked,
     // and every result must be one URI's only answer.
     let mut uris: Vec<String> = Vec::with_capacity(maps.len());
@@ -313,7 +313,7 @@ pub fn resolve(
                 let wait = backoff.mul_f64(jitter()).min(left);
                 if left.is_zero() {
                     let detail = format!("{e}; gave up after {attempt} attempt(s)");
-                    return Err(vec![Failure::request(&e, detail)]);
+                    return Err(vec![MappingFailure::request(&e, detail)]);
                 }
                 if verbose {
                     let e = escaped(&e.to_string()).into_owned();
@@ -322,11 +322,11 @@ pub fn resolve(
                 std::thread::sleep(wait);
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
-            Err(e) => return Err(vec![Failure::request(&e, e.to_string())]),
+            Err(e) => return Err(vec![MappingFailure::request(&e, e.to_string())]),
         }
     };
     let results = by_uri(&uris, resp.results).map_err(|(uri, detail)| {
-        vec![Failure {
+        vec![MappingFailure {
             var: None,
             uri,
             class: ExitClass::Unavailable,
@@ -344,7 +344,7 @@ pub fn resolve(
         let asked = m.secret.to_string();
         let Some(r) = results.get(&asked) else {
             // `by_uri` holds a result for every URI asked; were one missing, fail closed.
-            errs.push(Failure {
+            errs.push(MappingFailure {
                 var: Some(m.name.to_string()),
                 uri: Some(asked),
                 class: ExitClass::Unavailable,
@@ -354,7 +354,7 @@ pub fn resolve(
             continue;
         };
         let uri = r.resolved_uri.clone().unwrap_or(asked);
-        let fail = |class, detail: String| Failure {
+        let fail = |class, detail: String| MappingFailure {
             var: Some(m.name.to_string()),
             uri: Some(uri.clone()),
             class,
@@ -450,7 +450,7 @@ pub fn child_env(
     env
 }
 
-fn report(errs: &[Failure]) -> u8 {
+fn report(errs: &[MappingFailure]) -> u8 {
     for e in errs {
         eprintln!("{}", e.line());
     }
@@ -463,7 +463,7 @@ fn report(errs: &[Failure]) -> u8 {
 /// The token. The file's group may read it only when that group is how this process reads
 /// it: not the owner, the file's group among its own (a Kubernetes `fsGroup` mount,
 /// root-owned, mode 0440).
-fn read_token(args: &Args) -> Result<Token, Failure> {
+fn read_token(args: &Args) -> Result<Token, MappingFailure> {
     let mut gids = vec![nix::unistd::getegid().as_raw()];
     // Only a token file has a group; `getgroups` reads /proc/sys/kernel/ngroups_max first
     // (a procfs open at every start), so a token from NEURO_TOKEN skips it.
@@ -479,7 +479,7 @@ fn read_token(args: &Args) -> Result<Token, Failure> {
         uid: nix::unistd::geteuid().as_raw(),
         gids,
     };
-    args.conn.token(group).map_err(|e| Failure {
+    args.conn.token(group).map_err(|e| MappingFailure {
         var: None,
         uri: None,
         class: e.class(),
@@ -489,7 +489,7 @@ fn read_token(args: &Args) -> Result<Token, Failure> {
 }
 
 /// The service of `cfg`, over TLS for an `https://` URL; a bad URL or CA file is refused.
-fn transport(cfg: &ClientConfig, verbose: bool) -> Result<http::Service, Failure> {
+fn transport(cfg: &ClientConfig, verbose: bool) -> Result<http::Service, MappingFailure> {
     let token = cfg
         .token
         .clone()
@@ -512,7 +512,7 @@ fn prepare(args: &Args) -> Result<std::process::Command, u8> {
     let t0 = Instant::now();
     let deadline = t0 + args.conn.timeout;
     if args.conn.url().is_none() {
-        return Err(report(&[Failure {
+        return Err(report(&[MappingFailure {
             var: None,
             uri: None,
             class: ExitClass::Usage,
@@ -710,7 +710,7 @@ mod tests {
             false,
         ))
         .unwrap_err();
-        let lines: Vec<String> = e.iter().map(Failure::line).collect();
+        let lines: Vec<String> = e.iter().map(MappingFailure::line).collect();
         assert!(lines.iter().all(|l| l.contains("invalid")), "{lines:?}");
         assert_eq!(lines.len(), 4, "{lines:?}");
         assert!(
@@ -756,7 +756,7 @@ mod tests {
         check("plain 'text' é", "plain 'text' é");
         check("\x1b[31mred\n", "\\x1b[31mred\\n");
         check("a\r\tb\x00\x7f\u{9b}c", "a\\r\\tb\\x00\\x7f\\x9bc");
-        let f = |e: ClientError| Failure::request(&e, e.to_string()).line();
+        let f = |e: ClientError| MappingFailure::request(&e, e.to_string()).line();
         // Our own hint keeps its line; the service's text never makes one.
         let ours = f(ClientError::Incompatible {
             url: "http://x".into(),
@@ -785,7 +785,7 @@ mod tests {
 
     #[test]
     fn exit_code_precedence() {
-        let f = |class| Failure {
+        let f = |class| MappingFailure {
             var: None,
             uri: None,
             class,
