@@ -502,3 +502,35 @@ async fn only_the_issued_secret_authenticates() {
         "after the real one was cached"
     );
 }
+
+/// The limits on a resolve and on a job's lifetime are refused as invalid, at their edges.
+#[tokio::test]
+async fn resolve_size_and_job_lifetime_are_bounded() {
+    let w = world().await;
+    let alice = user("alice");
+    let uris = |n: usize| vec![URI.to_owned(); n];
+    assert!(w.d.resolve(&alice, uris(super::MAX_RESOLVE)).await.is_ok());
+    match w.d.resolve(&alice, uris(super::MAX_RESOLVE + 1)).await {
+        Err(DomainError::Invalid(m)) => assert!(m.contains("at most 1000"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    let job = |ttl_s| JobSpec {
+        secret_volumes: vec![JobVolume {
+            src_secret_uri: URI.into(),
+            dst_path: "/s".into(),
+        }],
+        ttl_s: Some(ttl_s),
+        ..Default::default()
+    };
+    assert!(
+        w.d.create_job(&alice, &job(super::MAX_JOB_TTL_S))
+            .await
+            .is_ok()
+    );
+    for bad in [0, super::MAX_JOB_TTL_S + 1] {
+        match w.d.create_job(&alice, &job(bad)).await {
+            Err(DomainError::Invalid(m)) => assert!(m.contains("out of range"), "{m}"),
+            other => panic!("ttl_s {bad}: {other:?}"),
+        }
+    }
+}
