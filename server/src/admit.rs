@@ -125,7 +125,10 @@ pub async fn buffer_body(State(s): State<AppState>, req: Request, next: Next) ->
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+    if let Some(n) = declared.filter(|n| *n > MAX_BODY as u64) {
+        if n <= DRAIN_AT_MOST {
+            drain(req.into_body()).await;
+        }
         return too_large().into_response();
     }
     let (mut parts, body) = req.into_parts();
@@ -145,6 +148,20 @@ pub async fn buffer_body(State(s): State<AppState>, req: Request, next: Next) ->
         }
     }
     next.run(Request::from_parts(parts, bytes.into())).await
+}
+
+/// A body declared too large but not more than this is read and dropped before the 413, within
+/// `BODY_TIMEOUT`: refused unread, hyper closes the connection while the client is still
+/// sending, and the client's next write (or read) meets a reset instead of the answer.
+const DRAIN_AT_MOST: u64 = 4 * MAX_BODY as u64;
+
+/// Reads and drops `body`, for at most `BODY_TIMEOUT`.
+async fn drain(mut body: axum::body::Body) {
+    use http_body_util::BodyExt as _;
+    let _ = tokio::time::timeout(BODY_TIMEOUT, async {
+        while let Some(Ok(_)) = body.frame().await {}
+    })
+    .await;
 }
 
 fn too_large() -> ApiError {
