@@ -1,10 +1,10 @@
-//! Admission, the router's outer layers. `admit`: authenticates a request's bearer token (the
+//! Admission, the router's outer layer (`admit`): authenticates a request's bearer token (the
 //! one place a bearer token is checked on the way in; the `Caller` extractor takes the
 //! outcome) and counts the request in flight (`limits::InFlight`) until its answer has been
 //! sent, per token and per user, or, for a request without a valid token that carries a body,
-//! as anonymous, per client address. `buffer_body`, inside it: reads every route's body within
-//! `BODY_TIMEOUT` and `MAX_BODY` before the handler runs, and checks the caller again once the
-//! body is in (a user removed or a token revoked while a body trickled in is refused).
+//! as anonymous, per client address; then reads the body within `BODY_TIMEOUT` and
+//! `MAX_BODY` before the handler runs (`buffered`), and checks the caller again once the body
+//! is in (a user removed or a token revoked while a body trickled in is refused).
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -54,40 +54,29 @@ fn token_id(token: &str) -> &str {
     crate::domain::auth::token_parts(token).map_or("", |(id, _)| id)
 }
 
-/// Whether a request has a body to read (a length above 0, or chunked).
-fn has_body(h: &HeaderMap) -> bool {
-    h.contains_key(header::TRANSFER_ENCODING)
-        || h.get(header::CONTENT_LENGTH)
-            .is_some_and(|v| v.as_bytes() != b"0")
-}
-
-/// The middleware: authenticates, admits, and keeps the places until the answer has been
-/// sent (or the connection dropped): a client that reads its answer slowly still has its
-/// request in flight. A request without a valid token that has a body takes an anonymous
-/// place; one without a body only runs its handler (nothing it sends can hold it).
+/// The middleware: authenticates, admits, reads the body (`buffered`), and keeps the places
+/// until the answer has been sent (or the connection dropped): a client that reads its answer
+/// slowly still has its request in flight. A request without a valid token that has a body
+/// takes an anonymous place; one without a body only runs its handler (nothing it sends can
+/// hold it).
 pub async fn admit(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    use http_body::Body as _;
     // Reads in this request see every write acknowledged before it arrived, on any replica.
     if let Err(e) = s.domain.store.sync().await {
         return ApiError::from(crate::domain::DomainError::from(e)).into_response();
     }
     let (mut parts, body) = req.into_parts();
-    let peer = parts
-        .extensions
-        .get::<crate::serve::Peer>()
-        .and_then(|p| p.addr)
-        .map(|a| a.ip());
-    let client = crate::client_addr::client_addr(peer, &parts.headers, &s.trusted_proxies);
-    parts.extensions.insert(ClientAddr(client));
+    let with_body = body.size_hint().exact() != Some(0);
     let presented =
         bearer(&parts.headers).map(|b| b.map(|t| zeroize::Zeroizing::new(t.to_owned())));
     let mut place = None;
-    let outcome = match presented {
+    let outcome = match &presented {
         None => Err(ApiError::Unauthenticated("missing bearer token".into())),
-        Some(Err(e)) => Err(e),
+        Some(Err(e)) => Err(e.clone()),
         Some(Ok(token)) => {
-            let outcome = s.domain.authenticate(&token).await.map_err(ApiError::from);
+            let outcome = s.domain.authenticate(token).await.map_err(ApiError::from);
             if let Ok(p) = &outcome {
-                match s.inflight.admit(token_id(&token), p) {
+                match s.inflight.admit(token_id(token), p) {
                     Ok(a) => place = Some(a),
                     Err(e) => return e.into_response(),
                 }
@@ -95,59 +84,72 @@ pub async fn admit(State(s): State<AppState>, req: Request, next: Next) -> Respo
             outcome
         }
     };
-    parts.extensions.insert(Authenticated(outcome));
-    if place.is_none() && has_body(&parts.headers) {
-        match s.inflight.admit_anonymous(client) {
-            Ok(a) => place = Some(a),
-            Err(e) => return e.into_response(),
+    if outcome.is_err() {
+        // The client's address counts only for requests without a valid token: anonymous
+        // places, and the console's log-in limit.
+        let peer = parts
+            .extensions
+            .get::<crate::serve::Peer>()
+            .and_then(|p| p.addr)
+            .map(|a| a.ip());
+        let client = crate::client_addr::client_addr(peer, &parts.headers, &s.trusted_proxies);
+        parts.extensions.insert(ClientAddr(client));
+        if with_body {
+            match s.inflight.admit_anonymous(client) {
+                Ok(a) => place = Some(a),
+                Err(e) => return e.into_response(),
+            }
         }
     }
-    let resp = next.run(Request::from_parts(parts, body)).await;
+    parts.extensions.insert(Authenticated(outcome));
+    let req = match with_body {
+        false => Request::from_parts(parts, body),
+        true => match buffered(&s, parts, body, presented).await {
+            Ok(req) => req,
+            Err(resp) => return resp,
+        },
+    };
+    let resp = next.run(req).await;
     match place {
         Some(place) => hold(resp, place),
         None => resp,
     }
 }
 
-/// Reads every request's body, on every route (the console's included), before its handler
-/// runs: at most `MAX_BODY` bytes (413), within `BODY_TIMEOUT` whatever its pace (408). The
-/// request holds its place in flight meanwhile (`admit`, the layer outside this one), so a
-/// client trickling bodies holds at most its share of the connections, and only so long.
-/// Refused before the whole body was read, hyper closes the connection after the answer
-/// rather than wait for the rest, so such a connection holds no slot.
-pub async fn buffer_body(State(s): State<AppState>, req: Request, next: Next) -> Response {
-    use http_body::Body as _;
-    if req.body().size_hint().exact() == Some(0) {
-        return next.run(req).await;
-    }
-    let declared = req
-        .headers()
+/// The request with its whole body read, on every route (the console's included), before its
+/// handler runs: at most `MAX_BODY` bytes (413), within `BODY_TIMEOUT` whatever its pace
+/// (408). The request holds its place in flight meanwhile, so a client trickling bodies holds
+/// at most its share of the connections, and only so long. Refused before the whole body was
+/// read, hyper closes the connection after the answer rather than wait for the rest, so such
+/// a connection holds no slot.
+async fn buffered(
+    s: &AppState,
+    mut parts: axum::http::request::Parts,
+    body: axum::body::Body,
+    presented: Option<Result<zeroize::Zeroizing<String>, ApiError>>,
+) -> Result<Request, Response> {
+    let declared = parts
+        .headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if let Some(n) = declared.filter(|n| *n > MAX_BODY as u64) {
         if n <= DRAIN_AT_MOST {
-            drain(req.into_body()).await;
+            drain(body).await;
         }
-        return too_large().into_response();
+        return Err(too_large().into_response());
     }
-    let (mut parts, body) = req.into_parts();
-    let bytes = match read_body(body).await {
-        Ok(b) => b,
-        Err(e) => return e.into_response(),
-    };
+    let bytes = read_body(body).await.map_err(IntoResponse::into_response)?;
     // The caller again, now that the body is in: it may have taken up to BODY_TIMEOUT.
-    if let Some(Authenticated(Ok(_))) = parts.extensions.get::<Authenticated>()
-        && let Some(Ok(token)) = bearer(&parts.headers)
+    if let (Some(Authenticated(Ok(_))), Some(Ok(token))) =
+        (parts.extensions.get::<Authenticated>(), presented)
+        && let Err(e) = s.domain.authenticate(&token).await
     {
-        let token = zeroize::Zeroizing::new(token.to_owned());
-        if let Err(e) = s.domain.authenticate(&token).await {
-            parts
-                .extensions
-                .insert(Authenticated(Err(ApiError::from(e))));
-        }
+        parts
+            .extensions
+            .insert(Authenticated(Err(ApiError::from(e))));
     }
-    next.run(Request::from_parts(parts, bytes.into())).await
+    Ok(Request::from_parts(parts, bytes.into()))
 }
 
 /// A body declared too large but not more than this is read and dropped before the 413, within

@@ -37,10 +37,6 @@ pub fn app(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            admit::buffer_body,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
             admit::admit,
         ))
         .merge(probes)

@@ -15,7 +15,7 @@ use crate::admit::{Authenticated, MAX_BODY};
 use crate::domain::Principal;
 use crate::error::ApiError;
 
-/// The authenticated caller: `admit` checked the bearer token (and `buffer_body` again once
+/// The authenticated caller: `admit` checked the bearer token (and again once
 /// the body was in); a request without a valid one stops here with 401.
 #[derive(Debug)]
 pub struct Caller(pub Principal);
