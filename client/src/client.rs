@@ -37,12 +37,6 @@ fn read_ca(path: &Path) -> Result<Vec<reqwest::Certificate>, ClientError> {
     Ok(certs)
 }
 
-/// Reads and parses a CA file as [`Client::new`] does, with the same errors, for callers that
-/// do not build a `Client` for every URL (secret-inject's plain-HTTP path).
-pub fn check_ca_file(path: &Path) -> Result<(), ClientError> {
-    read_ca(path).map(drop)
-}
-
 impl Client {
     pub fn new(cfg: &ClientConfig) -> Result<Self, ClientError> {
         let base = cfg.url.trim_end_matches('/').to_owned();
